@@ -1,0 +1,159 @@
+// drt/autodiff/elementwise.hpp — differentiable elementwise ops with NumPy broadcasting.
+//
+// Shapes: inputs broadcast to a common shape S; the output has shape S. In backward, the
+// gradient of an input that was broadcast is summed back to the input's own shape.
+//
+// Forward and backward sit together; each is one fused expression (one pass over memory).
+#pragma once
+
+#include "drt/autodiff/var.hpp"
+#include "drt/core/reduce.hpp"
+
+namespace drt {
+namespace detail {
+
+// in.grad += e, summing over broadcast axes when `in` is smaller than e's shape.
+template <class T, class E>
+void accumulate_broadcast(const Var<T>& in, const E& e) {
+  if (!in.requires_grad()) return;
+  const Shape es = expr::node(e).shape();
+  if (es == in.shape()) {
+    in.accumulate_grad(e);
+  } else {
+    add_sum_to(in.node()->grad_buffer(), eval(e, step_arena()));
+  }
+}
+
+// Ops that take a Var and a plain number.
+template <class T>
+Var<T> scalar_var(T v) {
+  return constant(Tensor<T>::full(Shape{}, v, step_arena()));
+}
+
+}  // namespace detail
+
+// ---- binary ops ------------------------------------------------------------------------------
+
+// out = a + b;  da = g, db = g
+template <class T>
+Var<T> operator+(const Var<T>& a, const Var<T>& b) {
+  Var<T> out = make_output(eval(a.value() + b.value(), step_arena()), {&a, &b});
+  if (out.requires_grad())
+    record_backward(out, [a, b, out] {
+      detail::accumulate_broadcast(a, out.grad());
+      detail::accumulate_broadcast(b, out.grad());
+    });
+  return out;
+}
+
+// out = a - b;  da = g, db = -g
+template <class T>
+Var<T> operator-(const Var<T>& a, const Var<T>& b) {
+  Var<T> out = make_output(eval(a.value() - b.value(), step_arena()), {&a, &b});
+  if (out.requires_grad())
+    record_backward(out, [a, b, out] {
+      detail::accumulate_broadcast(a, out.grad());
+      detail::accumulate_broadcast(b, -out.grad());
+    });
+  return out;
+}
+
+// out = a * b;  da = g * b, db = g * a
+template <class T>
+Var<T> operator*(const Var<T>& a, const Var<T>& b) {
+  Var<T> out = make_output(eval(a.value() * b.value(), step_arena()), {&a, &b});
+  if (out.requires_grad())
+    record_backward(out, [a, b, out] {
+      detail::accumulate_broadcast(a, out.grad() * b.value());
+      detail::accumulate_broadcast(b, out.grad() * a.value());
+    });
+  return out;
+}
+
+// out = a / b;  da = g / b, db = -g * a / b²
+template <class T>
+Var<T> operator/(const Var<T>& a, const Var<T>& b) {
+  Var<T> out = make_output(eval(a.value() / b.value(), step_arena()), {&a, &b});
+  if (out.requires_grad())
+    record_backward(out, [a, b, out] {
+      detail::accumulate_broadcast(a, out.grad() / b.value());
+      detail::accumulate_broadcast(b, -out.grad() * out.value() / b.value());
+    });
+  return out;
+}
+
+// With a plain number on either side.
+template <class T, class S> requires std::is_arithmetic_v<S>
+Var<T> operator+(const Var<T>& a, S s) { return a + detail::scalar_var<T>(T(s)); }
+template <class T, class S> requires std::is_arithmetic_v<S>
+Var<T> operator+(S s, const Var<T>& a) { return detail::scalar_var<T>(T(s)) + a; }
+template <class T, class S> requires std::is_arithmetic_v<S>
+Var<T> operator-(const Var<T>& a, S s) { return a - detail::scalar_var<T>(T(s)); }
+template <class T, class S> requires std::is_arithmetic_v<S>
+Var<T> operator-(S s, const Var<T>& a) { return detail::scalar_var<T>(T(s)) - a; }
+template <class T, class S> requires std::is_arithmetic_v<S>
+Var<T> operator*(const Var<T>& a, S s) { return a * detail::scalar_var<T>(T(s)); }
+template <class T, class S> requires std::is_arithmetic_v<S>
+Var<T> operator*(S s, const Var<T>& a) { return detail::scalar_var<T>(T(s)) * a; }
+template <class T, class S> requires std::is_arithmetic_v<S>
+Var<T> operator/(const Var<T>& a, S s) { return a * detail::scalar_var<T>(T(1) / T(s)); }
+template <class T, class S> requires std::is_arithmetic_v<S>
+Var<T> operator/(S s, const Var<T>& a) { return detail::scalar_var<T>(T(s)) / a; }
+
+// cond != 0 ? a : b, with cond a constant tensor (e.g. from gt(x.value(), 0)).
+// da = g where cond, db = g elsewhere.
+template <class T>
+Var<T> select(const Tensor<T>& cond, const Var<T>& a, const Var<T>& b) {
+  Var<T> out = make_output(eval(select(cond, a.value(), b.value()), step_arena()), {&a, &b});
+  if (out.requires_grad())
+    record_backward(out, [cond, a, b, out] {
+      detail::accumulate_broadcast(a, select(cond, out.grad(), T(0)));
+      detail::accumulate_broadcast(b, select(cond, T(0), out.grad()));
+    });
+  return out;
+}
+
+// ---- unary ops -------------------------------------------------------------------------------
+// Each line: forward expression; backward expression in terms of x, y (= output) and g.
+
+#define DRT_UNARY_VAR_OP(name, forward, backward)                                   \
+  template <class T>                                                                \
+  Var<T> name(const Var<T>& x_) {                                                   \
+    Var<T> out = make_output(eval(forward, step_arena()), {&x_});                   \
+    if (out.requires_grad())                                                        \
+      record_backward(out, [x_, out] {                                              \
+        [[maybe_unused]] const Tensor<T>& x = x_.value();                           \
+        [[maybe_unused]] const Tensor<T>& y = out.value();                          \
+        const Tensor<T>& g = out.grad();                                            \
+        x_.accumulate_grad(backward);                                               \
+      });                                                                           \
+    return out;                                                                     \
+  }
+
+// The forward expressions name the input `x_.value()`; the backward ones use x, y and g.
+DRT_UNARY_VAR_OP(operator-, -x_.value(), -g)
+DRT_UNARY_VAR_OP(exp, exp(x_.value()), g * y)
+DRT_UNARY_VAR_OP(log, log(x_.value()), g / x)
+DRT_UNARY_VAR_OP(sqrt, sqrt(x_.value()), g * T(0.5) / y)
+DRT_UNARY_VAR_OP(rsqrt, rsqrt(x_.value()), g * T(-0.5) * y * y * y)
+DRT_UNARY_VAR_OP(square, square(x_.value()), g * T(2) * x)
+DRT_UNARY_VAR_OP(abs, abs(x_.value()), select(gt(x, T(0)), g, select(lt(x, T(0)), -g, T(0))))
+DRT_UNARY_VAR_OP(tanh, tanh(x_.value()), g * (T(1) - y * y))
+DRT_UNARY_VAR_OP(sigmoid, sigmoid(x_.value()), g * y * (T(1) - y))
+DRT_UNARY_VAR_OP(relu, relu(x_.value()), select(gt(x, T(0)), g, T(0)))
+DRT_UNARY_VAR_OP(sin, sin(x_.value()), g * cos(x))
+DRT_UNARY_VAR_OP(cos, cos(x_.value()), -g * sin(x))
+// silu(x) = x·σ(x);  silu'(x) = σ(x)·(1 + x·(1 − σ(x)))
+DRT_UNARY_VAR_OP(silu, silu(x_.value()), g * sigmoid(x) * (T(1) + x * (T(1) - sigmoid(x))))
+#undef DRT_UNARY_VAR_OP
+
+// x^p for a constant exponent p;  dx = g · p · x^(p−1)
+template <class T>
+Var<T> pow(const Var<T>& x, T p) {
+  Var<T> out = make_output(eval(pow(x.value(), p), step_arena()), {&x});
+  if (out.requires_grad())
+    record_backward(out, [x, p, out] { x.accumulate_grad(out.grad() * p * pow(x.value(), p - T(1))); });
+  return out;
+}
+
+}  // namespace drt

@@ -1,0 +1,88 @@
+// drt/autodiff/tape.hpp — the tape of reverse-mode autodiff.
+//
+// Every differentiable op, when it runs, appends ONE record to the tape: a closure that knows
+// how to push the gradient of its output back to its inputs (one record per op, never per
+// element). backward() runs the records newest first. The closures and every intermediate
+// tensor of the step live in the tape's arena; reset() drops them all at once and keeps the
+// memory, so the next step reuses it without touching the heap.
+//
+//     auto loss = model.forward(batch);   // records
+//     drt::backward(loss);                // replays records in reverse, fills parameter grads
+//     optimiser.step();
+//     drt::tape().reset();                // frees the step's intermediates (O(1), no heap)
+//
+// There is one tape per thread (like Stan Math's autodiff stack). `NoGradGuard` turns
+// recording off in a scope, e.g. for evaluation.
+#pragma once
+
+#include <utility>
+#include <vector>
+
+#include "drt/core/memory.hpp"
+
+namespace drt {
+
+class Tape {
+ public:
+  Tape() { records_.reserve(1024); }
+  Tape(const Tape&) = delete;
+  Tape& operator=(const Tape&) = delete;
+  ~Tape() { records_.clear(); }
+
+  Arena& arena() { return arena_; }
+  bool grad_enabled() const { return grad_enabled_; }
+  void set_grad_enabled(bool on) { grad_enabled_ = on; }
+
+  // Appends a backward closure. It is stored in the arena, so recording never allocates once
+  // the arena and the record list have reached their steady-state size.
+  template <class F>
+  void record(F&& backward) {
+    using Closure = std::decay_t<F>;
+    Closure* c = arena_.make<Closure>(std::forward<F>(backward));
+    records_.push_back(Record{c, [](void* p) { (*static_cast<Closure*>(p))(); }});
+  }
+
+  // Runs every record newest first, then forgets them (a second call does nothing). The values
+  // and gradients stay readable until reset().
+  void run_backward() {
+    for (auto it = records_.rbegin(); it != records_.rend(); ++it) it->run(it->closure);
+    records_.clear();
+  }
+
+  // Forgets the records and frees every intermediate tensor of the step.
+  void reset() {
+    records_.clear();
+    arena_.reset();
+  }
+
+  std::size_t size() const { return records_.size(); }
+
+ private:
+  struct Record {
+    void* closure;
+    void (*run)(void*);
+  };
+  std::vector<Record> records_;
+  Arena arena_;
+  bool grad_enabled_ = true;
+};
+
+// The calling thread's tape.
+inline Tape& tape() {
+  static thread_local Tape instance;
+  return instance;
+}
+
+// Disables recording in a scope; ops then compute values only.
+class NoGradGuard {
+ public:
+  NoGradGuard() : previous_(tape().grad_enabled()) { tape().set_grad_enabled(false); }
+  ~NoGradGuard() { tape().set_grad_enabled(previous_); }
+  NoGradGuard(const NoGradGuard&) = delete;
+  NoGradGuard& operator=(const NoGradGuard&) = delete;
+
+ private:
+  bool previous_;
+};
+
+}  // namespace drt

@@ -1,0 +1,147 @@
+// drt/autodiff/var.hpp — Var<T> (a tensor on the tape) and Parameter<T> (a trainable tensor).
+//
+// A Var is a light handle to a Node: the node's value, its gradient (allocated when a gradient
+// first reaches it) and whether any gradient must flow to it. Intermediate nodes live in the
+// tape's arena; a Parameter owns its node, so its value and gradient persist across steps and
+// gradients accumulate into it until zero_grad().
+//
+// Writing a differentiable op takes three steps, always in this order (see elementwise.hpp):
+//   1. compute the output value (usually one fused expression) into the tape's arena;
+//   2. `Var<T> out = make_output(value, {inputs...})`;
+//   3. `if (out.requires_grad()) record_backward(out, [=] { input.accumulate_grad(...); });`
+#pragma once
+
+#include <initializer_list>
+#include <memory>
+
+#include "drt/autodiff/tape.hpp"
+#include "drt/core/expr.hpp"
+
+namespace drt {
+
+template <class T>
+struct Node {
+  Tensor<T> value;
+  Tensor<T> grad;  // undefined until a gradient reaches this node
+  bool requires_grad = false;
+
+  // The gradient buffer, created zero-filled in the tape's arena on first use.
+  const Tensor<T>& grad_buffer() {
+    if (!grad.defined()) grad = Tensor<T>::zeros(value.shape(), &tape().arena());
+    return grad;
+  }
+};
+
+template <class T>
+class Var {
+ public:
+  using value_type = T;
+  Var() = default;
+  explicit Var(Node<T>* node) : node_(node) {}
+
+  bool defined() const { return node_ != nullptr; }
+  const Tensor<T>& value() const { return node_->value; }
+  // The gradient; undefined when no gradient has reached this Var.
+  const Tensor<T>& grad() const { return node_->grad; }
+  bool has_grad() const { return node_->grad.defined(); }
+  bool requires_grad() const { return node_ && node_->requires_grad; }
+  const Shape& shape() const { return node_->value.shape(); }
+  int rank() const { return shape().rank(); }
+  Index size(int axis) const { return shape().dim(axis); }
+  Index numel() const { return shape().numel(); }
+  T item() const { return value().item(); }
+  Node<T>* node() const { return node_; }
+
+  // grad += e, when this Var wants a gradient. `e` is a tensor or an expression with this
+  // Var's shape (or one that broadcasts to it).
+  template <class E>
+  void accumulate_grad(const E& e) const {
+    if (requires_grad()) node_->grad_buffer() += e;
+  }
+
+ protected:
+  Node<T>* node_ = nullptr;
+};
+
+// A tensor that is not differentiated (inputs, targets, constants).
+template <class T>
+Var<T> constant(const Tensor<T>& value) {
+  Node<T>* n = tape().arena().make<Node<T>>();
+  n->value = value;
+  return Var<T>(n);
+}
+
+// A tensor that receives a gradient without being a Parameter (gradient checks, inputs whose
+// gradient you want). Its gradient lives in the arena like any intermediate.
+template <class T>
+Var<T> variable(const Tensor<T>& value) {
+  Var<T> v = constant(value);
+  v.node()->requires_grad = true;
+  return v;
+}
+
+// The output of an op: it requires a gradient when recording is on and any input does.
+template <class T>
+Var<T> make_output(const Tensor<T>& value, std::initializer_list<const Var<T>*> inputs) {
+  Var<T> out = constant(value);
+  if (tape().grad_enabled())
+    for (const Var<T>* in : inputs) out.node()->requires_grad |= in->requires_grad();
+  return out;
+}
+
+// Records `fn` to run during backward if a gradient has reached `out` by then.
+template <class T, class F>
+void record_backward(const Var<T>& out, F fn) {
+  Node<T>* o = out.node();
+  tape().record([o, fn]() {
+    if (o->grad.defined()) fn();
+  });
+}
+
+// The arena for intermediates of the current step.
+inline Arena* step_arena() { return &tape().arena(); }
+
+// A trainable tensor. Its node is owned (not in the arena): the value and gradient persist
+// across steps. A Parameter is a Var, so every op accepts it directly.
+template <class T>
+class Parameter : public Var<T> {
+ public:
+  Parameter() = default;
+  explicit Parameter(const Tensor<T>& initial_value) : owned_(std::make_unique<Node<T>>()) {
+    owned_->value = initial_value.clone();
+    owned_->grad = Tensor<T>::zeros(initial_value.shape());
+    owned_->requires_grad = true;
+    this->node_ = owned_.get();
+  }
+  Parameter(Parameter&&) noexcept = default;
+  Parameter& operator=(Parameter&&) noexcept = default;
+
+  void zero_grad() const { this->node_->grad.fill(T(0)); }
+  // The tensors themselves (heap memory, stable across steps).
+  const Tensor<T>& value() const { return this->node_->value; }
+  const Tensor<T>& grad() const { return this->node_->grad; }
+
+ private:
+  std::unique_ptr<Node<T>> owned_;
+};
+
+// Seeds d(loss)/d(loss) = 1 and runs the tape backwards. `loss` must have one element.
+template <class T>
+void backward(const Var<T>& loss) {
+  DRT_CHECK(loss.numel() == 1, "backward: the loss must have one element, got shape ", loss.shape().str());
+  DRT_CHECK(loss.requires_grad(), "backward: the loss does not depend on anything that requires a gradient");
+  loss.node()->grad_buffer().fill(T(1));
+  tape().run_backward();
+}
+
+// Runs the tape backwards from `out` seeded with `seed` (same shape as out).
+template <class T>
+void backward(const Var<T>& out, const Tensor<T>& seed) {
+  DRT_CHECK(seed.shape() == out.shape(), "backward: seed shape ", seed.shape().str(), " differs from output shape ",
+            out.shape().str());
+  DRT_CHECK(out.requires_grad(), "backward: the output does not depend on anything that requires a gradient");
+  out.node()->grad_buffer().assign(seed);
+  tape().run_backward();
+}
+
+}  // namespace drt

@@ -1,0 +1,228 @@
+// drt/core/matmul.hpp — matrix products on the CPU through Eigen's GEMM kernel.
+//
+// Shapes: A (M, K) · B (K, N) → C (M, N); batched: (..., M, K) · (..., K, N) → (..., M, N),
+// where B may also be a single (K, N) matrix shared by every batch entry.
+//
+// Why not `C.noalias() = A * B` on Eigen::Map? Eigen's product allocates its packing buffers
+// on every call (and its OpenMP path allocates again), which would break drt's promise that a
+// training step in steady state allocates nothing. So we call the very same kernel Eigen uses
+// (internal::general_matrix_matrix_product) with packing buffers we keep per thread, and we
+// split the work between threads ourselves. Transposed views (stride 1 along either axis) are
+// used in place: no copies.
+#pragma once
+
+#include <Eigen/Core>
+#include <algorithm>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "drt/core/memory.hpp"
+#include "drt/core/tensor.hpp"
+
+namespace drt {
+namespace detail {
+
+inline int max_threads() {
+#ifdef _OPENMP
+  return omp_in_parallel() ? 1 : omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+// Eigen's blocking object with packing buffers that persist across calls (one per thread).
+template <class T>
+class GemmWorkspace : public Eigen::internal::level3_blocking<T, T> {
+ public:
+  ~GemmWorkspace() {
+    aligned_free(buffer_a_);
+    aligned_free(buffer_b_);
+  }
+  // Blocking for a column-major product of `rows` × `cols` with inner size `depth`.
+  void prepare(Index rows, Index cols, Index depth) {
+    Index kc = depth, mc = rows, nc = cols;
+    Eigen::internal::computeProductBlockingSizes<T, T, 1, Index>(kc, mc, nc, Index(1));
+    this->m_kc = kc;
+    this->m_mc = mc;
+    this->m_nc = nc;
+    grow(buffer_a_, capacity_a_, static_cast<std::size_t>(kc * mc));
+    grow(buffer_b_, capacity_b_, static_cast<std::size_t>(kc * nc));
+    this->m_blockA = buffer_a_;
+    this->m_blockB = buffer_b_;
+  }
+
+ private:
+  static void grow(T*& buffer, std::size_t& capacity, std::size_t need) {
+    if (need <= capacity) return;
+    aligned_free(buffer);
+    buffer = static_cast<T*>(aligned_allocate(need * sizeof(T)));
+    capacity = need;
+  }
+  T* buffer_a_ = nullptr;
+  T* buffer_b_ = nullptr;
+  std::size_t capacity_a_ = 0, capacity_b_ = 0;
+};
+
+template <class T>
+GemmWorkspace<T>& gemm_workspace() {
+  static thread_local GemmWorkspace<T> workspace;
+  return workspace;
+}
+
+// How a 2-D view is laid out for BLAS: row-major (stride 1 along columns) or column-major.
+struct MatrixLayout {
+  bool row_major;
+  Index leading;  // the stride of the non-unit axis
+};
+template <class T>
+bool blas_compatible(const Tensor<T>& m) {
+  return m.rank() == 2 && (m.strides()[1] == 1 || m.strides()[0] == 1 || m.numel() == 0);
+}
+template <class T>
+MatrixLayout layout_of(const Tensor<T>& m) {
+  if (m.strides()[1] == 1 && (m.strides()[0] >= m.shape()[1] || m.shape()[0] <= 1))
+    return {true, std::max<Index>(m.strides()[0], std::max<Index>(m.shape()[1], 1))};
+  if (m.strides()[0] == 1) return {false, std::max<Index>(m.strides()[1], std::max<Index>(m.shape()[0], 1))};
+  return {true, std::max<Index>(m.strides()[0], 1)};
+}
+
+// C (row-major, M×N, leading dimension ldc) += alpha · A · B on one thread.
+template <class T, int LhsOrder, int RhsOrder>
+void gemm_kernel(Index M, Index N, Index K, const T* a, Index lda, const T* b, Index ldb, T* c, Index ldc, T alpha) {
+  using namespace Eigen;
+  GemmWorkspace<T>& ws = gemm_workspace<T>();
+  ws.prepare(N, M, K);  // Eigen solves a row-major product as its column-major transpose
+  internal::general_matrix_matrix_product<Index, T, LhsOrder, false, T, RhsOrder, false, RowMajor, 1>::run(
+      M, N, K, a, lda, b, ldb, c, 1, ldc, alpha, ws, nullptr);
+}
+
+template <class T>
+void gemm_single(Index M, Index N, Index K, const T* a, MatrixLayout la, const T* b, MatrixLayout lb, T* c,
+                 Index ldc, T alpha) {
+  using Eigen::ColMajor;
+  using Eigen::RowMajor;
+  if (la.row_major && lb.row_major) gemm_kernel<T, RowMajor, RowMajor>(M, N, K, a, la.leading, b, lb.leading, c, ldc, alpha);
+  else if (la.row_major) gemm_kernel<T, RowMajor, ColMajor>(M, N, K, a, la.leading, b, lb.leading, c, ldc, alpha);
+  else if (lb.row_major) gemm_kernel<T, ColMajor, RowMajor>(M, N, K, a, la.leading, b, lb.leading, c, ldc, alpha);
+  else gemm_kernel<T, ColMajor, ColMajor>(M, N, K, a, la.leading, b, lb.leading, c, ldc, alpha);
+}
+
+}  // namespace detail
+
+// C = alpha · A·B + beta · C for 2-D views. A and B may be transposed views; C must have
+// stride 1 along its columns. `threads` = 0 uses every OpenMP thread for large products.
+template <class T>
+void gemm(const Tensor<T>& A, const Tensor<T>& B, const Tensor<T>& C, T alpha = T(1), T beta = T(0), int threads = 0) {
+  DRT_CHECK(A.rank() == 2 && B.rank() == 2 && C.rank() == 2, "gemm: expects 2-D operands, got A ",
+            A.shape().str(), ", B ", B.shape().str(), ", C ", C.shape().str());
+  const Index M = A.shape()[0], K = A.shape()[1], N = B.shape()[1];
+  DRT_CHECK(B.shape()[0] == K, "gemm: inner dimensions differ: A ", A.shape().str(), " · B ", B.shape().str());
+  DRT_CHECK(C.shape()[0] == M && C.shape()[1] == N, "gemm: output shape ", C.shape().str(), " should be (", M,
+            ", ", N, ") for A ", A.shape().str(), " · B ", B.shape().str());
+  DRT_CHECK(detail::blas_compatible(A) && detail::blas_compatible(B),
+            "gemm: operands need stride 1 along one axis (A strides ", A.strides()[0], ",", A.strides()[1],
+            "; B strides ", B.strides()[0], ",", B.strides()[1], "); call contiguous() first");
+  DRT_CHECK(C.strides()[1] == 1 || N <= 1, "gemm: output of shape ", C.shape().str(), " needs stride 1 along columns");
+  if (M == 0 || N == 0) return;
+  const Index ldc = std::max<Index>(C.strides()[0], N);
+  T* c = C.data();
+  if (beta == T(0)) {
+    for (Index i = 0; i < M; ++i) std::fill(c + i * ldc, c + i * ldc + N, T(0));
+  } else if (beta != T(1)) {
+    for (Index i = 0; i < M; ++i)
+      for (Index j = 0; j < N; ++j) c[i * ldc + j] *= beta;
+  }
+  if (K == 0) return;
+  const detail::MatrixLayout la = detail::layout_of(A), lb = detail::layout_of(B);
+  const T* a = A.data();
+  const T* b = B.data();
+
+  int nt = threads > 0 ? threads : detail::max_threads();
+  if (double(M) * double(N) * double(K) < 64.0 * 64.0 * 64.0) nt = 1;  // too small to share
+  if (nt <= 1) {
+    detail::gemm_single(M, N, K, a, la, b, lb, c, ldc, alpha);
+    return;
+  }
+  // Split the larger output dimension into one contiguous band per thread.
+  const bool split_rows = M >= N;
+  const Index extent = split_rows ? M : N;
+#pragma omp parallel num_threads(nt)
+  {
+#ifdef _OPENMP
+    const int t = omp_get_thread_num(), count = omp_get_num_threads();
+#else
+    const int t = 0, count = 1;
+#endif
+    // Bands are multiples of 8 rows/columns, which keeps Eigen's micro-kernel on full tiles.
+    const Index band = ((extent + count - 1) / count + 7) / 8 * 8;
+    const Index begin = std::min(extent, t * band), end = std::min(extent, begin + band);
+    if (begin < end) {
+      if (split_rows) {
+        const T* a0 = la.row_major ? a + begin * la.leading : a + begin;
+        detail::gemm_single(end - begin, N, K, a0, la, b, lb, c + begin * ldc, ldc, alpha);
+      } else {
+        const T* b0 = lb.row_major ? b + begin : b + begin * lb.leading;
+        detail::gemm_single(M, end - begin, K, a, la, b0, lb, c + begin, ldc, alpha);
+      }
+    }
+  }
+}
+
+// Matrix product with batching: (..., M, K) · (..., K, N) or (..., M, K) · (K, N).
+// Batch axes must match exactly (no broadcasting beyond a shared 2-D B). Operands that are
+// not BLAS-compatible views are copied into `arena` (or the heap) first.
+template <class T>
+Tensor<T> matmul(const Tensor<T>& A, const Tensor<T>& B, Arena* arena = nullptr) {
+  DRT_CHECK(A.rank() >= 2 && B.rank() >= 2, "matmul: operands must be at least 2-D, got ", A.shape().str(),
+            " and ", B.shape().str());
+  const Index M = A.size(-2), K = A.size(-1), N = B.size(-1);
+  DRT_CHECK(B.size(-2) == K, "matmul: inner dimensions differ: ", A.shape().str(), " · ", B.shape().str());
+  const bool shared_b = B.rank() == 2;
+  DRT_CHECK(shared_b || A.rank() == B.rank(), "matmul: batch ranks differ: ", A.shape().str(), " · ", B.shape().str());
+  Shape out_shape;
+  Index batch = 1;
+  for (int i = 0; i < A.rank() - 2; ++i) {
+    DRT_CHECK(shared_b || A.shape()[i] == B.shape()[i], "matmul: batch dimensions differ: ", A.shape().str(),
+              " · ", B.shape().str());
+    out_shape.push_back(A.shape()[i]);
+    batch *= A.shape()[i];
+  }
+  out_shape.push_back(M);
+  out_shape.push_back(N);
+  Tensor<T> C = Tensor<T>::empty(out_shape, arena);
+
+  // Each operand is a stack of 2-D matrices. A matrix needs stride 1 along one of its axes
+  // (so transposed views work in place); otherwise the operand is copied first.
+  auto usable = [&](const Tensor<T>& t) {
+    const Index s1 = t.strides()[t.rank() - 1], s0 = t.strides()[t.rank() - 2];
+    return (s1 == 1 || s0 == 1) ? t : t.contiguous(arena);
+  };
+  const Tensor<T> Av = usable(A), Bv = usable(B);
+  // The 2-D view of batch entry i (batch axes are 0..rank-3, row-major order).
+  auto entry = [](Tensor<T> t, Index i) {
+    Index idx[kMaxRank] = {};
+    for (int d = t.rank() - 3; d >= 0; --d) {
+      idx[d] = i % t.shape()[d];
+      i /= t.shape()[d];
+    }
+    const int batch_axes = t.rank() - 2;
+    for (int d = 0; d < batch_axes; ++d) t = t.select(0, idx[d]);
+    return t;
+  };
+  auto one = [&](Index i, int threads) {
+    gemm(entry(Av, i), shared_b ? Bv : entry(Bv, i), entry(C, i), T(1), T(0), threads);
+  };
+  const int nt = detail::max_threads();
+  if (batch >= nt && nt > 1) {
+#pragma omp parallel for schedule(static)
+    for (Index i = 0; i < batch; ++i) one(i, 1);
+  } else {
+    for (Index i = 0; i < batch; ++i) one(i, 0);
+  }
+  return C;
+}
+
+}  // namespace drt
