@@ -77,16 +77,24 @@ struct MatrixLayout {
   bool row_major;
   Index leading;  // the stride of the non-unit axis
 };
+// Row-major: unit stride along columns and rows that don't overlap. Column-major: the
+// transpose. Anything else (stride-0 broadcasts, both strides > 1) must be copied first.
+template <class T>
+bool is_row_major(const Tensor<T>& m) {
+  return m.strides()[1] == 1 && (m.shape()[0] <= 1 || m.strides()[0] >= std::max<Index>(m.shape()[1], 1));
+}
+template <class T>
+bool is_col_major(const Tensor<T>& m) {
+  return m.strides()[0] == 1 && (m.shape()[1] <= 1 || m.strides()[1] >= std::max<Index>(m.shape()[0], 1));
+}
 template <class T>
 bool blas_compatible(const Tensor<T>& m) {
-  return m.rank() == 2 && (m.strides()[1] == 1 || m.strides()[0] == 1 || m.numel() == 0);
+  return m.rank() == 2 && (m.numel() == 0 || is_row_major(m) || is_col_major(m));
 }
 template <class T>
 MatrixLayout layout_of(const Tensor<T>& m) {
-  if (m.strides()[1] == 1 && (m.strides()[0] >= m.shape()[1] || m.shape()[0] <= 1))
-    return {true, std::max<Index>(m.strides()[0], std::max<Index>(m.shape()[1], 1))};
-  if (m.strides()[0] == 1) return {false, std::max<Index>(m.strides()[1], std::max<Index>(m.shape()[0], 1))};
-  return {true, std::max<Index>(m.strides()[0], 1)};
+  if (is_row_major(m)) return {true, std::max<Index>({m.strides()[0], m.shape()[1], 1})};
+  return {false, std::max<Index>({m.strides()[1], m.shape()[0], 1})};
 }
 
 // C (row-major, M×N, leading dimension ldc) += alpha · A · B on one thread.
@@ -125,7 +133,8 @@ void gemm(const Tensor<T>& A, const Tensor<T>& B, const Tensor<T>& C, T alpha = 
   DRT_CHECK(detail::blas_compatible(A) && detail::blas_compatible(B),
             "gemm: operands need stride 1 along one axis (A strides ", A.strides()[0], ",", A.strides()[1],
             "; B strides ", B.strides()[0], ",", B.strides()[1], "); call contiguous() first");
-  DRT_CHECK(C.strides()[1] == 1 || N <= 1, "gemm: output of shape ", C.shape().str(), " needs stride 1 along columns");
+  DRT_CHECK(detail::is_row_major(C) || C.numel() == 0, "gemm: output of shape ", C.shape().str(),
+            " must be a row-major view (stride 1 along columns)");
   if (M == 0 || N == 0) return;
   const Index ldc = std::max<Index>(C.strides()[0], N);
   T* c = C.data();
@@ -197,8 +206,10 @@ Tensor<T> matmul(const Tensor<T>& A, const Tensor<T>& B, Arena* arena = nullptr)
   // Each operand is a stack of 2-D matrices. A matrix needs stride 1 along one of its axes
   // (so transposed views work in place); otherwise the operand is copied first.
   auto usable = [&](const Tensor<T>& t) {
-    const Index s1 = t.strides()[t.rank() - 1], s0 = t.strides()[t.rank() - 2];
-    return (s1 == 1 || s0 == 1) ? t : t.contiguous(arena);
+    Tensor<T> m = t;
+    if (t.numel() == 0) return t;
+    while (m.rank() > 2) m = m.select(0, 0);  // the first matrix shows the layout of all of them
+    return detail::blas_compatible(m) ? t : t.contiguous(arena);
   };
   const Tensor<T> Av = usable(A), Bv = usable(B);
   // The 2-D view of batch entry i (batch axes are 0..rank-3, row-major order).

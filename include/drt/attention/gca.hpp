@@ -1,0 +1,258 @@
+// drt/attention/gca.hpp — Grouped Cross-Attention (GCA), DRT's first-class op (spec §6).
+//
+// Shapes:  Z query rows (one per query chunk), H query heads, M queries per row, d head width,
+//          B sequences, E chunks stored per sequence, N keys per chunk, Hkv key/value heads
+//          (H a multiple of Hkv; query head h reads kv head h / (H / Hkv)), Kc retrieved slots.
+//   q       (Z, H, M, d)
+//   k, v    (B, E, N, Hkv, d)   the chunk memory; row z belongs to sequence z / (Z / B)
+//   index   (Z, Kc) int32       the chunk each slot retrieved, −1 = empty slot
+//   weight  (Z, Kc)             fusion weights (softmax of the retrieval scores)
+//   out     (Z, H, M, d)
+//
+// For every row z, head h, query m and slot i (spec §6.2):
+//   s_n   = scale · ⟨q[z,h,m], k[b, index[z,i], n, g]⟩
+//   o_i   = Σ_n softmax_n(s) · v[b, index[z,i], n, g]          one softmax per retrieved chunk
+//   out   = Σ_i weight[z,i] · o_i                               fused by the retrieval weights
+// so the gradient reaches the weights (dW_i = Σ_{h,m} ⟨dout, o_i⟩) and through them the
+// retriever. Chunks are read in place through `index`: nothing of shape (Z, Kc, N, d) is
+// ever gathered. A slot with index −1 or weight 0 is skipped entirely: it costs nothing and
+// cannot produce NaN, forward or backward. (A slot of weight exactly 0 is treated as masked, so
+// it also receives no weight gradient; in DRT such weights come from exp(−∞) and their
+// score gradient w·(…) is 0 anyway.)
+#pragma once
+
+#include <cmath>
+#include <limits>
+
+#include "drt/autodiff/var.hpp"
+#include "drt/core/matmul.hpp"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace drt {
+namespace detail {
+
+struct GcaDims {
+  Index Z, H, M, d, B, E, N, Hkv, Kc, rows_per_sequence, heads_per_kv;
+};
+
+template <class T>
+GcaDims gca_check(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, const IndexTensor& index,
+                  const Tensor<T>& weight) {
+  DRT_CHECK(q.rank() == 4, "gca: q must be (Z, H, M, d), got ", q.shape().str());
+  DRT_CHECK(k.rank() == 5, "gca: k must be (B, E, N, Hkv, d), got ", k.shape().str());
+  DRT_CHECK(k.shape() == v.shape(), "gca: k ", k.shape().str(), " and v ", v.shape().str(), " differ");
+  DRT_CHECK(q.is_contiguous() && k.is_contiguous() && v.is_contiguous() && index.is_contiguous() &&
+                weight.is_contiguous(),
+            "gca: inputs must be contiguous");
+  GcaDims g{q.size(0), q.size(1), q.size(2), q.size(3), k.size(0), k.size(1), k.size(2), k.size(3), 0, 0, 0};
+  DRT_CHECK(k.size(4) == g.d, "gca: head width of q ", q.shape().str(), " and k ", k.shape().str(), " differ");
+  DRT_CHECK(g.Hkv > 0 && g.H % g.Hkv == 0, "gca: query heads ", g.H, " are not a multiple of kv heads ", g.Hkv);
+  DRT_CHECK(index.rank() == 2 && index.size(0) == g.Z, "gca: index must be (Z, Kc) with Z = ", g.Z, ", got ",
+            index.shape().str());
+  DRT_CHECK(weight.shape() == index.shape(), "gca: weight ", weight.shape().str(), " and index ",
+            index.shape().str(), " differ");
+  DRT_CHECK(g.B > 0 && g.Z % g.B == 0, "gca: ", g.Z, " query rows do not split evenly over ", g.B, " sequences");
+  g.Kc = index.size(1);
+  g.rows_per_sequence = g.Z / g.B;
+  g.heads_per_kv = g.H / g.Hkv;
+  const std::int32_t* idx = index.data();
+  for (Index i = 0; i < index.numel(); ++i)
+    DRT_CHECK(idx[i] >= -1 && idx[i] < g.E, "gca: retrieved chunk ", idx[i], " is outside the memory of ", g.E,
+              " chunks");
+  return g;
+}
+
+// The (N, d) keys or values of chunk e of sequence b, head g: a strided 2-D view.
+template <class T>
+Tensor<T> chunk_view(const Tensor<T>& mem, Index b, Index e, Index g) {
+  return mem.select(0, b).select(0, e).select(1, g);
+}
+
+inline int thread_id() {
+#ifdef _OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+inline int thread_count() {
+#ifdef _OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+}  // namespace detail
+
+// Forward. Writes out (Z, H, M, d) and, for the backward, lse (Z, H, Kc, M): log Σ_n exp(s)
+// of every query and slot (−inf for skipped slots).
+template <class T>
+void gca_forward(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, const IndexTensor& index,
+                 const Tensor<T>& weight, T scale, const Tensor<T>& out, const Tensor<T>& lse, Arena* arena) {
+  const detail::GcaDims g = detail::gca_check(q, k, v, index, weight);
+  const Index M = g.M, N = g.N, d = g.d;
+  // Per-thread scratch: scores (M, N) and one chunk's output (M, d).
+  const int threads = detail::thread_count();
+  T* scratch = arena->allocate_array<T>(static_cast<std::size_t>(threads * (M * N + M * d)));
+  out.fill(T(0));
+#pragma omp parallel for collapse(2) schedule(dynamic)
+  for (Index z = 0; z < g.Z; ++z)
+    for (Index h = 0; h < g.H; ++h) {
+      T* mine = scratch + detail::thread_id() * (M * N + M * d);
+      const Tensor<T> scores = Tensor<T>::wrap(mine, Shape{M, N});
+      const Tensor<T> chunk_out = Tensor<T>::wrap(mine + M * N, Shape{M, d});
+      const Tensor<T> qzh = q.select(0, z).select(0, h);     // (M, d)
+      const Tensor<T> ozh = out.select(0, z).select(0, h);   // (M, d)
+      const Tensor<T> lzh = lse.select(0, z).select(0, h);   // (Kc, M)
+      const Index b = z / g.rows_per_sequence, kv = h / g.heads_per_kv;
+      for (Index i = 0; i < g.Kc; ++i) {
+        const std::int32_t e = index(z, i);
+        const T w = weight(z, i);
+        T* lse_row = lzh.data() + i * M;
+        if (e < 0 || w == T(0)) {  // empty slot: no work, and a marker for the backward
+          std::fill(lse_row, lse_row + M, -std::numeric_limits<T>::infinity());
+          continue;
+        }
+        const Tensor<T> kc = detail::chunk_view(k, b, e, kv), vc = detail::chunk_view(v, b, e, kv);
+        gemm(qzh, kc.transpose(0, 1), scores, scale, T(0), 1);  // s = scale · q kᵀ
+        for (Index m = 0; m < M; ++m) {                          // softmax per row, keep log Σ exp
+          T* s = scores.data() + m * N;
+          const T mx = *std::max_element(s, s + N);
+          T total = 0;
+          for (Index n = 0; n < N; ++n) total += (s[n] = std::exp(s[n] - mx));
+          for (Index n = 0; n < N; ++n) s[n] /= total;
+          lse_row[m] = mx + std::log(total);
+        }
+        gemm(scores, vc, chunk_out, T(1), T(0), 1);  // o_i = P v
+        ozh.assign(ozh + chunk_out * w);
+      }
+    }
+}
+
+// Backward (spec §6.3). Adds into dq (Z,H,M,d), dk and dv (B,E,N,Hkv,d) and dweight (Z,Kc).
+// Pass 1, parallel over rows: recompute P from lse, δ_i = ⟨dO, o_i⟩, dW_i = Σ δ_i, dQ.
+// Pass 2, parallel over memory chunks: dK and dV of a chunk sum over every (row, slot) that
+// retrieved it; walking chunk by chunk needs no atomics.
+template <class T>
+void gca_backward(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, const IndexTensor& index,
+                  const Tensor<T>& weight, T scale, const Tensor<T>& lse, const Tensor<T>& dout,
+                  const Tensor<T>* dq, const Tensor<T>* dk, const Tensor<T>* dv, const Tensor<T>* dweight,
+                  Arena* arena) {
+  const detail::GcaDims g = detail::gca_check(q, k, v, index, weight);
+  const Index M = g.M, N = g.N, d = g.d;
+  const int threads = detail::thread_count();
+  // δ (Z, H, Kc, M): kept between the passes; tiny next to q.
+  const Tensor<T> delta = Tensor<T>::zeros(Shape{g.Z, g.H, g.Kc, M}, arena);
+  T* scratch = arena->allocate_array<T>(static_cast<std::size_t>(threads * (3 * M * N + M * d)));
+
+  // Recomputes P = exp(scale·q kᵀ − lse) for one (row, head, slot) into `p` (M, N).
+  auto probabilities = [&](Index z, Index h, Index i, const Tensor<T>& kc, const Tensor<T>& p) {
+    gemm(q.select(0, z).select(0, h), kc.transpose(0, 1), p, scale, T(0), 1);
+    const T* l = lse.data() + ((z * g.H + h) * g.Kc + i) * M;
+    for (Index m = 0; m < M; ++m)
+      for (Index n = 0; n < N; ++n) p.data()[m * N + n] = std::exp(p.data()[m * N + n] - l[m]);
+  };
+
+#pragma omp parallel for collapse(2) schedule(dynamic)
+  for (Index z = 0; z < g.Z; ++z)
+    for (Index h = 0; h < g.H; ++h) {
+      T* mine = scratch + detail::thread_id() * (3 * M * N + M * d);
+      const Tensor<T> p = Tensor<T>::wrap(mine, Shape{M, N});
+      const Tensor<T> dp = Tensor<T>::wrap(mine + M * N, Shape{M, N});
+      const Tensor<T> o = Tensor<T>::wrap(mine + 2 * M * N, Shape{M, d});
+      const Tensor<T> dozh = dout.select(0, z).select(0, h);
+      const Index b = z / g.rows_per_sequence, kv = h / g.heads_per_kv;
+      for (Index i = 0; i < g.Kc; ++i) {
+        const std::int32_t e = index(z, i);
+        const T w = weight(z, i);
+        if (e < 0 || w == T(0)) continue;  // nothing flowed through this slot
+        const Tensor<T> kc = detail::chunk_view(k, b, e, kv), vc = detail::chunk_view(v, b, e, kv);
+        probabilities(z, h, i, kc, p);
+        gemm(p, vc, o, T(1), T(0), 1);                    // o_i, recomputed
+        T* dl = delta.data() + ((z * g.H + h) * g.Kc + i) * M;
+        for (Index m = 0; m < M; ++m) {                    // δ_i[m] = ⟨dO_m, o_i[m]⟩
+          T acc = 0;
+          for (Index c = 0; c < d; ++c) acc += dozh.data()[m * d + c] * o.data()[m * d + c];
+          dl[m] = acc;
+        }
+        if (dq) {
+          gemm(dozh, vc.transpose(0, 1), dp, T(1), T(0), 1);  // ⟨dO_m, v_n⟩
+          for (Index m = 0; m < M; ++m)                        // dS = w · P ∘ (⟨dO, v⟩ − δ)
+            for (Index n = 0; n < N; ++n) dp.data()[m * N + n] = w * p.data()[m * N + n] * (dp.data()[m * N + n] - dl[m]);
+          gemm(dp, kc, dq->select(0, z).select(0, h), scale, T(1), 1);  // dQ += scale · dS k
+        }
+      }
+    }
+
+  if (dweight) {  // dW[z,i] = Σ_{h,m} δ
+    for (Index z = 0; z < g.Z; ++z)
+      for (Index i = 0; i < g.Kc; ++i) {
+        T acc = 0;
+        for (Index h = 0; h < g.H; ++h)
+          for (Index m = 0; m < M; ++m) acc += delta.data()[((z * g.H + h) * g.Kc + i) * M + m];
+        (*dweight)(z, i) += acc;
+      }
+  }
+  if (!dk && !dv) return;
+
+  // Pass 2: for every memory chunk (b, e) and kv head, sum over the (row, slot, head) that read it.
+#pragma omp parallel for collapse(3) schedule(dynamic)
+  for (Index b = 0; b < g.B; ++b)
+    for (Index e = 0; e < g.E; ++e)
+      for (Index kv = 0; kv < g.Hkv; ++kv) {
+        T* mine = scratch + detail::thread_id() * (3 * M * N + M * d);
+        const Tensor<T> p = Tensor<T>::wrap(mine, Shape{M, N});
+        const Tensor<T> ds = Tensor<T>::wrap(mine + M * N, Shape{M, N});
+        const Tensor<T> kc = detail::chunk_view(k, b, e, kv), vc = detail::chunk_view(v, b, e, kv);
+        for (Index z = b * g.rows_per_sequence; z < (b + 1) * g.rows_per_sequence; ++z)
+          for (Index i = 0; i < g.Kc; ++i) {
+            const T w = weight(z, i);
+            if (index(z, i) != e || w == T(0)) continue;
+            for (Index h = kv * g.heads_per_kv; h < (kv + 1) * g.heads_per_kv; ++h) {
+              const Tensor<T> qzh = q.select(0, z).select(0, h), dozh = dout.select(0, z).select(0, h);
+              probabilities(z, h, i, kc, p);
+              if (dv) gemm(p.transpose(0, 1), dozh, detail::chunk_view(*dv, b, e, kv), w, T(1), 1);  // dV += w Pᵀ dO
+              if (dk) {
+                const T* dl = delta.data() + ((z * g.H + h) * g.Kc + i) * M;
+                gemm(dozh, vc.transpose(0, 1), ds, T(1), T(0), 1);
+                for (Index m = 0; m < M; ++m)
+                  for (Index n = 0; n < N; ++n) ds.data()[m * N + n] = w * p.data()[m * N + n] * (ds.data()[m * N + n] - dl[m]);
+                gemm(ds.transpose(0, 1), qzh, detail::chunk_view(*dk, b, e, kv), scale, T(1), 1);  // dK += scale dSᵀ q
+              }
+            }
+          }
+      }
+}
+
+// The differentiable op. q, k, v and weight may all require gradients; index never does.
+template <class T>
+Var<T> gca(const Var<T>& q, const Var<T>& k, const Var<T>& v, const IndexTensor& index, const Var<T>& weight, T scale) {
+  Arena* arena = step_arena();
+  const Tensor<T> qc = q.value().contiguous(arena), kc = k.value().contiguous(arena), vc = v.value().contiguous(arena);
+  const Tensor<T> wc = weight.value().contiguous(arena);
+  const IndexTensor ic = index.contiguous(arena);
+  const Tensor<T> out = Tensor<T>::empty(q.shape(), arena);
+  const Tensor<T> lse = Tensor<T>::empty(Shape{q.size(0), q.size(1), ic.size(1), q.size(2)}, arena);
+  gca_forward(qc, kc, vc, ic, wc, scale, out, lse, arena);
+  Var<T> result = make_output(out, {&q, &k, &v, &weight});
+  if (result.requires_grad())
+    record_backward(result, [=] {
+      Arena* a = step_arena();
+      const Tensor<T> dq = q.requires_grad() ? q.node()->grad_buffer() : Tensor<T>();
+      const Tensor<T> dk = k.requires_grad() ? k.node()->grad_buffer() : Tensor<T>();
+      const Tensor<T> dv = v.requires_grad() ? v.node()->grad_buffer() : Tensor<T>();
+      const Tensor<T> dw = weight.requires_grad() ? weight.node()->grad_buffer() : Tensor<T>();
+      DRT_CHECK((!dq.defined() || dq.is_contiguous()) && (!dk.defined() || dk.is_contiguous()) &&
+                    (!dv.defined() || dv.is_contiguous()) && (!dw.defined() || dw.is_contiguous()),
+                "gca: gradient buffers must be contiguous");
+      gca_backward(qc, kc, vc, ic, wc, scale, lse, result.grad().contiguous(a), dq.defined() ? &dq : nullptr,
+                   dk.defined() ? &dk : nullptr, dv.defined() ? &dv : nullptr, dw.defined() ? &dw : nullptr, a);
+    });
+  return result;
+}
+
+}  // namespace drt
