@@ -1,0 +1,174 @@
+// drt/attention/window_attention.hpp — causal sliding-window self-attention with ALiBi (spec §3).
+//
+// Shapes:  B batch, T positions, H query heads, Hkv key/value heads (H a multiple of Hkv; query
+//          head h reads kv head h / (H / Hkv)), d head width, W window.
+//   q         (B, T, H, d)      the layout a (B, T, H·d) projection already has: no transpose
+//   k, v      (B, T, Hkv, d)
+//   slopes    (H)               ALiBi slopes m_h (alibi_slopes() gives the standard ones)
+//   out       (B, T, H, d)
+//
+//   score(i, j) = scale · ⟨q_i, k_j⟩ − m_h · (i − j)   for i − W ≤ j ≤ i   (W + 1 keys, the
+//   query's own position included), −∞ elsewhere; out_i = Σ_j softmax_j(score) v_j.
+//
+// Queries are processed in blocks of 64; a block only ever looks at the W + 64 keys that can be
+// in its window, so memory is O(T·W), never O(T²). The backward recomputes the probabilities
+// from the saved log-sum-exp (like flash attention) instead of storing them.
+#pragma once
+
+#include <cmath>
+#include <limits>
+
+#include "drt/attention/gca.hpp"  // thread helpers
+#include "drt/autodiff/var.hpp"
+#include "drt/core/matmul.hpp"
+
+namespace drt {
+namespace detail {
+
+inline constexpr Index kWindowQueryBlock = 64;
+
+struct WindowDims {
+  Index B, T, H, Hkv, d, W, heads_per_kv;
+};
+
+template <class T>
+WindowDims window_check(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, const Tensor<T>& slopes,
+                        Index window) {
+  DRT_CHECK(q.rank() == 4, "window_attention: q must be (B, T, H, d), got ", q.shape().str());
+  DRT_CHECK(k.rank() == 4 && k.shape() == v.shape(), "window_attention: k ", k.shape().str(), " and v ",
+            v.shape().str(), " must both be (B, T, Hkv, d)");
+  DRT_CHECK(k.size(0) == q.size(0) && k.size(1) == q.size(1) && k.size(3) == q.size(3),
+            "window_attention: q ", q.shape().str(), " and k ", k.shape().str(), " disagree on B, T or d");
+  DRT_CHECK(k.size(2) > 0 && q.size(2) % k.size(2) == 0, "window_attention: query heads ", q.size(2),
+            " are not a multiple of kv heads ", k.size(2));
+  DRT_CHECK(slopes.rank() == 1 && slopes.size(0) == q.size(2), "window_attention: slopes ", slopes.shape().str(),
+            " should have one entry per query head (", q.size(2), ")");
+  DRT_CHECK(window >= 0, "window_attention: negative window ", window);
+  DRT_CHECK(q.is_contiguous() && k.is_contiguous() && v.is_contiguous(), "window_attention: inputs must be contiguous");
+  return {q.size(0), q.size(1), q.size(2), k.size(2), q.size(3), window, q.size(2) / k.size(2)};
+}
+
+// The rows [t0, t1) of sequence b, head h of a (B, T, heads, d) tensor: a (t1 − t0, d) view.
+template <class T>
+Tensor<T> rows_of(const Tensor<T>& x, Index b, Index h, Index t0, Index t1) {
+  return x.select(0, b).select(1, h).slice(0, t0, t1);
+}
+
+// Fills s (rows × keys) with masked ALiBi scores for queries [t0, t0+rows) and keys [j0, j0+keys),
+// given s already holding scale·q kᵀ.
+template <class T>
+void window_bias_and_mask(T* s, Index rows, Index keys, Index t0, Index j0, Index window, T slope) {
+  for (Index r = 0; r < rows; ++r)
+    for (Index c = 0; c < keys; ++c) {
+      const Index i = t0 + r, j = j0 + c;
+      s[r * keys + c] = (j > i || j < i - window) ? -std::numeric_limits<T>::infinity()
+                                                  : s[r * keys + c] - slope * T(i - j);
+    }
+}
+
+}  // namespace detail
+
+// Forward: writes out (B, T, H, d) and lse (B, H, T).
+template <class T>
+void window_attention_forward(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, const Tensor<T>& slopes,
+                              Index window, T scale, const Tensor<T>& out, const Tensor<T>& lse, Arena* arena) {
+  const detail::WindowDims g = detail::window_check(q, k, v, slopes, window);
+  const Index QB = detail::kWindowQueryBlock, KB = g.W + QB;
+  const Index blocks = (g.T + QB - 1) / QB;
+  const int threads = detail::thread_count();
+  T* scratch = arena->allocate_array<T>(static_cast<std::size_t>(threads * QB * KB));
+#pragma omp parallel for collapse(3) schedule(dynamic)
+  for (Index b = 0; b < g.B; ++b)
+    for (Index h = 0; h < g.H; ++h)
+      for (Index blk = 0; blk < blocks; ++blk) {
+        const Index t0 = blk * QB, t1 = std::min(g.T, t0 + QB), rows = t1 - t0;
+        const Index j0 = std::max<Index>(0, t0 - g.W), keys = t1 - j0;  // every key some query here may see
+        const Index kv = h / g.heads_per_kv;
+        const Tensor<T> s = Tensor<T>::wrap(scratch + detail::thread_id() * QB * KB, Shape{rows, keys});
+        gemm(detail::rows_of(q, b, h, t0, t1), detail::rows_of(k, b, kv, j0, t1).transpose(0, 1), s, scale, T(0), 1);
+        detail::window_bias_and_mask(s.data(), rows, keys, t0, j0, g.W, slopes.data()[h]);
+        T* l = lse.data() + (b * g.H + h) * g.T + t0;
+        for (Index r = 0; r < rows; ++r) {  // row softmax; the diagonal is always visible, so no row is empty
+          T* row = s.data() + r * keys;
+          const T mx = *std::max_element(row, row + keys);
+          T total = 0;
+          for (Index c = 0; c < keys; ++c) total += (row[c] = std::exp(row[c] - mx));
+          for (Index c = 0; c < keys; ++c) row[c] /= total;
+          l[r] = mx + std::log(total);
+        }
+        gemm(s, detail::rows_of(v, b, kv, j0, t1), detail::rows_of(out, b, h, t0, t1), T(1), T(0), 1);
+      }
+}
+
+// Backward: adds into dq, dk, dv (any may be null). Parallel over (batch, kv head) so that the
+// key/value gradients of one thread never overlap another's.
+template <class T>
+void window_attention_backward(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, const Tensor<T>& slopes,
+                               Index window, T scale, const Tensor<T>& out, const Tensor<T>& lse,
+                               const Tensor<T>& dout, const Tensor<T>* dq, const Tensor<T>* dk, const Tensor<T>* dv,
+                               Arena* arena) {
+  const detail::WindowDims g = detail::window_check(q, k, v, slopes, window);
+  const Index QB = detail::kWindowQueryBlock, KB = g.W + QB;
+  const Index blocks = (g.T + QB - 1) / QB;
+  const int threads = detail::thread_count();
+  T* scratch = arena->allocate_array<T>(static_cast<std::size_t>(threads * (2 * QB * KB + QB)));
+#pragma omp parallel for collapse(2) schedule(dynamic)
+  for (Index b = 0; b < g.B; ++b)
+    for (Index kv = 0; kv < g.Hkv; ++kv) {
+      T* mine = scratch + detail::thread_id() * (2 * QB * KB + QB);
+      for (Index h = kv * g.heads_per_kv; h < (kv + 1) * g.heads_per_kv; ++h)
+        for (Index blk = 0; blk < blocks; ++blk) {
+          const Index t0 = blk * QB, t1 = std::min(g.T, t0 + QB), rows = t1 - t0;
+          const Index j0 = std::max<Index>(0, t0 - g.W), keys = t1 - j0;
+          const Tensor<T> p = Tensor<T>::wrap(mine, Shape{rows, keys});
+          const Tensor<T> ds = Tensor<T>::wrap(mine + QB * KB, Shape{rows, keys});
+          T* delta = mine + 2 * QB * KB;
+          const Tensor<T> qb = detail::rows_of(q, b, h, t0, t1), dob = detail::rows_of(dout, b, h, t0, t1);
+          const Tensor<T> ob = detail::rows_of(out, b, h, t0, t1);
+          const Tensor<T> kb = detail::rows_of(k, b, kv, j0, t1), vb = detail::rows_of(v, b, kv, j0, t1);
+          // P from the saved log-sum-exp.
+          gemm(qb, kb.transpose(0, 1), p, scale, T(0), 1);
+          detail::window_bias_and_mask(p.data(), rows, keys, t0, j0, g.W, slopes.data()[h]);
+          const T* l = lse.data() + (b * g.H + h) * g.T + t0;
+          for (Index r = 0; r < rows; ++r)
+            for (Index c = 0; c < keys; ++c) p.data()[r * keys + c] = std::exp(p.data()[r * keys + c] - l[r]);
+          // δ_r = ⟨dO_r, O_r⟩;  dS = P ∘ (dO vᵀ − δ)
+          for (Index r = 0; r < rows; ++r) {
+            T acc = 0;
+            for (Index c = 0; c < g.d; ++c) acc += dob(r, c) * ob(r, c);
+            delta[r] = acc;
+          }
+          gemm(dob, vb.transpose(0, 1), ds, T(1), T(0), 1);
+          for (Index r = 0; r < rows; ++r)
+            for (Index c = 0; c < keys; ++c) ds.data()[r * keys + c] = p.data()[r * keys + c] * (ds.data()[r * keys + c] - delta[r]);
+          if (dv) gemm(p.transpose(0, 1), dob, detail::rows_of(*dv, b, kv, j0, t1), T(1), T(1), 1);      // dV += Pᵀ dO
+          if (dk) gemm(ds.transpose(0, 1), qb, detail::rows_of(*dk, b, kv, j0, t1), scale, T(1), 1);     // dK += scale dSᵀ q
+          if (dq) gemm(ds, kb, detail::rows_of(*dq, b, h, t0, t1), scale, T(1), 1);                      // dQ += scale dS k
+        }
+    }
+}
+
+// The differentiable op. The slopes are a fixed buffer (no gradient), as in the reference.
+template <class T>
+Var<T> window_attention(const Var<T>& q, const Var<T>& k, const Var<T>& v, const Tensor<T>& slopes, Index window,
+                        T scale) {
+  Arena* arena = step_arena();
+  const Tensor<T> qc = q.value().contiguous(arena), kc = k.value().contiguous(arena), vc = v.value().contiguous(arena);
+  const Tensor<T> out = Tensor<T>::empty(q.shape(), arena);
+  const Tensor<T> lse = Tensor<T>::empty(Shape{q.size(0), q.size(2), q.size(1)}, arena);
+  window_attention_forward(qc, kc, vc, slopes, window, scale, out, lse, arena);
+  Var<T> result = make_output(out, {&q, &k, &v});
+  if (result.requires_grad())
+    record_backward(result, [=] {
+      Arena* a = step_arena();
+      const Tensor<T> dq = q.requires_grad() ? q.node()->grad_buffer() : Tensor<T>();
+      const Tensor<T> dk = k.requires_grad() ? k.node()->grad_buffer() : Tensor<T>();
+      const Tensor<T> dv = v.requires_grad() ? v.node()->grad_buffer() : Tensor<T>();
+      window_attention_backward(qc, kc, vc, slopes, window, scale, out, lse, result.grad().contiguous(a),
+                                dq.defined() ? &dq : nullptr, dk.defined() ? &dk : nullptr,
+                                dv.defined() ? &dv : nullptr, a);
+    });
+  return result;
+}
+
+}  // namespace drt
