@@ -9,9 +9,12 @@
 #include "drt/core/reduce.hpp"    // defines: sum, mean, max along an axis; add_sum_to
 #include "drt/core/matmul.hpp"    // defines: gemm, matmul
 #include "drt/core/random.hpp"    // defines: Generator, fill_uniform, fill_normal, ...
+#include "drt/core/indexing.hpp"  // defines: concat, index_select, gather, scatter_add (raw)
 
 #include "drt/autodiff/tape.hpp"         // defines: Tape, tape(), NoGradGuard
 #include "drt/autodiff/var.hpp"          // defines: Var<T>, Parameter<T>, backward
 #include "drt/autodiff/elementwise.hpp"  // defines: differentiable + - * /, exp, ..., select
 #include "drt/autodiff/reduce.hpp"       // defines: differentiable sum, mean, max
 #include "drt/autodiff/matmul.hpp"       // defines: differentiable matmul, linear
+#include "drt/autodiff/view.hpp"         // defines: differentiable reshape, permute, transpose, slice, (un)squeeze, broadcast_to, contiguous, concat
+#include "drt/autodiff/indexing.hpp"     // defines: differentiable index_select, gather, scatter_add, embedding
