@@ -1,0 +1,83 @@
+// drt/nn/cross_entropy.hpp — the language-model loss: softmax cross-entropy against class indices.
+//
+// Shapes: logits (..., V) with V the vocabulary size, targets (...) → loss () (one element):
+//   loss = mean over positions whose target != ignore_index of −log_softmax(logits)[target].
+//
+// Fused: the forward keeps one log Σ exp per position and never materialises the probabilities;
+// the backward writes (softmax − onehot)·g/count straight into the logits' gradient. Positions
+// with the ignored target (padding) contribute nothing; if every target is ignored the loss and
+// the gradient are 0 rather than 0/0.
+#pragma once
+
+#include <cmath>
+#include <limits>
+
+#include "drt/core/reduce.hpp"
+#include "drt/nn/softmax.hpp"
+
+namespace drt {
+
+template <class T>
+Var<T> cross_entropy(const Var<T>& logits, const IndexTensor& targets, int ignore_index = -100) {
+  DRT_CHECK(logits.rank() >= 1, "cross_entropy: logits need a vocabulary axis, got shape ", logits.shape().str());
+  const int vocab_axis = logits.rank() - 1;
+  const Shape expected = detail::reduced_shape(logits.shape(), vocab_axis, false);
+  DRT_CHECK(targets.shape() == expected, "cross_entropy: logits of shape ", logits.shape().str(),
+            " need targets of shape ", expected.str(), ", got targets of shape ", targets.shape().str());
+  const Index V = logits.size(-1);
+  const Index rows = targets.numel();
+
+  // Check every target before any work, so a bad one fails loudly and nothing is recorded.
+  Index count = 0;
+  for (Index row = 0; row < rows; ++row) {
+    const std::int32_t t = targets.data()[detail::element_offset(targets, row)];
+    if (t == ignore_index) continue;
+    DRT_CHECK(t >= 0 && t < V, "cross_entropy: target ", t, " (at position ", row, ") is outside [0, ", V,
+              "); the vocabulary size V is ", V, " and ignore_index is ", ignore_index);
+    ++count;
+  }
+
+  constexpr T minus_inf = -std::numeric_limits<T>::infinity();
+  const Tensor<T>& x = logits.value();
+  Tensor<T> lse = Tensor<T>::empty(Shape{rows}, step_arena());       // log Σ exp per position
+  Tensor<T> row_loss = Tensor<T>::empty(Shape{rows}, step_arena());  // summed serially: deterministic
+  const Index xs = x.strides()[vocab_axis];
+  detail::parallel_for_lanes(rows, x.numel(), [&](Index row) {
+    const std::int32_t t = targets.data()[detail::element_offset(targets, row)];
+    if (t == ignore_index) {
+      row_loss.data()[row] = T(0);
+      return;
+    }
+    const T* in = x.data() + detail::lane_offset(x, vocab_axis, row);
+    const T l = detail::lane_logsumexp(in, V, xs);
+    lse.data()[row] = l;
+    // A −inf target logit has probability 0: the loss is +inf (not −inf − −inf = NaN).
+    row_loss.data()[row] = in[t * xs] == minus_inf ? std::numeric_limits<T>::infinity() : l - in[t * xs];
+  });
+  double total = 0;
+  for (Index row = 0; row < rows; ++row) total += row_loss.data()[row];
+  const T loss = count ? static_cast<T>(total / static_cast<double>(count)) : T(0);
+
+  Var<T> out = make_output(Tensor<T>::full(Shape{}, loss, step_arena()), {&logits});
+  if (out.requires_grad())
+    record_backward(out, [logits, targets, ignore_index, count, lse, vocab_axis, out] {
+      const Tensor<T>& x = logits.value();
+      const Tensor<T>& dx = logits.node()->grad_buffer();  // zero when every target is ignored
+      if (count == 0) return;
+      const T scale = out.grad().item() / static_cast<T>(count);
+      const Index V = x.shape()[vocab_axis], xs = x.strides()[vocab_axis], ds = dx.strides()[vocab_axis];
+      detail::parallel_for_lanes(targets.numel(), x.numel(), [&](Index row) {
+        const std::int32_t t = targets.data()[detail::element_offset(targets, row)];
+        if (t == ignore_index) return;
+        const T* in = x.data() + detail::lane_offset(x, vocab_axis, row);
+        T* d = dx.data() + detail::lane_offset(dx, vocab_axis, row);
+        const T l = lse.data()[row];
+        if (l != minus_inf)  // an all −inf row has no probability mass to push down
+          for (Index k = 0; k < V; ++k) d[k * ds] += scale * std::exp(in[k * xs] - l);
+        d[t * ds] -= scale;
+      });
+    });
+  return out;
+}
+
+}  // namespace drt

@@ -1,0 +1,83 @@
+// drt/nn/rms_norm.hpp — RMSNorm: scale each row to unit root-mean-square, then by a learned gain.
+//
+// Shapes: x (..., D), gamma (D) → (..., D):  y = x · γ / sqrt(mean(x²) + eps) over the last axis.
+//
+// The forward keeps r = 1/sqrt(mean(x²) + eps) per row (one number per row) for the backward:
+//   x̂ = x·r,  dγ = Σ_rows g ⊙ x̂,  dx = r · (g⊙γ − x̂ · mean(g⊙γ⊙x̂)).
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+
+#include "drt/autodiff/var.hpp"
+#include "drt/nn/lanes.hpp"
+
+namespace drt {
+
+template <class T>
+Var<T> rms_norm(const Var<T>& x, const Var<T>& gamma, T eps) {
+  DRT_CHECK(x.rank() >= 1 && gamma.rank() == 1 && gamma.size(0) == x.size(-1), "rms_norm: input of shape ",
+            x.shape().str(), " does not match gamma of shape ", gamma.shape().str(),
+            " (gamma must be (D) with D the input's last extent)");
+  DRT_CHECK(eps >= T(0), "rms_norm: eps must be non-negative, got ", eps);
+  const Tensor<T>& xv = x.value();
+  const Tensor<T>& gv = gamma.value();
+  const Index D = xv.size(-1), rows = detail::row_count(xv.shape());
+  Tensor<T> y = Tensor<T>::empty(xv.shape(), step_arena());
+  Tensor<T> inv_rms = Tensor<T>::empty(Shape{rows}, step_arena());
+  const Index xs = detail::row_step(xv), gs = gv.strides()[0];
+  detail::parallel_for_lanes(rows, xv.numel(), [&](Index row) {
+    const T* in = xv.data() + detail::row_offset(xv, row);
+    T* out = y.data() + row * D;
+    T squares = T(0);
+    for (Index j = 0; j < D; ++j) squares += in[j * xs] * in[j * xs];
+    const T r = T(1) / std::sqrt((D ? squares / T(D) : T(0)) + eps);
+    inv_rms.data()[row] = r;
+    for (Index j = 0; j < D; ++j) out[j] = in[j * xs] * r * gv.data()[j * gs];
+  });
+
+  Var<T> out = make_output(y, {&x, &gamma});
+  if (out.requires_grad())
+    record_backward(out, [x, gamma, inv_rms, out] {
+      const Tensor<T>& xv = x.value();
+      const Tensor<T>& gv = gamma.value();
+      const Tensor<T>& g = out.grad();
+      const Index D = xv.size(-1), rows = inv_rms.numel();
+      const Index xs = detail::row_step(xv), gs = gv.strides()[0], os = detail::row_step(g);
+      const T* r = inv_rms.data();
+      if (x.requires_grad()) {
+        const Tensor<T>& dx = x.node()->grad_buffer();
+        const Index ds = detail::row_step(dx);
+        detail::parallel_for_lanes(rows, xv.numel(), [&](Index row) {
+          const T* in = xv.data() + detail::row_offset(xv, row);
+          const T* pg = g.data() + detail::row_offset(g, row);
+          T* d = dx.data() + detail::row_offset(dx, row);
+          T dot = T(0);  // Σ g·γ·x̂
+          for (Index j = 0; j < D; ++j) dot += pg[j * os] * gv.data()[j * gs] * in[j * xs];
+          const T c = D ? dot * r[row] / T(D) : T(0);
+          for (Index j = 0; j < D; ++j)
+            d[j * ds] += r[row] * (pg[j * os] * gv.data()[j * gs] - in[j * xs] * r[row] * c);
+        });
+      }
+      if (gamma.requires_grad()) {
+        // Threads own blocks of columns and walk every row: no races, and the same order of
+        // additions whatever the thread count.
+        const Tensor<T>& dgamma = gamma.node()->grad_buffer();
+        const Index dgs = dgamma.strides()[0];
+        constexpr Index kBlock = 64;
+        detail::parallel_for_lanes((D + kBlock - 1) / kBlock, xv.numel(), [&](Index block) {
+          const Index begin = block * kBlock, end = std::min(D, begin + kBlock);
+          T acc[kBlock] = {};
+          for (Index row = 0; row < rows; ++row) {
+            const T* in = xv.data() + detail::row_offset(xv, row);
+            const T* pg = g.data() + detail::row_offset(g, row);
+            for (Index j = begin; j < end; ++j) acc[j - begin] += pg[j * os] * in[j * xs] * r[row];
+          }
+          for (Index j = begin; j < end; ++j) dgamma.data()[j * dgs] += acc[j - begin];
+        });
+      }
+    });
+  return out;
+}
+
+}  // namespace drt

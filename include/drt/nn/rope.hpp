@@ -1,0 +1,76 @@
+// drt/nn/rope.hpp — rotary position embedding (RoPE), in the rotate-half layout of Llama / HF.
+//
+// Shapes: x (..., S, d) → (..., S, d), with S positions along axis −2 and d even.
+//
+// The pair (x_i, x_{i+d/2}), i < d/2, is rotated by the angle p·θ^(−2i/d), p = s + position_offset:
+//   out_i       = x_i cos − x_{i+d/2} sin
+//   out_{i+d/2} = x_{i+d/2} cos + x_i sin
+// A rotation is orthogonal, so the backward is the inverse rotation (the angle negated).
+// The angles are computed in double: p·freq loses digits in float at long positions.
+#pragma once
+
+#include <cmath>
+
+#include "drt/autodiff/var.hpp"
+#include "drt/nn/lanes.hpp"
+
+namespace drt {
+namespace detail {
+
+// out = rotation of `in` by `direction`·angle (+1 forward, −1 backward); row-major cos/sin tables
+// (S, d/2). Adds into out when `accumulate`, else overwrites it.
+template <class T>
+void rotate_pairs(const Tensor<T>& in, const Tensor<T>& out, const T* cos_table, const T* sin_table, T direction,
+                  bool accumulate) {
+  const Index d = in.size(-1), half = d / 2, S = in.size(-2);
+  const Index is = in.strides()[in.rank() - 1], os = out.strides()[out.rank() - 1];
+  parallel_for_lanes(row_count(in.shape()), in.numel(), [&](Index row) {
+    const T* src = in.data() + row_offset(in, row);
+    T* dst = out.data() + row_offset(out, row);
+    const T* c = cos_table + (row % S) * half;
+    const T* s = sin_table + (row % S) * half;
+    for (Index i = 0; i < half; ++i) {
+      const T lo = src[i * is], hi = src[(i + half) * is], sn = direction * s[i];
+      const T new_lo = lo * c[i] - hi * sn, new_hi = hi * c[i] + lo * sn;
+      if (accumulate) {
+        dst[i * os] += new_lo;
+        dst[(i + half) * os] += new_hi;
+      } else {
+        dst[i * os] = new_lo;
+        dst[(i + half) * os] = new_hi;
+      }
+    }
+  });
+}
+
+}  // namespace detail
+
+template <class T>
+Var<T> rope(const Var<T>& x, T theta = T(10000), Index position_offset = 0) {
+  DRT_CHECK(x.rank() >= 2, "rope: input needs (..., S, d) axes, got shape ", x.shape().str());
+  const Index S = x.size(-2), d = x.size(-1), half = d / 2;
+  DRT_CHECK(d % 2 == 0, "rope: the last extent d = ", d, " of shape ", x.shape().str(), " must be even");
+  DRT_CHECK(theta > T(0), "rope: theta must be positive, got ", theta);
+
+  T* cos_table = step_arena()->allocate_array<T>(static_cast<std::size_t>(S * half));
+  T* sin_table = step_arena()->allocate_array<T>(static_cast<std::size_t>(S * half));
+  for (Index i = 0; i < half; ++i) {
+    const double freq = std::pow(static_cast<double>(theta), -2.0 * static_cast<double>(i) / static_cast<double>(d));
+    for (Index s = 0; s < S; ++s) {
+      const double angle = static_cast<double>(s + position_offset) * freq;
+      cos_table[s * half + i] = static_cast<T>(std::cos(angle));
+      sin_table[s * half + i] = static_cast<T>(std::sin(angle));
+    }
+  }
+  Tensor<T> y = Tensor<T>::empty(x.shape(), step_arena());
+  detail::rotate_pairs(x.value(), y, cos_table, sin_table, T(1), false);
+
+  Var<T> out = make_output(y, {&x});
+  if (out.requires_grad())
+    record_backward(out, [x, cos_table, sin_table, out] {
+      detail::rotate_pairs(out.grad(), x.node()->grad_buffer(), cos_table, sin_table, T(-1), true);
+    });
+  return out;
+}
+
+}  // namespace drt

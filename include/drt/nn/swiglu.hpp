@@ -1,0 +1,62 @@
+// drt/nn/swiglu.hpp — the SwiGLU gate and the SwiGLU feed-forward block (as in Llama).
+//
+// Shapes: swiglu      gate (...), up (...) (same shape) → (...):  silu(gate) · up
+//         swiglu_mlp  x (..., D), w_gate (F, D), w_up (F, D), w_down (D, F) → (..., D)
+//                     with F the hidden width: w_down · (silu(w_gate x) · (w_up x))
+//
+// swiglu is fused: one pass forward, and one pass backward that produces both gradients
+//   d gate = g · up · σ(gate)·(1 + gate·(1 − σ(gate))),   d up = g · silu(gate).
+#pragma once
+
+#include "drt/autodiff/elementwise.hpp"
+#include "drt/autodiff/matmul.hpp"
+#include "drt/nn/lanes.hpp"
+
+namespace drt {
+
+template <class T>
+Var<T> swiglu(const Var<T>& gate, const Var<T>& up) {
+  DRT_CHECK(gate.shape() == up.shape(), "swiglu: gate of shape ", gate.shape().str(), " and up of shape ",
+            up.shape().str(), " must have the same shape");
+  Var<T> out = make_output(eval(silu(gate.value()) * up.value(), step_arena()), {&gate, &up});
+  if (out.requires_grad())
+    record_backward(out, [gate, up, out] {
+      const Tensor<T>& a = gate.value();
+      const Tensor<T>& b = up.value();
+      const Tensor<T>& g = out.grad();
+      if (!gate.requires_grad() || !up.requires_grad()) {  // one gradient: one expression pass
+        gate.accumulate_grad(g * b * sigmoid(a) * (T(1) + a * (T(1) - sigmoid(a))));
+        up.accumulate_grad(g * silu(a));
+        return;
+      }
+      const Tensor<T>& da = gate.node()->grad_buffer();
+      const Tensor<T>& db = up.node()->grad_buffer();
+      const Index n = detail::row_length(a.shape());
+      const Index as = detail::row_step(a), bs = detail::row_step(b), gs = detail::row_step(g);
+      const Index das = detail::row_step(da), dbs = detail::row_step(db);
+      detail::parallel_for_lanes(detail::row_count(a.shape()), a.numel(), [&](Index row) {
+        const T* pa = a.data() + detail::row_offset(a, row);
+        const T* pb = b.data() + detail::row_offset(b, row);
+        const T* pg = g.data() + detail::row_offset(g, row);
+        T* pda = da.data() + detail::row_offset(da, row);
+        T* pdb = db.data() + detail::row_offset(db, row);
+        for (Index j = 0; j < n; ++j) {
+          const T z = pa[j * as], s = T(1) / (T(1) + std::exp(-z)), gj = pg[j * gs];
+          pda[j * das] += gj * pb[j * bs] * s * (T(1) + z * (T(1) - s));
+          pdb[j * dbs] += gj * z * s;
+        }
+      });
+    });
+  return out;
+}
+
+template <class T>
+Var<T> swiglu_mlp(const Var<T>& x, const Var<T>& w_gate, const Var<T>& w_up, const Var<T>& w_down) {
+  DRT_CHECK(w_gate.rank() == 2 && w_up.shape() == w_gate.shape() && w_down.rank() == 2 &&
+                w_down.size(0) == w_gate.size(1) && w_down.size(1) == w_gate.size(0),
+            "swiglu_mlp: weights must be w_gate (F, D), w_up (F, D), w_down (D, F); got w_gate ",
+            w_gate.shape().str(), ", w_up ", w_up.shape().str(), ", w_down ", w_down.shape().str());
+  return linear(swiglu(linear(x, w_gate), linear(x, w_up)), w_down);
+}
+
+}  // namespace drt
