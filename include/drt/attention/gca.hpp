@@ -99,9 +99,8 @@ void gca_forward(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, con
   const int threads = detail::thread_count();
   T* scratch = arena->allocate_array<T>(static_cast<std::size_t>(threads * (M * N + M * d)));
   out.fill(T(0));
-#pragma omp parallel for collapse(2) schedule(dynamic)
-  for (Index z = 0; z < g.Z; ++z)
-    for (Index h = 0; h < g.H; ++h) {
+  parallel_for_dynamic(g.Z * g.H, g.Z * g.H * g.Kc * M * N * d, [&](Index zh) {
+      const Index z = zh / g.H, h = zh % g.H;
       T* mine = scratch + detail::thread_id() * (M * N + M * d);
       const Tensor<T> scores = Tensor<T>::wrap(mine, Shape{M, N});
       const Tensor<T> chunk_out = Tensor<T>::wrap(mine + M * N, Shape{M, d});
@@ -130,7 +129,7 @@ void gca_forward(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, con
         gemm(scores, vc, chunk_out, T(1), T(0), 1);  // o_i = P v
         ozh.assign(ozh + chunk_out * w);
       }
-    }
+  });
 }
 
 // Backward (spec §6.3). Adds into dq (Z,H,M,d), dk and dv (B,E,N,Hkv,d) and dweight (Z,Kc).
@@ -157,9 +156,8 @@ void gca_backward(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, co
       for (Index n = 0; n < N; ++n) p.data()[m * N + n] = std::exp(p.data()[m * N + n] - l[m]);
   };
 
-#pragma omp parallel for collapse(2) schedule(dynamic)
-  for (Index z = 0; z < g.Z; ++z)
-    for (Index h = 0; h < g.H; ++h) {
+  parallel_for_dynamic(g.Z * g.H, g.Z * g.H * g.Kc * M * N * d, [&](Index zh) {
+      const Index z = zh / g.H, h = zh % g.H;
       T* mine = scratch + detail::thread_id() * (3 * M * N + M * d);
       const Tensor<T> p = Tensor<T>::wrap(mine, Shape{M, N});
       const Tensor<T> dp = Tensor<T>::wrap(mine + M * N, Shape{M, N});
@@ -186,7 +184,7 @@ void gca_backward(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, co
           gemm(dp, kc, dq->select(0, z).select(0, h), scale, T(1), 1);  // dQ += scale · dS k
         }
       }
-    }
+  });
 
   if (dweight) {  // dW[z,i] = Σ_{h,m} δ
     for (Index z = 0; z < g.Z; ++z)
@@ -200,10 +198,8 @@ void gca_backward(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, co
   if (!dk && !dv) return;
 
   // Pass 2: for every memory chunk (b, e) and kv head, sum over the (row, slot, head) that read it.
-#pragma omp parallel for collapse(3) schedule(dynamic)
-  for (Index b = 0; b < g.B; ++b)
-    for (Index e = 0; e < g.E; ++e)
-      for (Index kv = 0; kv < g.Hkv; ++kv) {
+  parallel_for_dynamic(g.B * g.E * g.Hkv, g.Z * g.H * g.Kc * M * N * d, [&](Index bek) {
+        const Index b = bek / (g.E * g.Hkv), e = (bek / g.Hkv) % g.E, kv = bek % g.Hkv;
         T* mine = scratch + detail::thread_id() * (3 * M * N + M * d);
         const Tensor<T> p = Tensor<T>::wrap(mine, Shape{M, N});
         const Tensor<T> ds = Tensor<T>::wrap(mine + M * N, Shape{M, N});
@@ -225,7 +221,7 @@ void gca_backward(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, co
               }
             }
           }
-      }
+  });
 }
 
 // The differentiable op. q, k, v and weight may all require gradients; index never does.

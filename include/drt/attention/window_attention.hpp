@@ -77,10 +77,8 @@ void window_attention_forward(const Tensor<T>& q, const Tensor<T>& k, const Tens
   const Index blocks = (g.T + QB - 1) / QB;
   const int threads = detail::thread_count();
   T* scratch = arena->allocate_array<T>(static_cast<std::size_t>(threads * QB * KB));
-#pragma omp parallel for collapse(3) schedule(dynamic)
-  for (Index b = 0; b < g.B; ++b)
-    for (Index h = 0; h < g.H; ++h)
-      for (Index blk = 0; blk < blocks; ++blk) {
+  parallel_for_dynamic(g.B * g.H * blocks, g.B * g.H * g.T * KB * g.d, [&](Index i) {
+        const Index b = i / (g.H * blocks), h = (i / blocks) % g.H, blk = i % blocks;
         const Index t0 = blk * QB, t1 = std::min(g.T, t0 + QB), rows = t1 - t0;
         const Index j0 = std::max<Index>(0, t0 - g.W), keys = t1 - j0;  // every key some query here may see
         const Index kv = h / g.heads_per_kv;
@@ -97,7 +95,7 @@ void window_attention_forward(const Tensor<T>& q, const Tensor<T>& k, const Tens
           l[r] = mx + std::log(total);
         }
         gemm(s, detail::rows_of(v, b, kv, j0, t1), detail::rows_of(out, b, h, t0, t1), T(1), T(0), 1);
-      }
+  });
 }
 
 // Backward: adds into dq, dk, dv (any may be null). Parallel over (batch, kv head) so that the
@@ -112,9 +110,8 @@ void window_attention_backward(const Tensor<T>& q, const Tensor<T>& k, const Ten
   const Index blocks = (g.T + QB - 1) / QB;
   const int threads = detail::thread_count();
   T* scratch = arena->allocate_array<T>(static_cast<std::size_t>(threads * (2 * QB * KB + QB)));
-#pragma omp parallel for collapse(2) schedule(dynamic)
-  for (Index b = 0; b < g.B; ++b)
-    for (Index kv = 0; kv < g.Hkv; ++kv) {
+  parallel_for_dynamic(g.B * g.Hkv, g.B * g.H * g.T * KB * g.d, [&](Index bkv) {
+      const Index b = bkv / g.Hkv, kv = bkv % g.Hkv;
       T* mine = scratch + detail::thread_id() * (2 * QB * KB + QB);
       for (Index h = kv * g.heads_per_kv; h < (kv + 1) * g.heads_per_kv; ++h)
         for (Index blk = 0; blk < blocks; ++blk) {
@@ -145,7 +142,7 @@ void window_attention_backward(const Tensor<T>& q, const Tensor<T>& k, const Ten
           if (dk) gemm(ds.transpose(0, 1), qb, detail::rows_of(*dk, b, kv, j0, t1), scale, T(1), 1);     // dK += scale dSᵀ q
           if (dq) gemm(ds, kb, detail::rows_of(*dq, b, h, t0, t1), scale, T(1), 1);                      // dQ += scale dS k
         }
-    }
+  });
 }
 
 // The differentiable op. The slopes are a fixed buffer (no gradient), as in the reference.

@@ -87,11 +87,10 @@ Var<T> embedding(const Var<T>& weight, const IndexTensor& ids, int padding_idx =
   const Tensor<T>& w = weight.value();
   const Index rows = ids.numel(), w_row = w.strides()[0], w_col = w.strides()[1];
   T* o = value.data();
-#pragma omp parallel for schedule(static) if (value.numel() >= expr::kParallelThreshold)
-  for (Index r = 0; r < rows; ++r) {
+  parallel_for(rows, value.numel(), [&](Index r) {
     const T* src = w.data() + id_at(r) * w_row;
     for (Index j = 0; j < D; ++j) o[r * D + j] = src[j * w_col];
-  }
+  });
 
   Var<T> out = make_output(value, {&weight});
   if (out.requires_grad())

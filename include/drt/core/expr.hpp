@@ -22,6 +22,7 @@
 #include <cmath>
 #include <type_traits>
 
+#include "drt/core/parallel.hpp"
 #include "drt/core/tensor.hpp"
 
 namespace drt {
@@ -222,7 +223,7 @@ concept BinaryOperands = (Operand<A> && (Operand<B> || std::is_arithmetic_v<B>))
                          (std::is_arithmetic_v<A> && Operand<B>);
 
 // --- evaluation ----------------------------------------------------------------------------
-inline constexpr Index kParallelThreshold = Index(1) << 15;  // elements; below this, one thread
+inline constexpr Index kParallelThreshold = kParallelWork;  // elements; below this, one thread
 
 template <class T, class E, class Write>
 void evaluate(const Tensor<T>& dst, E e, Write write) {
@@ -234,9 +235,12 @@ void evaluate(const Tensor<T>& dst, E e, Write write) {
   e.bind(shape);
   T* out = dst.data();
 
-  if (dst.is_contiguous() && e.flat(shape)) {  // fast path: one flat, vectorisable loop
-#pragma omp parallel for schedule(static) if (n >= kParallelThreshold)
-    for (Index i = 0; i < n; ++i) write(out[i], e.at(i));
+  if (dst.is_contiguous() && e.flat(shape)) {  // fast path: flat, vectorisable loops over blocks
+    constexpr Index block = 4096;
+    parallel_for((n + block - 1) / block, n, [&](Index b) {
+      const Index end = std::min(n, (b + 1) * block);
+      for (Index i = b * block; i < end; ++i) write(out[i], e.at(i));
+    });
     return;
   }
 
@@ -246,27 +250,23 @@ void evaluate(const Tensor<T>& dst, E e, Write write) {
   const Index rows = n / cols;
   const Index out_inner = shape.rank() ? dst.strides()[r - 1] : 1;
   const bool unit = e.unit_inner() && out_inner == 1;
-#pragma omp parallel if (n >= kParallelThreshold)
-  {
-    E local = e;  // each thread keeps its own row pointers
-#pragma omp for schedule(static)
-    for (Index row = 0; row < rows; ++row) {
-      Index idx[kMaxRank] = {};
-      Index rest = row, out_off = 0;
-      for (int d = r - 2; d >= 0; --d) {
-        idx[d] = rest % shape[d];
-        rest /= shape[d];
-        out_off += idx[d] * dst.strides()[d];
-      }
-      local.seek(idx, r - 1);
-      T* o = out + out_off;
-      if (unit) {
-        for (Index j = 0; j < cols; ++j) write(o[j], local.template row<true>(j));
-      } else {
-        for (Index j = 0; j < cols; ++j) write(o[j * out_inner], local.template row<false>(j));
-      }
+  parallel_for(rows, n, [&](Index row) {
+    E local = e;  // row pointers are per call, so threads never share them
+    Index idx[kMaxRank] = {};
+    Index rest = row, out_off = 0;
+    for (int d = r - 2; d >= 0; --d) {
+      idx[d] = rest % shape[d];
+      rest /= shape[d];
+      out_off += idx[d] * dst.strides()[d];
     }
-  }
+    local.seek(idx, r - 1);
+    T* o = out + out_off;
+    if (unit) {
+      for (Index j = 0; j < cols; ++j) write(o[j], local.template row<true>(j));
+    } else {
+      for (Index j = 0; j < cols; ++j) write(o[j * out_inner], local.template row<false>(j));
+    }
+  });
 }
 
 }  // namespace expr

@@ -110,8 +110,7 @@ Tensor<T> index_select(const Tensor<T>& x, int axis, const IndexTensor& index, A
   Tensor<T> out = Tensor<T>::empty(s, arena);
   const Index rows = s[a], step = index.strides()[0];
   const std::int32_t* ids = index.data();
-#pragma omp parallel for schedule(static) if (out.numel() >= expr::kParallelThreshold)
-  for (Index i = 0; i < rows; ++i) out.select(a, i).copy_from(x.select(a, ids[i * step]));
+  parallel_for(rows, out.numel(), [&](Index i) { out.select(a, i).copy_from(x.select(a, ids[i * step])); });
   return out;
 }
 
@@ -126,12 +125,11 @@ Tensor<T> gather(const Tensor<T>& x, int axis, const IndexTensor& index, Arena* 
   const Index n = out.numel();
   const T* in = x.data();
   T* o = out.data();
-#pragma omp parallel for schedule(static) if (n >= expr::kParallelThreshold)
-  for (Index p = 0; p < n; ++p) {
+  parallel_for(n, n, [&](Index p) {
     Index index_off, x_off;
     detail::gather_offsets(index, x.strides(), a, p, index_off, x_off);
     o[p] = in[x_off + index.data()[index_off] * x.strides()[a]];
-  }
+  });
   return out;
 }
 

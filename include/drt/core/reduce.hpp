@@ -31,16 +31,14 @@ void for_each_lane(const Tensor<T>& x, int axis, F&& f) {
       outer.push_back(x.shape()[i]);
       outer_strides[j++] = x.strides()[i];
     }
-  const Index lanes = outer.numel();
-#pragma omp parallel for schedule(static) if (x.numel() >= expr::kParallelThreshold)
-  for (Index lane = 0; lane < lanes; ++lane) {
+  parallel_for(outer.numel(), x.numel(), [&](Index lane) {
     Index rest = lane, off = 0;
     for (int d = outer.rank() - 1; d >= 0; --d) {
       off += (rest % outer[d]) * outer_strides[d];
       rest /= outer[d];
     }
     f(lane, off, x.strides()[axis]);
-  }
+  });
 }
 
 }  // namespace detail

@@ -18,8 +18,7 @@ Tensor<T> gumbel_noise(const Shape& shape, std::uint64_t seed, Arena* arena = nu
   Tensor<T> noise = Tensor<T>::empty(shape, arena);
   T* out = noise.data();
   const Index n = noise.numel();
-#pragma omp parallel for schedule(static) if (n >= expr::kParallelThreshold)
-  for (Index i = 0; i < n; ++i) out[i] = static_cast<T>(standard_gumbel(seed, static_cast<std::uint64_t>(i)));
+  parallel_for(n, n, [&](Index i) { out[i] = static_cast<T>(standard_gumbel(seed, static_cast<std::uint64_t>(i))); });
   return noise;
 }
 

@@ -54,8 +54,7 @@ Index row_step(const Tensor<U>& t) {
 // The body must not throw: checks belong before the loop.
 template <class F>
 void parallel_for_lanes(Index lanes, Index work, F&& body) {
-#pragma omp parallel for schedule(static) if (work >= expr::kParallelThreshold)
-  for (Index lane = 0; lane < lanes; ++lane) body(lane);
+  parallel_for(lanes, work, body);
 }
 
 }  // namespace drt::detail
