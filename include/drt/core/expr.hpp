@@ -361,3 +361,35 @@ auto select(const C& cond, const A& a, const B& b) {
 }
 
 }  // namespace drt
+
+// Expression nodes live in drt::expr; these using-declarations let argument-dependent lookup find
+// the operators and functions for them too, so `(a * b) + exp(-c)` works outside namespace drt.
+namespace drt::expr {
+using drt::operator+;
+using drt::operator-;
+using drt::operator*;
+using drt::operator/;
+using drt::abs;
+using drt::cos;
+using drt::eq;
+using drt::eval;
+using drt::exp;
+using drt::ge;
+using drt::gt;
+using drt::le;
+using drt::log;
+using drt::lt;
+using drt::maximum;
+using drt::minimum;
+using drt::ne;
+using drt::pow;
+using drt::relu;
+using drt::rsqrt;
+using drt::select;
+using drt::sigmoid;
+using drt::silu;
+using drt::sin;
+using drt::sqrt;
+using drt::square;
+using drt::tanh;
+}  // namespace drt::expr

@@ -1,0 +1,317 @@
+// bench_core — speed of drt's core kernels against the obvious alternatives, in one run:
+//
+//   * 512×512 float GEMM: drt::gemm / drt::matmul against raw Eigen `C.noalias() = A * B`,
+//     with 1 and 2 threads (drt calls Eigen's kernel itself, so the ratio should be ~1);
+//   * a batched matmul (8 × 256×64 · 64×256), for information;
+//   * an elementwise chain y = silu(a)·b + c·exp(−a) over 1M floats: one fused expression
+//     against the same chain evaluated step by step into materialised temporaries, and a
+//     hand-written loop as the reference;
+//   * softmax over the rows of a 4096×1024 matrix (drt::softmax).
+//
+// After the benchmarks it prints a summary of the ratios measured in THIS run (medians over
+// repetitions that are interleaved in random order, so that the noise of a shared machine hits
+// both sides of a ratio alike). Defaults: --benchmark_min_time=0.2 --benchmark_repetitions=15
+// --benchmark_enable_random_interleaving=true; any of them can be overridden on the command line.
+#include <benchmark/benchmark.h>
+
+#include <Eigen/Core>
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <map>
+#include <string>
+#include <vector>
+
+#include <drt/core.hpp>
+#include <drt/nn/softmax.hpp>
+
+namespace {
+
+using drt::Index;
+using drt::Shape;
+using drt::Tensor;
+
+constexpr Index kGemmSize = 512;
+constexpr double kGemmFlops = 2.0 * kGemmSize * kGemmSize * kGemmSize;
+
+// A counter shown as "<value>/s", where value is per iteration (e.g. GFLOP per call).
+benchmark::Counter rate(double per_iteration) {
+  return benchmark::Counter(per_iteration, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+// ---- matrix products ---------------------------------------------------------------------------
+
+void eigen_gemm(benchmark::State& state, int threads) {
+  Eigen::setNbThreads(threads);
+  const Eigen::MatrixXf A = Eigen::MatrixXf::Random(kGemmSize, kGemmSize);
+  const Eigen::MatrixXf B = Eigen::MatrixXf::Random(kGemmSize, kGemmSize);
+  Eigen::MatrixXf C(kGemmSize, kGemmSize);
+  for (auto _ : state) {
+    C.noalias() = A * B;
+    benchmark::DoNotOptimize(C.data());
+    benchmark::ClobberMemory();
+  }
+  state.counters["GFLOP/s"] = rate(kGemmFlops * 1e-9);
+}
+
+void drt_gemm(benchmark::State& state, int threads) {
+  const auto A = drt::random_uniform<float>({kGemmSize, kGemmSize}, 1, -1, 1);
+  const auto B = drt::random_uniform<float>({kGemmSize, kGemmSize}, 2, -1, 1);
+  const auto C = Tensor<float>::empty({kGemmSize, kGemmSize});
+  for (auto _ : state) {
+    drt::gemm(A, B, C, 1.0f, 0.0f, threads);
+    benchmark::DoNotOptimize(C.data());
+    benchmark::ClobberMemory();
+  }
+  state.counters["GFLOP/s"] = rate(kGemmFlops * 1e-9);
+}
+
+// matmul allocates its output; from an arena, as inside a training step.
+void drt_matmul(benchmark::State& state) {
+  const auto A = drt::random_uniform<float>({kGemmSize, kGemmSize}, 1, -1, 1);
+  const auto B = drt::random_uniform<float>({kGemmSize, kGemmSize}, 2, -1, 1);
+  drt::Arena arena;
+  for (auto _ : state) {
+    Tensor<float> C = drt::matmul(A, B, &arena);
+    benchmark::DoNotOptimize(C.data());
+    benchmark::ClobberMemory();
+    arena.reset();
+  }
+  state.counters["GFLOP/s"] = rate(kGemmFlops * 1e-9);
+}
+
+constexpr Index kBatch = 8, kRows = 256, kInner = 64, kCols = 256;
+constexpr double kBatchedFlops = 2.0 * kBatch * kRows * kInner * kCols;
+
+void drt_batched_matmul(benchmark::State& state) {
+  const auto A = drt::random_uniform<float>({kBatch, kRows, kInner}, 3, -1, 1);
+  const auto B = drt::random_uniform<float>({kBatch, kInner, kCols}, 4, -1, 1);
+  drt::Arena arena;
+  for (auto _ : state) {
+    Tensor<float> C = drt::matmul(A, B, &arena);
+    benchmark::DoNotOptimize(C.data());
+    benchmark::ClobberMemory();
+    arena.reset();
+  }
+  state.counters["GFLOP/s"] = rate(kBatchedFlops * 1e-9);
+}
+
+// The same batch with Eigen: one (OpenMP-parallel) product per batch entry.
+void eigen_batched_matmul(benchmark::State& state) {
+  std::vector<Eigen::MatrixXf> A, B, C;
+  for (Index i = 0; i < kBatch; ++i) {
+    A.push_back(Eigen::MatrixXf::Random(kRows, kInner));
+    B.push_back(Eigen::MatrixXf::Random(kInner, kCols));
+    C.emplace_back(kRows, kCols);
+  }
+  for (auto _ : state) {
+    for (Index i = 0; i < kBatch; ++i) C[i].noalias() = A[i] * B[i];
+    benchmark::DoNotOptimize(C.back().data());
+    benchmark::ClobberMemory();
+  }
+  state.counters["GFLOP/s"] = rate(kBatchedFlops * 1e-9);
+}
+
+// ---- an elementwise chain: y = silu(a) * b + c * exp(-a) -------------------------------------------
+
+constexpr Index kChainSize = Index(1) << 20;
+
+// The operators on expression nodes live in namespace drt, which argument-dependent lookup does
+// not reach from a node (its type lives in drt::expr); code outside drt brings them in like this.
+using namespace drt;  // NOLINT
+
+struct ChainInputs {
+  Tensor<float> a = drt::random_uniform<float>({kChainSize}, 5, -3, 3);
+  Tensor<float> b = drt::random_uniform<float>({kChainSize}, 6, -1, 1);
+  Tensor<float> c = drt::random_uniform<float>({kChainSize}, 7, -1, 1);
+  Tensor<float> y = Tensor<float>::empty({kChainSize});
+};
+
+void chain_fused(benchmark::State& state) {
+  ChainInputs in;
+  for (auto _ : state) {
+    in.y.assign(silu(in.a) * in.b + in.c * exp(-in.a));
+    benchmark::DoNotOptimize(in.y.data());
+    benchmark::ClobberMemory();
+  }
+  state.counters["Melem/s"] = rate(kChainSize * 1e-6);
+}
+
+// What an eager library does: each step is its own pass, writing a full temporary.
+void chain_op_by_op(benchmark::State& state) {
+  ChainInputs in;
+  const Shape s{kChainSize};
+  const auto silu_a = Tensor<float>::empty(s), left = Tensor<float>::empty(s), neg_a = Tensor<float>::empty(s),
+             exp_neg_a = Tensor<float>::empty(s), right = Tensor<float>::empty(s);
+  for (auto _ : state) {
+    silu_a.assign(silu(in.a));
+    left.assign(silu_a * in.b);
+    neg_a.assign(-in.a);
+    exp_neg_a.assign(exp(neg_a));
+    right.assign(in.c * exp_neg_a);
+    in.y.assign(left + right);
+    benchmark::DoNotOptimize(in.y.data());
+    benchmark::ClobberMemory();
+  }
+  state.counters["Melem/s"] = rate(kChainSize * 1e-6);
+}
+
+// The same arithmetic written by hand, parallelised like drt's evaluator.
+void chain_hand_loop(benchmark::State& state) {
+  ChainInputs in;
+  const float *a = in.a.data(), *b = in.b.data(), *c = in.c.data();
+  float* y = in.y.data();
+  for (auto _ : state) {
+#pragma omp parallel for schedule(static) if (kChainSize >= drt::expr::kParallelThreshold)
+    for (Index i = 0; i < kChainSize; ++i) {
+      const float x = a[i];
+      y[i] = x / (1.0f + std::exp(-x)) * b[i] + c[i] * std::exp(-x);
+    }
+    benchmark::DoNotOptimize(y);
+    benchmark::ClobberMemory();
+  }
+  state.counters["Melem/s"] = rate(kChainSize * 1e-6);
+}
+
+// ---- softmax over rows --------------------------------------------------------------------------
+
+constexpr Index kSoftmaxRows = 4096, kSoftmaxCols = 1024;
+
+void softmax_rows(benchmark::State& state) {
+  const auto x = drt::random_uniform<float>({kSoftmaxRows, kSoftmaxCols}, 8, -4, 4);
+  drt::Arena arena;
+  for (auto _ : state) {
+    Tensor<float> y = drt::softmax(x, -1, &arena);
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+    arena.reset();
+  }
+  const double elements = double(kSoftmaxRows) * kSoftmaxCols;
+  state.counters["Melem/s"] = rate(elements * 1e-6);
+  // Effective bandwidth: the least traffic possible (read x once, write y once) per second.
+  state.counters["GB/s"] = rate(elements * 2 * sizeof(float) * 1e-9);
+}
+
+void register_benchmarks() {
+  auto add = [](const char* name, auto fn) { return benchmark::RegisterBenchmark(name, fn)->UseRealTime(); };
+  add("gemm512/eigen/1thread", [](benchmark::State& s) { eigen_gemm(s, 1); });
+  add("gemm512/drt/1thread", [](benchmark::State& s) { drt_gemm(s, 1); });
+  add("gemm512/eigen/2threads", [](benchmark::State& s) { eigen_gemm(s, 2); });
+  add("gemm512/drt/2threads", [](benchmark::State& s) { drt_gemm(s, 2); });
+  add("matmul512/drt_arena/2threads", drt_matmul);
+  add("batched_matmul_8x256x64x256/drt", drt_batched_matmul);
+  add("batched_matmul_8x256x64x256/eigen", eigen_batched_matmul);
+  add("chain_1M/fused", chain_fused);
+  add("chain_1M/op_by_op", chain_op_by_op);
+  add("chain_1M/hand_loop", chain_hand_loop);
+  add("softmax_4096x1024/drt", softmax_rows);
+}
+
+// ---- reporting ----------------------------------------------------------------------------------
+
+// Prints like the console reporter (only the median and cv lines when there are repetitions)
+// and keeps every repetition's counters for the summary.
+class CapturingReporter : public benchmark::ConsoleReporter {
+ public:
+  CapturingReporter() : ConsoleReporter(OO_Tabular) {}
+
+  void ReportRuns(const std::vector<Run>& runs) override {
+    for (const Run& r : runs) {
+      if (r.run_type == Run::RT_Iteration && !r.error_occurred)
+        for (const auto& [counter, value] : r.counters) samples_[r.run_name.function_name][counter].push_back(value);
+      if (runs.size() == 1 || r.aggregate_name == "median" || r.aggregate_name == "cv") shown_.push_back(r);
+    }
+  }
+  // Interleaved repetitions finish in random order; print in the order of registration.
+  void Finalize() override {
+    std::stable_sort(shown_.begin(), shown_.end(),
+                     [](const Run& a, const Run& b) { return a.family_index < b.family_index; });
+    for (std::size_t i = 0; i < shown_.size();) {
+      std::size_t j = i;
+      while (j < shown_.size() && shown_[j].family_index == shown_[i].family_index) ++j;
+      ConsoleReporter::ReportRuns(std::vector<Run>(shown_.begin() + std::ptrdiff_t(i), shown_.begin() + std::ptrdiff_t(j)));
+      i = j;
+    }
+  }
+
+  // Median (or best) of a counter over the repetitions; NaN when the benchmark did not run.
+  double median(const std::string& name, const std::string& counter) const {
+    std::vector<double> v = values(name, counter);
+    if (v.empty()) return NAN;
+    std::sort(v.begin(), v.end());
+    const std::size_t n = v.size();
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+  }
+  double best(const std::string& name, const std::string& counter) const {
+    std::vector<double> v = values(name, counter);
+    return v.empty() ? NAN : *std::max_element(v.begin(), v.end());
+  }
+
+ private:
+  std::vector<double> values(const std::string& name, const std::string& counter) const {
+    auto b = samples_.find(name);
+    if (b == samples_.end()) return {};
+    auto c = b->second.find(counter);
+    return c == b->second.end() ? std::vector<double>{} : c->second;
+  }
+  std::map<std::string, std::map<std::string, std::vector<double>>> samples_;
+  std::vector<Run> shown_;
+};
+
+void print_ratio(const CapturingReporter& r, const char* what, const std::string& num, const std::string& den,
+                 const std::string& counter, const char* unit) {
+  const double a = r.median(num, counter), b = r.median(den, counter);
+  if (std::isnan(a) || std::isnan(b)) {
+    std::printf("  %-44s (not run)\n", what);
+    return;
+  }
+  std::printf("  %-44s %8.1f / %8.1f %-8s = %5.2f  (best-of: %5.2f)\n", what, a, b, unit, a / b,
+              r.best(num, counter) / r.best(den, counter));
+}
+
+void print_summary(const CapturingReporter& r) {
+  std::printf("\nSummary of THIS run (medians over the repetitions; ratio = first / second)\n");
+  print_ratio(r, "GEMM 512^2, 1 thread:  drt::gemm / Eigen", "gemm512/drt/1thread", "gemm512/eigen/1thread",
+              "GFLOP/s", "GFLOP/s");
+  print_ratio(r, "GEMM 512^2, 2 threads: drt::gemm / Eigen", "gemm512/drt/2threads", "gemm512/eigen/2threads",
+              "GFLOP/s", "GFLOP/s");
+  print_ratio(r, "matmul 512^2 (arena output) / Eigen, 2 thr", "matmul512/drt_arena/2threads",
+              "gemm512/eigen/2threads", "GFLOP/s", "GFLOP/s");
+  print_ratio(r, "batched 8x(256x64x256): drt / Eigen", "batched_matmul_8x256x64x256/drt",
+              "batched_matmul_8x256x64x256/eigen", "GFLOP/s", "GFLOP/s");
+  print_ratio(r, "chain 1M: fused / op-by-op (speed-up)", "chain_1M/fused", "chain_1M/op_by_op", "Melem/s",
+              "Melem/s");
+  print_ratio(r, "chain 1M: fused / hand-written loop", "chain_1M/fused", "chain_1M/hand_loop", "Melem/s",
+              "Melem/s");
+  std::printf("  %-44s %8.1f Melem/s, %.1f GB/s effective\n", "softmax 4096x1024 along rows",
+              r.median("softmax_4096x1024/drt", "Melem/s"), r.median("softmax_4096x1024/drt", "GB/s"));
+  const double g1 = r.median("gemm512/drt/1thread", "GFLOP/s") / r.median("gemm512/eigen/1thread", "GFLOP/s");
+  const double g2 = r.median("gemm512/drt/2threads", "GFLOP/s") / r.median("gemm512/eigen/2threads", "GFLOP/s");
+  const double fused = r.median("chain_1M/fused", "Melem/s") / r.median("chain_1M/op_by_op", "Melem/s");
+  auto verdict = [](bool measured, bool pass) { return !measured ? "not run" : pass ? "PASS" : "FAIL"; };
+  std::printf("\nAcceptance: drt GEMM >= 90%% of Eigen (1 and 2 threads): %s;  fused chain faster than op-by-op: %s\n",
+              verdict(!std::isnan(g1) && !std::isnan(g2), g1 >= 0.9 && g2 >= 0.9),
+              verdict(!std::isnan(fused), fused > 1.0));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // Our defaults go first so that the same flags given on the command line win.
+  std::vector<char*> args{argv[0]};
+  char min_time[] = "--benchmark_min_time=0.2";
+  char repetitions[] = "--benchmark_repetitions=15";
+  char interleave[] = "--benchmark_enable_random_interleaving=true";
+  args.insert(args.end(), {min_time, repetitions, interleave});
+  for (int i = 1; i < argc; ++i) args.push_back(argv[i]);
+  int count = static_cast<int>(args.size());
+
+  benchmark::Initialize(&count, args.data());
+  if (benchmark::ReportUnrecognizedArguments(count, args.data())) return 1;
+  register_benchmarks();
+  CapturingReporter reporter;
+  benchmark::RunSpecifiedBenchmarks(&reporter);
+  print_summary(reporter);
+  benchmark::Shutdown();
+  return 0;
+}
