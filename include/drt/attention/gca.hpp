@@ -88,46 +88,66 @@ inline int thread_count() {
 
 }  // namespace detail
 
+inline constexpr Index kGcaKeyBlock = 64;  // keys per streamed block: one DRT chunk (N = 64) is one block
+
 // Forward. Writes out (Z, H, M, d) and, for the backward, lse (Z, H, Kc, M): log Σ_n exp(s)
-// of every query and slot (−inf for skipped slots).
+// of every query and slot (−inf for skipped slots). Each retrieved chunk gets its own online
+// softmax over blocks of keys (running max, running sum, rescaled accumulator), as in flash
+// attention, so memory per thread is O(M·block), whatever N.
 template <class T>
 void gca_forward(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, const IndexTensor& index,
                  const Tensor<T>& weight, T scale, const Tensor<T>& out, const Tensor<T>& lse, Arena* arena) {
   const detail::GcaDims g = detail::gca_check(q, k, v, index, weight);
-  const Index M = g.M, N = g.N, d = g.d;
-  // Per-thread scratch: scores (M, N) and one chunk's output (M, d).
+  const Index M = g.M, N = g.N, d = g.d, BN = std::min(N, kGcaKeyBlock);
+  const Index per_thread = M * BN + M * d + 2 * M;  // scores, chunk accumulator, running max and sum
   const int threads = detail::thread_count();
-  T* scratch = arena->allocate_array<T>(static_cast<std::size_t>(threads * (M * N + M * d)));
+  T* scratch = arena->allocate_array<T>(static_cast<std::size_t>(threads * per_thread));
+  const T minus_inf = -std::numeric_limits<T>::infinity();
   out.fill(T(0));
   parallel_for_dynamic(g.Z * g.H, g.Z * g.H * g.Kc * M * N * d, [&](Index zh) {
       const Index z = zh / g.H, h = zh % g.H;
-      T* mine = scratch + detail::thread_id() * (M * N + M * d);
-      const Tensor<T> scores = Tensor<T>::wrap(mine, Shape{M, N});
-      const Tensor<T> chunk_out = Tensor<T>::wrap(mine + M * N, Shape{M, d});
+      T* mine = scratch + detail::thread_id() * per_thread;
+      T* acc = mine + M * BN;
+      T* row_max = acc + M * d;
+      T* row_sum = row_max + M;
+      const Tensor<T> chunk_out = Tensor<T>::wrap(acc, Shape{M, d});
       const Tensor<T> qzh = q.select(0, z).select(0, h);     // (M, d)
       const Tensor<T> ozh = out.select(0, z).select(0, h);   // (M, d)
-      const Tensor<T> lzh = lse.select(0, z).select(0, h);   // (Kc, M)
       const Index b = z / g.rows_per_sequence, kv = h / g.heads_per_kv;
       for (Index i = 0; i < g.Kc; ++i) {
         const std::int32_t e = index(z, i);
         const T w = weight(z, i);
-        T* lse_row = lzh.data() + i * M;
+        T* lse_row = lse.data() + ((z * g.H + h) * g.Kc + i) * M;
         if (e < 0 || w == T(0)) {  // empty slot: no work, and a marker for the backward
-          std::fill(lse_row, lse_row + M, -std::numeric_limits<T>::infinity());
+          std::fill(lse_row, lse_row + M, minus_inf);
           continue;
         }
         const Tensor<T> kc = detail::chunk_view(k, b, e, kv), vc = detail::chunk_view(v, b, e, kv);
-        gemm(qzh, kc.transpose(0, 1), scores, scale, T(0), 1);  // s = scale · q kᵀ
-        for (Index m = 0; m < M; ++m) {                          // softmax per row, keep log Σ exp
-          T* s = scores.data() + m * N;
-          const T mx = *std::max_element(s, s + N);
-          T total = 0;
-          for (Index n = 0; n < N; ++n) total += (s[n] = std::exp(s[n] - mx));
-          for (Index n = 0; n < N; ++n) s[n] /= total;
-          lse_row[m] = mx + std::log(total);
+        std::fill(acc, acc + M * d, T(0));
+        std::fill(row_max, row_max + M, minus_inf);
+        std::fill(row_sum, row_sum + M, T(0));
+        for (Index n0 = 0; n0 < N; n0 += BN) {
+          const Index nb = std::min(BN, N - n0);
+          const Tensor<T> scores = Tensor<T>::wrap(mine, Shape{M, nb});
+          gemm(qzh, kc.slice(0, n0, n0 + nb).transpose(0, 1), scores, scale, T(0), 1);  // s = scale · q kᵀ
+          for (Index m = 0; m < M; ++m) {  // merge this block into the running softmax of row m
+            T* s = scores.data() + m * nb;
+            const T block_max = *std::max_element(s, s + nb);
+            const T new_max = std::max(row_max[m], block_max);
+            const T rescale = std::exp(row_max[m] - new_max);  // 0 on the first block (max was −inf)
+            T total = 0;
+            for (Index n = 0; n < nb; ++n) total += (s[n] = std::exp(s[n] - new_max));
+            row_sum[m] = row_sum[m] * rescale + total;
+            row_max[m] = new_max;
+            for (Index c = 0; c < d; ++c) acc[m * d + c] *= rescale;
+          }
+          gemm(scores, vc.slice(0, n0, n0 + nb), chunk_out, T(1), T(1), 1);  // acc += P v
         }
-        gemm(scores, vc, chunk_out, T(1), T(0), 1);  // o_i = P v
-        ozh.assign(ozh + chunk_out * w);
+        for (Index m = 0; m < M; ++m) {
+          lse_row[m] = row_max[m] + std::log(row_sum[m]);
+          const T norm = w / row_sum[m];
+          for (Index c = 0; c < d; ++c) ozh.data()[m * d + c] += norm * acc[m * d + c];  // out += w · o_i
+        }
       }
   });
 }
