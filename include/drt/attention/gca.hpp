@@ -27,10 +27,6 @@
 #include "drt/autodiff/var.hpp"
 #include "drt/core/matmul.hpp"
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 namespace drt {
 namespace detail {
 
@@ -71,21 +67,6 @@ Tensor<T> chunk_view(const Tensor<T>& mem, Index b, Index e, Index g) {
   return mem.select(0, b).select(0, e).select(1, g);
 }
 
-inline int thread_id() {
-#ifdef _OPENMP
-  return omp_get_thread_num();
-#else
-  return 0;
-#endif
-}
-inline int thread_count() {
-#ifdef _OPENMP
-  return omp_get_max_threads();
-#else
-  return 1;
-#endif
-}
-
 }  // namespace detail
 
 inline constexpr Index kGcaKeyBlock = 64;  // keys per streamed block: one DRT chunk (N = 64) is one block
@@ -100,13 +81,13 @@ void gca_forward(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, con
   const detail::GcaDims g = detail::gca_check(q, k, v, index, weight);
   const Index M = g.M, N = g.N, d = g.d, BN = std::min(N, kGcaKeyBlock);
   const Index per_thread = M * BN + M * d + 2 * M;  // scores, chunk accumulator, running max and sum
-  const int threads = detail::thread_count();
+  const int threads = thread_slots();
   T* scratch = arena->allocate_array<T>(static_cast<std::size_t>(threads * per_thread));
   const T minus_inf = -std::numeric_limits<T>::infinity();
   out.fill(T(0));
   parallel_for_dynamic(g.Z * g.H, g.Z * g.H * g.Kc * M * N * d, [&](Index zh) {
       const Index z = zh / g.H, h = zh % g.H;
-      T* mine = scratch + detail::thread_id() * per_thread;
+      T* mine = scratch + current_thread() * per_thread;
       T* acc = mine + M * BN;
       T* row_max = acc + M * d;
       T* row_sum = row_max + M;
@@ -163,7 +144,7 @@ void gca_backward(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, co
                   Arena* arena) {
   const detail::GcaDims g = detail::gca_check(q, k, v, index, weight);
   const Index M = g.M, N = g.N, d = g.d;
-  const int threads = detail::thread_count();
+  const int threads = thread_slots();
   // δ (Z, H, Kc, M): kept between the passes; tiny next to q.
   const Tensor<T> delta = Tensor<T>::zeros(Shape{g.Z, g.H, g.Kc, M}, arena);
   T* scratch = arena->allocate_array<T>(static_cast<std::size_t>(threads * (3 * M * N + M * d)));
@@ -178,7 +159,7 @@ void gca_backward(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, co
 
   parallel_for_dynamic(g.Z * g.H, g.Z * g.H * g.Kc * M * N * d, [&](Index zh) {
       const Index z = zh / g.H, h = zh % g.H;
-      T* mine = scratch + detail::thread_id() * (3 * M * N + M * d);
+      T* mine = scratch + current_thread() * (3 * M * N + M * d);
       const Tensor<T> p = Tensor<T>::wrap(mine, Shape{M, N});
       const Tensor<T> dp = Tensor<T>::wrap(mine + M * N, Shape{M, N});
       const Tensor<T> o = Tensor<T>::wrap(mine + 2 * M * N, Shape{M, d});
@@ -220,7 +201,7 @@ void gca_backward(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, co
   // Pass 2: for every memory chunk (b, e) and kv head, sum over the (row, slot, head) that read it.
   parallel_for_dynamic(g.B * g.E * g.Hkv, g.Z * g.H * g.Kc * M * N * d, [&](Index bek) {
         const Index b = bek / (g.E * g.Hkv), e = (bek / g.Hkv) % g.E, kv = bek % g.Hkv;
-        T* mine = scratch + detail::thread_id() * (3 * M * N + M * d);
+        T* mine = scratch + current_thread() * (3 * M * N + M * d);
         const Tensor<T> p = Tensor<T>::wrap(mine, Shape{M, N});
         const Tensor<T> ds = Tensor<T>::wrap(mine + M * N, Shape{M, N});
         const Tensor<T> kc = detail::chunk_view(k, b, e, kv), vc = detail::chunk_view(v, b, e, kv);

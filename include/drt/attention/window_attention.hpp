@@ -18,9 +18,9 @@
 #include <cmath>
 #include <limits>
 
-#include "drt/attention/gca.hpp"  // thread helpers
 #include "drt/autodiff/var.hpp"
 #include "drt/core/matmul.hpp"
+#include "drt/core/parallel.hpp"
 
 namespace drt {
 namespace detail {
@@ -75,14 +75,14 @@ void window_attention_forward(const Tensor<T>& q, const Tensor<T>& k, const Tens
   const detail::WindowDims g = detail::window_check(q, k, v, slopes, window);
   const Index QB = detail::kWindowQueryBlock, KB = g.W + QB;
   const Index blocks = (g.T + QB - 1) / QB;
-  const int threads = detail::thread_count();
+  const int threads = thread_slots();
   T* scratch = arena->allocate_array<T>(static_cast<std::size_t>(threads * QB * KB));
   parallel_for_dynamic(g.B * g.H * blocks, g.B * g.H * g.T * KB * g.d, [&](Index i) {
         const Index b = i / (g.H * blocks), h = (i / blocks) % g.H, blk = i % blocks;
         const Index t0 = blk * QB, t1 = std::min(g.T, t0 + QB), rows = t1 - t0;
         const Index j0 = std::max<Index>(0, t0 - g.W), keys = t1 - j0;  // every key some query here may see
         const Index kv = h / g.heads_per_kv;
-        const Tensor<T> s = Tensor<T>::wrap(scratch + detail::thread_id() * QB * KB, Shape{rows, keys});
+        const Tensor<T> s = Tensor<T>::wrap(scratch + current_thread() * QB * KB, Shape{rows, keys});
         gemm(detail::rows_of(q, b, h, t0, t1), detail::rows_of(k, b, kv, j0, t1).transpose(0, 1), s, scale, T(0), 1);
         detail::window_bias_and_mask(s.data(), rows, keys, t0, j0, g.W, slopes.data()[h]);
         T* l = lse.data() + (b * g.H + h) * g.T + t0;
@@ -108,11 +108,11 @@ void window_attention_backward(const Tensor<T>& q, const Tensor<T>& k, const Ten
   const detail::WindowDims g = detail::window_check(q, k, v, slopes, window);
   const Index QB = detail::kWindowQueryBlock, KB = g.W + QB;
   const Index blocks = (g.T + QB - 1) / QB;
-  const int threads = detail::thread_count();
+  const int threads = thread_slots();
   T* scratch = arena->allocate_array<T>(static_cast<std::size_t>(threads * (2 * QB * KB + QB)));
   parallel_for_dynamic(g.B * g.Hkv, g.B * g.H * g.T * KB * g.d, [&](Index bkv) {
       const Index b = bkv / g.Hkv, kv = bkv % g.Hkv;
-      T* mine = scratch + detail::thread_id() * (2 * QB * KB + QB);
+      T* mine = scratch + current_thread() * (2 * QB * KB + QB);
       for (Index h = kv * g.heads_per_kv; h < (kv + 1) * g.heads_per_kv; ++h)
         for (Index blk = 0; blk < blocks; ++blk) {
           const Index t0 = blk * QB, t1 = std::min(g.T, t0 + QB), rows = t1 - t0;

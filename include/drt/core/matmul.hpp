@@ -15,23 +15,13 @@
 #include <algorithm>
 #include <vector>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 #include "drt/core/memory.hpp"
+#include "drt/core/parallel.hpp"
 #include "drt/core/tensor.hpp"
 
 namespace drt {
 namespace detail {
 
-inline int max_threads() {
-#ifdef _OPENMP
-  return omp_in_parallel() ? 1 : omp_get_max_threads();
-#else
-  return 1;
-#endif
-}
 
 // Eigen's blocking object with packing buffers that persist across calls (one per thread).
 template <class T>
@@ -149,7 +139,7 @@ void gemm(const Tensor<T>& A, const Tensor<T>& B, const Tensor<T>& C, T alpha = 
   const T* a = A.data();
   const T* b = B.data();
 
-  int nt = threads > 0 ? threads : detail::max_threads();
+  int nt = threads > 0 ? threads : available_threads();
   if (double(M) * double(N) * double(K) < 64.0 * 64.0 * 64.0) nt = 1;  // too small to share
   if (nt <= 1) {
     detail::gemm_single(M, N, K, a, la, b, lb, c, ldc, alpha);
@@ -226,7 +216,7 @@ Tensor<T> matmul(const Tensor<T>& A, const Tensor<T>& B, Arena* arena = nullptr)
   auto one = [&](Index i, int threads) {
     gemm(entry(Av, i), shared_b ? Bv : entry(Bv, i), entry(C, i), T(1), T(0), threads);
   };
-  const int nt = detail::max_threads();
+  const int nt = available_threads();
   if (batch >= nt && nt > 1) {
 #pragma omp parallel for schedule(static)
     for (Index i = 0; i < batch; ++i) one(i, 1);

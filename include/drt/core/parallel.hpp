@@ -25,6 +25,15 @@ inline int available_threads() {
 #endif
 }
 
+// How many threads OpenMP may use at most: the number of per-thread scratch slots to allocate.
+inline int thread_slots() {
+#ifdef _OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
 inline int current_thread() {
 #ifdef _OPENMP
   return omp_get_thread_num();

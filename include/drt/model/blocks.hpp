@@ -26,17 +26,34 @@
 
 namespace drt {
 
+// The four projections every attention here has, under the reference's names.
 template <class T>
-struct DecoderAttention {
+struct AttentionProjections {
   Parameter<T> q_proj, k_proj, v_proj, o_proj;
+
+  AttentionProjections(const ModelConfig& c, int kv_heads, Generator& gen)
+      : q_proj(normal_parameter<T>({c.hidden_size, c.hidden_size}, c.initializer_range, gen)),
+        k_proj(normal_parameter<T>({Index(kv_heads) * c.head_dim(), c.hidden_size}, c.initializer_range, gen)),
+        v_proj(normal_parameter<T>({Index(kv_heads) * c.head_dim(), c.hidden_size}, c.initializer_range, gen)),
+        o_proj(normal_parameter<T>({c.hidden_size, c.hidden_size}, c.initializer_range, gen)) {}
+
+  void collect(const std::string& prefix, ParameterList<T>& list) {
+    list.push_back({prefix + "q_proj.weight", &q_proj});
+    list.push_back({prefix + "k_proj.weight", &k_proj});
+    list.push_back({prefix + "v_proj.weight", &v_proj});
+    list.push_back({prefix + "o_proj.weight", &o_proj});
+  }
+};
+
+template <class T>
+struct DecoderAttention : AttentionProjections<T> {
+  using AttentionProjections<T>::q_proj, AttentionProjections<T>::k_proj, AttentionProjections<T>::v_proj,
+      AttentionProjections<T>::o_proj;
   Tensor<T> alibi_slopes;  // (H); the reference stores it as the buffer "self_attn.m"
   int heads, kv_heads, head_dim, window;
 
   DecoderAttention(const ModelConfig& c, Generator& gen)
-      : q_proj(normal_parameter<T>({c.hidden_size, c.hidden_size}, c.initializer_range, gen)),
-        k_proj(normal_parameter<T>({Index(c.num_key_value_heads) * c.head_dim(), c.hidden_size}, c.initializer_range, gen)),
-        v_proj(normal_parameter<T>({Index(c.num_key_value_heads) * c.head_dim(), c.hidden_size}, c.initializer_range, gen)),
-        o_proj(normal_parameter<T>({c.hidden_size, c.hidden_size}, c.initializer_range, gen)),
+      : AttentionProjections<T>(c, c.num_key_value_heads, gen),
         alibi_slopes(drt::alibi_slopes<T>(c.num_attention_heads)),
         heads(c.num_attention_heads), kv_heads(c.num_key_value_heads), head_dim(c.head_dim()), window(c.slide_window) {}
 
@@ -49,24 +66,17 @@ struct DecoderAttention {
     return linear(reshape(o, {B, L, Index(heads) * head_dim}), o_proj);
   }
 
-  void collect(const std::string& prefix, ParameterList<T>& list) {
-    list.push_back({prefix + "q_proj.weight", &q_proj});
-    list.push_back({prefix + "k_proj.weight", &k_proj});
-    list.push_back({prefix + "v_proj.weight", &v_proj});
-    list.push_back({prefix + "o_proj.weight", &o_proj});
-  }
 };
 
 template <class T>
-struct EncoderAttention {
-  Parameter<T> q_proj, k_proj, v_proj, o_proj;
+struct EncoderAttention : AttentionProjections<T> {
+  using AttentionProjections<T>::q_proj, AttentionProjections<T>::k_proj, AttentionProjections<T>::v_proj,
+      AttentionProjections<T>::o_proj;
   int heads, head_dim;
 
+  // The encoder's key/value heads always equal its query heads (docs/reference-notes.md §1.4).
   EncoderAttention(const ModelConfig& c, Generator& gen)
-      : q_proj(normal_parameter<T>({c.hidden_size, c.hidden_size}, c.initializer_range, gen)),
-        k_proj(normal_parameter<T>({c.hidden_size, c.hidden_size}, c.initializer_range, gen)),
-        v_proj(normal_parameter<T>({c.hidden_size, c.hidden_size}, c.initializer_range, gen)),
-        o_proj(normal_parameter<T>({c.hidden_size, c.hidden_size}, c.initializer_range, gen)),
+      : AttentionProjections<T>(c, c.num_attention_heads, gen),
         heads(c.num_attention_heads), head_dim(c.head_dim()) {}
 
   // Each of the N chunks is its own sequence of S positions; RoPE positions restart at 0.
@@ -83,12 +93,6 @@ struct EncoderAttention {
     return linear(reshape(o, {N, S, Index(heads) * head_dim}), o_proj);
   }
 
-  void collect(const std::string& prefix, ParameterList<T>& list) {
-    list.push_back({prefix + "q_proj.weight", &q_proj});
-    list.push_back({prefix + "k_proj.weight", &k_proj});
-    list.push_back({prefix + "v_proj.weight", &v_proj});
-    list.push_back({prefix + "o_proj.weight", &o_proj});
-  }
 };
 
 template <class T>
