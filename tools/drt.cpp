@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "args.hpp"
+#include "command_eval.hpp"
 #include "command_info.hpp"
 
 namespace drt::cli {
@@ -22,6 +23,7 @@ struct Command {
 
 const Command kCommands[] = {
     {info_spec, run_info},
+    {eval_spec, run_eval},
 };
 
 const Command* find_command(const std::string& name) {
