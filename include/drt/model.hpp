@@ -15,4 +15,5 @@
 #include "drt/model/retrieval.hpp"   // defines: retrieve, causal_chunk_mask
 #include "drt/model/gca_layer.hpp"   // defines: ChunkMemory, GcaLayer, UpperDecoderLayer
 #include "drt/model/drt.hpp"         // defines: DrtModel, ForwardOptions
+#include "drt/model/baseline.hpp"    // defines: SlidingWindowLM (the BaseLM), baseline_ids, next_token_targets
 #include "drt/model/checkpoint.hpp"  // defines: save_weights, load_weights (safetensors, reference names)
