@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs the Debian packages drt needs to build, test and plot. Idempotent: it asks dpkg what
-# is already there and runs apt-get (update + install) only for what is missing.
+# Installs the Debian packages drt needs to build, test and plot, then fetches the data files
+# (scripts/fetch-data.sh). Idempotent: it asks dpkg what is already there and runs apt-get
+# (update + install) only for what is missing.
 #
 #   bash scripts/install-deps.sh
 #
@@ -9,7 +10,14 @@
 # in g++ translation units (see docs/ecosystem notes).
 set -euo pipefail
 
-REQUIRED=(build-essential cmake libeigen3-dev nlohmann-json3-dev libgtest-dev libbenchmark-dev)
+scripts_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# The GPT-2 vocabulary and the tokenizer's golden tests: needed by the tests, so a failure is fatal.
+fetch_data() {
+  bash "$scripts_dir/fetch-data.sh"
+}
+
+# pkg-config + libpcre2-dev: the GPT-2 tokenizer's regex (CMake finds PCRE2 through pkg-config).
+REQUIRED=(build-essential cmake pkg-config libeigen3-dev nlohmann-json3-dev libpcre2-dev libgtest-dev libbenchmark-dev)
 # ninja-build: faster incremental builds (the scripts fall back to make without it).
 # gnuplot-nox: plots of benchmark CSV files.
 OPTIONAL=(ninja-build gnuplot-nox)
@@ -20,6 +28,7 @@ is_installed() {
 
 if ! command -v dpkg-query >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1; then
   echo "install-deps: not a Debian/Ubuntu system; install these yourself: ${REQUIRED[*]} (optional: ${OPTIONAL[*]})"
+  fetch_data
   exit 0
 fi
 
@@ -34,6 +43,7 @@ done
 
 if (( ${#missing_required[@]} + ${#missing_optional[@]} == 0 )); then
   echo "install-deps: all packages present"
+  fetch_data
   exit 0
 fi
 
@@ -47,7 +57,7 @@ if (( EUID != 0 )); then
     echo "install-deps: not root and no sudo. As root, run:" >&2
     missing=("${missing_required[@]}" "${missing_optional[@]}")
     echo "  apt-get update && apt-get install -y ${missing[*]}" >&2
-    (( ${#missing_required[@]} == 0 )) && exit 0
+    (( ${#missing_required[@]} == 0 )) && { fetch_data; exit 0; }
     exit 1
   fi
 fi
@@ -79,3 +89,5 @@ done
 for package in "${missing_required[@]}"; do
   is_installed "$package" || { echo "install-deps: required package $package is still missing" >&2; exit 1; }
 done
+
+fetch_data
