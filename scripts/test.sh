@@ -20,6 +20,9 @@ for arg in "$@"; do
   esac
 done
 jobs="$(nproc)"
+# ctest runs several test programs at once, each with its own OpenMP team: threads that spin
+# while waiting would steal the cores the other programs need (measured: up to 15x slower).
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-passive}"
 
 if (( sanitize )); then
   build_dir=build-asan
