@@ -216,10 +216,10 @@ Tensor<T> matmul(const Tensor<T>& A, const Tensor<T>& B, Arena* arena = nullptr)
   auto one = [&](Index i, int threads) {
     gemm(entry(Av, i), shared_b ? Bv : entry(Bv, i), entry(C, i), T(1), T(0), threads);
   };
+  // Many small products: one whole product per thread. Few large ones: threads inside each.
   const int nt = available_threads();
   if (batch >= nt && nt > 1) {
-#pragma omp parallel for schedule(static)
-    for (Index i = 0; i < batch; ++i) one(i, 1);
+    parallel_for(batch, batch * M * N * K / 64, [&](Index i) { one(i, 1); });
   } else {
     for (Index i = 0; i < batch; ++i) one(i, 0);
   }
