@@ -26,6 +26,7 @@
 
 #include "drt/autodiff/var.hpp"
 #include "drt/core/matmul.hpp"
+#include "drt/core/vector_math.hpp"
 
 namespace drt {
 namespace detail {
@@ -116,8 +117,7 @@ void gca_forward(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, con
             const T block_max = *std::max_element(s, s + nb);
             const T new_max = std::max(row_max[m], block_max);
             const T rescale = std::exp(row_max[m] - new_max);  // 0 on the first block (max was −inf)
-            T total = 0;
-            for (Index n = 0; n < nb; ++n) total += (s[n] = std::exp(s[n] - new_max));
+            const T total = exp_shifted_sum(s, nb, new_max);
             row_sum[m] = row_sum[m] * rescale + total;
             row_max[m] = new_max;
             for (Index c = 0; c < d; ++c) acc[m * d + c] *= rescale;
@@ -152,9 +152,7 @@ void gca_backward(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, co
   // Recomputes P = exp(scale·q kᵀ − lse) for one (row, head, slot) into `p` (M, N).
   auto probabilities = [&](Index z, Index h, Index i, const Tensor<T>& kc, const Tensor<T>& p) {
     gemm(q.select(0, z).select(0, h), kc.transpose(0, 1), p, scale, T(0), 1);
-    const T* l = lse.data() + ((z * g.H + h) * g.Kc + i) * M;
-    for (Index m = 0; m < M; ++m)
-      for (Index n = 0; n < N; ++n) p.data()[m * N + n] = std::exp(p.data()[m * N + n] - l[m]);
+    exp_shifted_rows(p.data(), M, N, N, lse.data() + ((z * g.H + h) * g.Kc + i) * M);
   };
 
   parallel_for_dynamic(g.Z * g.H, g.Z * g.H * g.Kc * M * N * d, [&](Index zh) {

@@ -21,6 +21,7 @@
 #include "drt/autodiff/var.hpp"
 #include "drt/core/matmul.hpp"
 #include "drt/core/parallel.hpp"
+#include "drt/core/vector_math.hpp"
 
 namespace drt {
 namespace detail {
@@ -89,8 +90,7 @@ void window_attention_forward(const Tensor<T>& q, const Tensor<T>& k, const Tens
         for (Index r = 0; r < rows; ++r) {  // row softmax; the diagonal is always visible, so no row is empty
           T* row = s.data() + r * keys;
           const T mx = *std::max_element(row, row + keys);
-          T total = 0;
-          for (Index c = 0; c < keys; ++c) total += (row[c] = std::exp(row[c] - mx));
+          const T total = exp_shifted_sum(row, keys, mx);
           for (Index c = 0; c < keys; ++c) row[c] /= total;
           l[r] = mx + std::log(total);
         }
@@ -126,9 +126,7 @@ void window_attention_backward(const Tensor<T>& q, const Tensor<T>& k, const Ten
           // P from the saved log-sum-exp.
           gemm(qb, kb.transpose(0, 1), p, scale, T(0), 1);
           detail::window_bias_and_mask(p.data(), rows, keys, t0, j0, g.W, slopes.data()[h]);
-          const T* l = lse.data() + (b * g.H + h) * g.T + t0;
-          for (Index r = 0; r < rows; ++r)
-            for (Index c = 0; c < keys; ++c) p.data()[r * keys + c] = std::exp(p.data()[r * keys + c] - l[r]);
+          exp_shifted_rows(p.data(), rows, keys, keys, lse.data() + (b * g.H + h) * g.T + t0);
           // δ_r = ⟨dO_r, O_r⟩;  dS = P ∘ (dO vᵀ − δ)
           for (Index r = 0; r < rows; ++r) {
             T acc = 0;
