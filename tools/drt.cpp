@@ -12,6 +12,8 @@
 #include "args.hpp"
 #include "command_eval.hpp"
 #include "command_info.hpp"
+#include "command_tokenize.hpp"
+#include "command_train.hpp"
 
 namespace drt::cli {
 namespace {
@@ -24,6 +26,8 @@ struct Command {
 const Command kCommands[] = {
     {info_spec, run_info},
     {eval_spec, run_eval},
+    {tokenize_spec, run_tokenize},
+    {train_spec, run_train},
 };
 
 const Command* find_command(const std::string& name) {
