@@ -225,11 +225,9 @@ TEST(Allocation, SteadyStateTrainingStepAllocatesNothingWithThreads) {
 }
 
 // Below operator new: libgomp allocates (and frees) a team descriptor every time a program enters
-// an OpenMP parallel region that runs on one thread, which is what `#pragma omp parallel for
-// if (n >= kParallelThreshold)` does for every small op (libgomp caches teams of 2+ threads only).
-// Measured with the small sizes: about 96 malloc/free pairs per training step, from
-// expr::evaluate, reductions, rms_norm, softmax, add_alibi, masked_fill, swiglu, embedding, ...
-// Enable this test once ops skip the region below the threshold instead of using `if`.
+// an OpenMP parallel region that runs on one thread, which `#pragma omp parallel for if (small)`
+// does (libgomp caches teams of 2+ threads only): once about 96 malloc/free pairs per step. That is
+// why drt::parallel_for (core/parallel.hpp) skips the region entirely below its threshold.
 TEST(Allocation, SteadyStateTrainingStepCallsNoMalloc) {
   if (!DRT_COUNT_MALLOC) GTEST_SKIP() << "malloc is only counted with glibc and without sanitizers";
   for (const Sizes& s : {Sizes{"small", CopyTask{.symbols = 8, .length = 4}, 4, 16, 2, 32},
