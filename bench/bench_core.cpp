@@ -14,6 +14,8 @@
 // --benchmark_enable_random_interleaving=true; any of them can be overridden on the command line.
 #include <benchmark/benchmark.h>
 
+#include "support/capturing_reporter.hpp"
+
 #include <Eigen/Core>
 #include <algorithm>
 #include <cmath>
@@ -208,55 +210,6 @@ void register_benchmarks() {
 }
 
 // ---- reporting ----------------------------------------------------------------------------------
-
-// Prints like the console reporter (only the median and cv lines when there are repetitions)
-// and keeps every repetition's counters for the summary.
-class CapturingReporter : public benchmark::ConsoleReporter {
- public:
-  CapturingReporter() : ConsoleReporter(OO_Tabular) {}
-
-  void ReportRuns(const std::vector<Run>& runs) override {
-    for (const Run& r : runs) {
-      if (r.run_type == Run::RT_Iteration && !r.error_occurred)
-        for (const auto& [counter, value] : r.counters) samples_[r.run_name.function_name][counter].push_back(value);
-      if (runs.size() == 1 || r.aggregate_name == "median" || r.aggregate_name == "cv") shown_.push_back(r);
-    }
-  }
-  // Interleaved repetitions finish in random order; print in the order of registration.
-  void Finalize() override {
-    std::stable_sort(shown_.begin(), shown_.end(),
-                     [](const Run& a, const Run& b) { return a.family_index < b.family_index; });
-    for (std::size_t i = 0; i < shown_.size();) {
-      std::size_t j = i;
-      while (j < shown_.size() && shown_[j].family_index == shown_[i].family_index) ++j;
-      ConsoleReporter::ReportRuns(std::vector<Run>(shown_.begin() + std::ptrdiff_t(i), shown_.begin() + std::ptrdiff_t(j)));
-      i = j;
-    }
-  }
-
-  // Median (or best) of a counter over the repetitions; NaN when the benchmark did not run.
-  double median(const std::string& name, const std::string& counter) const {
-    std::vector<double> v = values(name, counter);
-    if (v.empty()) return NAN;
-    std::sort(v.begin(), v.end());
-    const std::size_t n = v.size();
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-  }
-  double best(const std::string& name, const std::string& counter) const {
-    std::vector<double> v = values(name, counter);
-    return v.empty() ? NAN : *std::max_element(v.begin(), v.end());
-  }
-
- private:
-  std::vector<double> values(const std::string& name, const std::string& counter) const {
-    auto b = samples_.find(name);
-    if (b == samples_.end()) return {};
-    auto c = b->second.find(counter);
-    return c == b->second.end() ? std::vector<double>{} : c->second;
-  }
-  std::map<std::string, std::map<std::string, std::vector<double>>> samples_;
-  std::vector<Run> shown_;
-};
 
 void print_ratio(const CapturingReporter& r, const char* what, const std::string& num, const std::string& den,
                  const std::string& counter, const char* unit) {
