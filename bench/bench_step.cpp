@@ -159,21 +159,5 @@ void print_summary(const CapturingReporter& r) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  // Our defaults go first so that the same flags given on the command line win.
-  std::vector<char*> args{argv[0]};
-  char min_time[] = "--benchmark_min_time=0.2";
-  char repetitions[] = "--benchmark_repetitions=15";
-  char interleave[] = "--benchmark_enable_random_interleaving=true";
-  args.insert(args.end(), {min_time, repetitions, interleave});
-  for (int i = 1; i < argc; ++i) args.push_back(argv[i]);
-  int count = static_cast<int>(args.size());
-
-  benchmark::Initialize(&count, args.data());
-  if (benchmark::ReportUnrecognizedArguments(count, args.data())) return 1;
-  register_benchmarks();
-  CapturingReporter reporter;
-  benchmark::RunSpecifiedBenchmarks(&reporter);
-  print_summary(reporter);
-  benchmark::Shutdown();
-  return 0;
+  return run_benchmarks(argc, argv, /*repetitions=*/15, register_benchmarks, print_summary);
 }

@@ -67,3 +67,22 @@ class CapturingReporter : public benchmark::ConsoleReporter {
   std::map<std::string, std::map<std::string, std::vector<double>>> samples_;
   std::vector<Run> shown_;
 };
+
+// The main() of every drt benchmark program: our defaults go first so that the same flags given on
+// the command line win; after the run, `summary` prints the ratios measured in it.
+template <class Register, class Summary>
+int run_benchmarks(int argc, char** argv, int repetitions, Register register_benchmarks, Summary summary) {
+  std::string repetitions_flag = "--benchmark_repetitions=" + std::to_string(repetitions);
+  std::string min_time = "--benchmark_min_time=0.2", interleave = "--benchmark_enable_random_interleaving=true";
+  std::vector<char*> args{argv[0], min_time.data(), repetitions_flag.data(), interleave.data()};
+  for (int i = 1; i < argc; ++i) args.push_back(argv[i]);
+  int count = static_cast<int>(args.size());
+  benchmark::Initialize(&count, args.data());
+  if (benchmark::ReportUnrecognizedArguments(count, args.data())) return 1;
+  register_benchmarks();
+  CapturingReporter reporter;
+  benchmark::RunSpecifiedBenchmarks(&reporter);
+  summary(reporter);
+  benchmark::Shutdown();
+  return 0;
+}

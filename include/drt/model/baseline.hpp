@@ -111,11 +111,7 @@ class SlidingWindowLM {
     return list;
   }
 
-  std::int64_t parameter_count() const {
-    std::int64_t n = 0;
-    for (const auto& p : named_parameters()) n += p.parameter->value().numel();
-    return n;
-  }
+  std::int64_t parameter_count() const { return count_elements(named_parameters()); }
 
   const Parameter<T>& lm_head() const { return lm_head_ ? *lm_head_ : *embed_tokens_; }
   // The reference saves the tied head under this name as well.

@@ -33,6 +33,14 @@ Parameter<T> ones_parameter(Index size) {
   return Parameter<T>(Tensor<T>::full(Shape{size}, T(1)));
 }
 
+// Number of trainable values in a list of parameters.
+template <class T>
+std::int64_t count_elements(const ParameterList<T>& list) {
+  std::int64_t n = 0;
+  for (const auto& p : list) n += p.parameter->value().numel();
+  return n;
+}
+
 template <class T>
 std::vector<Parameter<T>*> parameter_pointers(const ParameterList<T>& list) {
   std::vector<Parameter<T>*> out;
