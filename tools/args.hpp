@@ -17,6 +17,10 @@
 
 #include "drt/core/error.hpp"
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 namespace drt::cli {
 
 class UsageError : public std::runtime_error {
@@ -117,6 +121,34 @@ class Args {
   std::map<std::string, std::string> values_;
   bool help_ = false;
 };
+
+// "504,2016,8064" → {504, 2016, 8064}: a flag's comma list of positive integers.
+inline std::vector<long long> parse_positive_list(const std::string& flag, const std::string& list) {
+  std::vector<long long> out;
+  std::size_t begin = 0;
+  while (begin <= list.size()) {
+    const std::size_t end = std::min(list.find(',', begin), list.size());
+    const std::string item = list.substr(begin, end - begin);
+    char* stop = nullptr;
+    errno = 0;
+    const long long v = std::strtoll(item.c_str(), &stop, 10);
+    if (item.empty() || *stop != '\0' || v < 1 || errno == ERANGE)
+      throw UsageError("flag --" + flag + " needs a comma list of positive integers, got '" + list + "'");
+    out.push_back(v);
+    begin = end + 1;
+  }
+  return out;
+}
+
+// Applies the common --threads N flag, when given, to OpenMP.
+inline void apply_threads_flag(const Args& args) {
+  if (!args.has("threads")) return;
+  const long long threads = args.integer("threads");
+  if (threads < 1) throw UsageError("flag --threads needs a positive integer, got " + args.text("threads"));
+#ifdef _OPENMP
+  omp_set_num_threads(static_cast<int>(threads));
+#endif
+}
 
 inline void print_usage(const CommandSpec& spec, std::ostream& out) {
   out << "usage: drt " << spec.name;

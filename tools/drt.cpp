@@ -12,6 +12,7 @@
 #include "args.hpp"
 #include "command_eval.hpp"
 #include "command_info.hpp"
+#include "command_lengthgen.hpp"
 #include "command_tokenize.hpp"
 #include "command_train.hpp"
 
@@ -28,6 +29,7 @@ const Command kCommands[] = {
     {eval_spec, run_eval},
     {tokenize_spec, run_tokenize},
     {train_spec, run_train},
+    {lengthgen_spec, run_lengthgen},
 };
 
 const Command* find_command(const std::string& name) {

@@ -1,5 +1,9 @@
 # Runs PROGRAM with ARGS ('|'-separated) and checks its exit code (EXPECT_RC) and that stdout+stderr
 # match EXPECT_REGEX. Used by the drt tool's ctest checks, which need an exact exit code.
+# CLEAN (optional): a folder removed first, so that a re-run starts from nothing.
+if(DEFINED CLEAN)
+  file(REMOVE_RECURSE "${CLEAN}")
+endif()
 string(REPLACE "|" ";" args "${ARGS}")
 execute_process(COMMAND ${PROGRAM} ${args} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
 if(NOT rc STREQUAL EXPECT_RC)

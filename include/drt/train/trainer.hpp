@@ -57,6 +57,9 @@ class TrainableModel {
   virtual ~TrainableModel() = default;
   // Mean next-token loss of the batch. `training` turns DRT's Gumbel noise on (spec §5.3).
   virtual Var<float> loss(const data::Batch& batch, bool training, std::uint64_t noise_seed) const = 0;
+  // Logits (B, T, V) in eval mode for tokens (B, T), row t predicting token t + 1 (DRT's
+  // landmark rows removed).
+  virtual Tensor<float> logits(const IndexTensor& tokens) const = 0;
   virtual ParameterList<float> named_parameters() const = 0;
   virtual void save(const std::string& path) const = 0;  // safetensors, reference names
   virtual void load(const std::string& path) = 0;
@@ -74,6 +77,12 @@ class ModelAdapter final : public TrainableModel {
       return model_.loss(batch.tokens, ForwardOptions{.training = training, .noise_seed = noise_seed}, &batch.labels);
     else
       return model_.loss(batch.tokens, &batch.labels);
+  }
+  Tensor<float> logits(const IndexTensor& tokens) const override {
+    if constexpr (std::is_same_v<Model, DrtModel<float>>)
+      return drop_landmark_rows(model_.logits(tokens).value(), model_.config().enc_chunk_size);
+    else
+      return model_.logits(tokens).value();
   }
   ParameterList<float> named_parameters() const override { return model_.named_parameters(); }
   void save(const std::string& path) const override { save_weights(model_, path); }
@@ -132,6 +141,9 @@ struct TrainOptions {
   // When it becomes non-zero (e.g. from a SIGINT handler), the loop finishes the current step,
   // writes a checkpoint and returns.
   const volatile std::sig_atomic_t* interrupt = nullptr;
+  // Called at every evaluation step (eval_every) after the held-out loss, with the step number;
+  // its text ends the progress line (e.g. "passkey 0.94" from a task-specific evaluation).
+  std::function<std::string(std::int64_t step)> extra_eval;
 };
 
 class Trainer {
@@ -239,8 +251,10 @@ class Trainer {
       const bool eval_now = run_.eval_every > 0 && (r.step % run_.eval_every == 0 || r.step == run_.steps);
       const bool log_now = r.step % run_.log_every == 0 || r.step == run_.steps || eval_now;
       double eval_loss = std::nan("");
+      std::string extra;
       if (eval_now) eval_loss = evaluate();
-      if (log_now) write_progress(log, stop, eval_loss);
+      if (eval_now && options.extra_eval) extra = options.extra_eval(state_.step);
+      if (log_now) write_progress(log, stop, eval_loss, extra);
       state_.elapsed_seconds = elapsed_before + seconds_between(session_start_, Clock::now());
       const bool interrupted = options.interrupt && *options.interrupt;
       if (state_.step == stop || interrupted || (run_.checkpoint_every > 0 && r.step % run_.checkpoint_every == 0)) {
@@ -333,7 +347,7 @@ class Trainer {
   static double seconds_between(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
 
   // One progress line, one row of losses.csv; then a new interval begins.
-  void write_progress(std::ostream& log, std::int64_t stop, double eval_loss) {
+  void write_progress(std::ostream& log, std::int64_t stop, double eval_loss, const std::string& extra) {
     const double n = static_cast<double>(state_.interval_steps);
     const double loss = n > 0 ? state_.interval_loss / n : std::nan(""), norm = n > 0 ? state_.interval_grad_norm / n : std::nan("");
     const double tokens_per_second =
@@ -350,6 +364,7 @@ class Trainer {
       std::snprintf(line, sizeof line, "  eval %.4f", eval_loss);
       log << line;
     }
+    if (!extra.empty()) log << "  " << extra;
     if (state_.skipped_steps > 0) log << "  skipped " << state_.skipped_steps;
     log << "\n" << std::flush;
 
