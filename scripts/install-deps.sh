@@ -19,10 +19,10 @@ fetch_data() {
 # pkg-config + libpcre2-dev: the GPT-2 tokenizer's regex (CMake finds PCRE2 through pkg-config).
 # bible-kjv: the King James Bible (public domain) and its `bible` reader, which fetch-data.sh uses
 # to extract data/corpus/kjv.txt (the text file is compressed; only the reader can expand it).
-REQUIRED=(build-essential cmake pkg-config libeigen3-dev nlohmann-json3-dev libpcre2-dev libgtest-dev libbenchmark-dev bible-kjv)
+# gnuplot-nox: the main job's PNG plots (drt lengthgen) and plots of benchmark CSV files.
+REQUIRED=(build-essential cmake pkg-config libeigen3-dev nlohmann-json3-dev libpcre2-dev libgtest-dev libbenchmark-dev bible-kjv gnuplot-nox)
 # ninja-build: faster incremental builds (the scripts fall back to make without it).
-# gnuplot-nox: plots of benchmark CSV files.
-OPTIONAL=(ninja-build gnuplot-nox)
+OPTIONAL=(ninja-build)
 
 is_installed() {
   [[ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" == "install ok installed" ]]

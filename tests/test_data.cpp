@@ -561,6 +561,47 @@ TEST(Passkey, BadLengthsAreRejected) {
   expect_error([&] { make_passkey_trial(tiny, f, {16, 5, false}, 256, 1, 0); }, {"tiny", "only 15"});
 }
 
+TEST(Recall, TheLastSpanRepeatsAnEarlierOneAndOnlyTheFinalChunkIsLabelled) {
+  const HaystackText haystack = inline_haystack();
+  const PasskeyOptions o{.chunk_tokens = 32, .passkey_tokens = 5};
+  const Index C = 32, span = 48, T = 256;
+  for (std::uint64_t trial = 0; trial < 20; ++trial) {
+    const Batch r = make_recall_trial(haystack, o, T, 9, trial);
+    const Ids tokens = row(r.tokens, 0), labels = row(r.labels, 0);
+    ASSERT_EQ(Index(tokens.size()), T);
+    // Some source in [0, T − 2C − span] holds the same span as the copy at the end.
+    const Ids copy(tokens.end() - span, tokens.end());
+    bool found = false;
+    for (Index s = 0; s <= T - 2 * C - span && !found; ++s) found = Ids(tokens.begin() + s, tokens.begin() + s + span) == copy;
+    EXPECT_TRUE(found) << "trial " << trial;
+    for (Index t = 0; t < T; ++t) EXPECT_EQ(labels[t], t >= T - C + 1 ? tokens[t] : kIgnoreIndex) << "position " << t;
+    EXPECT_EQ(row(make_recall_trial(haystack, o, T, 9, trial).tokens, 0), tokens);  // a pure function
+  }
+  expect_error([&] { make_recall_trial(haystack, o, 96, 9, 0); }, {"at least 112"});
+}
+
+TEST(Recall, SourceMixesRecallRowsAtTheRequestedRate) {
+  const HaystackText haystack = inline_haystack();
+  PasskeyOptions o{.chunk_tokens = 32, .passkey_tokens = 5};
+  const PasskeyFormat f = byte_passkey_format();
+  auto passkey_rows = [&](double fraction) {
+    o.recall_fraction = fraction;
+    const PasskeySource source(haystack, f, o, 4);
+    const Batch batch = source.batch(0, 400, 256);
+    Index count = 0;  // a passkey row has exactly 5 labels; a recall row 31
+    for (Index b = 0; b < 400; ++b) {
+      const Ids labels = row(batch.labels, b);
+      count += std::count_if(labels.begin(), labels.end(), [](std::int32_t v) { return v != kIgnoreIndex; }) == 5;
+    }
+    return count;
+  };
+  EXPECT_EQ(passkey_rows(0.0), 400);
+  EXPECT_EQ(passkey_rows(1.0), 0);
+  const Index half = passkey_rows(0.5);
+  EXPECT_GT(half, 150);
+  EXPECT_LT(half, 250);
+}
+
 TEST(Passkey, ScoringTheFirstTokenAndTheExactMatch) {
   const HaystackText haystack = inline_haystack();
   const PasskeyFormat f = byte_passkey_format();

@@ -56,7 +56,7 @@ IndexTensor random_index(const Case& c, std::uint64_t seed, bool with_empty_slot
 }  // namespace
 
 TEST(Gca, ForwardMatchesNaive) {
-  for (const Case c : {Case{4, 4, 2, 3, 5, 4, 2, 3, 1}, Case{4, 4, 2, 3, 5, 4, 2, 3, 3}, Case{2, 2, 1, 4, 6, 4, 1, 9, 8},
+  for (const Case& c : {Case{4, 4, 2, 3, 5, 4, 2, 3, 1}, Case{4, 4, 2, 3, 5, 4, 2, 3, 3}, Case{2, 2, 1, 4, 6, 4, 1, 9, 8},
                        Case{2, 2, 2, 3, 150, 4, 1, 3, 3}}) {  // N = 150: three streamed key blocks
     const auto q = rand({c.Z, c.H, c.M, c.d}, 1), k = rand({c.B, c.E, c.N, c.Hkv, c.d}, 2),
                v = rand({c.B, c.E, c.N, c.Hkv, c.d}, 3), w = rand({c.Z, c.Kc}, 4, 0.1, 1.0);
@@ -71,7 +71,7 @@ TEST(Gca, ForwardMatchesNaive) {
 }
 
 TEST(Gca, GradientsOfQueriesKeysValuesAndWeights) {
-  for (const Case c : {Case{4, 4, 2, 3, 5, 4, 2, 3, 1}, Case{4, 4, 2, 3, 5, 4, 2, 3, 3}, Case{2, 2, 1, 2, 4, 4, 1, 9, 8},
+  for (const Case& c : {Case{4, 4, 2, 3, 5, 4, 2, 3, 1}, Case{4, 4, 2, 3, 5, 4, 2, 3, 3}, Case{2, 2, 1, 2, 4, 4, 1, 9, 8},
                        Case{1, 1, 1, 2, 70, 2, 1, 2, 2}}) {  // N = 70: two key blocks
     const IndexTensor idx = random_index(c, 7, true);
     expect_gradients_match([&](const Inputs& x) { return gca(x[0], x[1], x[2], idx, x[3], 0.7); },

@@ -32,7 +32,9 @@ struct PlotSeries {
 // loss.png: training loss against step per model (losses.csv of each run); accuracy.png: passkey
 // accuracy against context length (results.csv: columns length, multiple, then first-digit and
 // all-digit accuracy per model, in `models`' order). Returns a line saying what was written.
-inline std::string plot_lengthgen(const std::filesystem::path& dir, const std::vector<PlotSeries>& models) {
+// `guess_level`: the accuracy of the best constant answer on the test trials, drawn as a line.
+inline std::string plot_lengthgen(const std::filesystem::path& dir, const std::vector<PlotSeries>& models,
+                                  double guess_level) {
   if (!gnuplot_available())
     return "plots: skipped, gnuplot is not installed (bash scripts/install-deps.sh installs it); the data are in the CSV files\n";
   const std::string results = (dir / "results.csv").string();
@@ -56,7 +58,7 @@ inline std::string plot_lengthgen(const std::filesystem::path& dir, const std::v
       "set title 'Passkey accuracy (first digit) against context length'\n"
       "set logscale x 2\nset xlabel 'context length (tokens)'\nset ylabel 'accuracy'\nset yrange [0:1.05]\n"
       "set key bottom left\n" +
-      accuracy_plot + ", 0.1 with lines dt 2 title 'chance'\n";
+      accuracy_plot + ", " + std::to_string(guess_level) + " with lines dt 2 title 'best constant guess'\n";
   if (!run_gnuplot(dir, script)) return "plots: gnuplot failed, see " + (dir / "plot.log").string() + "\n";
   return "plots: " + (dir / "loss.png").string() + ", " + (dir / "accuracy.png").string() + "\n";
 }

@@ -72,6 +72,9 @@ struct PasskeyOptions {
   Index chunk_tokens = 64;  // C_d; must equal the model's L_c
   int passkey_tokens = 5;   // n
   bool label_text = false;  // also label every token before the tail, not only P
+  // Training only (PasskeySource): this fraction of the rows are recall trials instead (see
+  // make_recall_trial), which teach the same retrieve-then-copy skill with 12× more labels.
+  double recall_fraction = 0;
 };
 
 struct PasskeyTrial {
@@ -139,6 +142,36 @@ inline PasskeyTrial make_passkey_trial(const HaystackText& haystack, const Passk
   std::copy(t + labelled_from, t + key + n, out.labels.data() + labelled_from);
   out.key_position = key;
   out.answer = out.passkey[0];
+  return out;
+}
+
+// A recall trial: the passkey task's shape with a denser signal. A window of `length` tokens of
+// text whose last 1.5 chunks repeat a span of the same length from earlier in the window:
+//
+//   text ... span ... text ... span
+//                              ^ starts C/2 tokens before the final chunk
+//
+// The span's first half lies in the second-to-last chunk, so that chunk's landmark has seen it
+// and can retrieve the chunk holding the source (as the question's landmark retrieves the
+// needle); the rest of the span, in the final chunk, is labelled (tokens from the final chunk's
+// second position on, like P), and predicting it means copying from the retrieved chunk. The
+// source ends at least two chunks before the end, out of any window the task is meant for.
+// A pure function of (seed, trial); tokens and labels (1, length).
+inline Batch make_recall_trial(const HaystackText& haystack, const PasskeyOptions& options, Index length, std::uint64_t seed,
+                               std::uint64_t trial) {
+  const Index C = options.chunk_tokens, span = C + C / 2, copy_start = length - span;
+  const Index source_limit = length - 2 * C - span;  // the source starts in [0, source_limit]
+  DRT_CHECK(C > 1 && length % C == 0 && source_limit >= 0, "recall trial: length ", length, " must be a multiple of the chunk's ",
+            C, " tokens and at least ", 2 * C + span, " tokens (a span of ", span, " and its copy two chunks apart)");
+  const std::uint64_t trial_seed = random_bits(seed, trial);
+  const auto text = haystack.window(haystack.random_start(trial_seed, 0, copy_start), copy_start);
+  const Index source = static_cast<Index>(random_bits(trial_seed, 1) % static_cast<std::uint64_t>(source_limit + 1));
+  Batch out{IndexTensor::empty({1, length}), IndexTensor::full({1, length}, kIgnoreIndex)};
+  std::int32_t* t = out.tokens.data();
+  std::copy(text.begin(), text.end(), t);
+  std::copy(t + source, t + source + span, t + copy_start);
+  const Index labelled_from = options.label_text ? 0 : length - C + 1;
+  std::copy(t + labelled_from, t + length, out.labels.data() + labelled_from);
   return out;
 }
 
@@ -239,9 +272,17 @@ class PasskeySource : public BatchSource {
     for (Index b = 0; b < batch_size; ++b) {
       const auto trial_number = static_cast<std::uint64_t>(step) * static_cast<std::uint64_t>(batch_size) +
                                 static_cast<std::uint64_t>(b);
-      const PasskeyTrial trial = make_passkey_trial(haystack_, format_, options_, seq_len, seed_, trial_number);
-      std::copy(trial.tokens.data(), trial.tokens.data() + seq_len, out.tokens.data() + b * seq_len);
-      std::copy(trial.labels.data(), trial.labels.data() + seq_len, out.labels.data() + b * seq_len);
+      // Whether the row is a recall trial: a draw of its own stream, uniform in [0, 1).
+      const double u = static_cast<double>(random_bits(seed_ ^ kRecallStream, trial_number) >> 11) * 0x1.0p-53;
+      Batch row;
+      if (u < options_.recall_fraction) {
+        row = make_recall_trial(haystack_, options_, seq_len, seed_ ^ kRecallStream, trial_number);
+      } else {
+        PasskeyTrial trial = make_passkey_trial(haystack_, format_, options_, seq_len, seed_, trial_number);
+        row = Batch{std::move(trial.tokens), std::move(trial.labels)};
+      }
+      std::copy(row.tokens.data(), row.tokens.data() + seq_len, out.tokens.data() + b * seq_len);
+      std::copy(row.labels.data(), row.labels.data() + seq_len, out.labels.data() + b * seq_len);
     }
     return out;
   }
@@ -251,10 +292,14 @@ class PasskeySource : public BatchSource {
     return "passkey over " + haystack_.name() + " (" + std::to_string(options_.passkey_tokens) + " passkey ids in [" +
            std::to_string(format_.id_low) + ", " + std::to_string(format_.id_high) + "), chunk " +
            std::to_string(options_.chunk_tokens) + (options_.label_text ? ", all text labelled" : ", passkey labelled") +
+           (options_.recall_fraction > 0 ? ", " + std::to_string(static_cast<int>(options_.recall_fraction * 100 + 0.5)) +
+                                               "% recall trials"
+                                         : std::string()) +
            ", seed " + std::to_string(seed_) + ")";
   }
 
  private:
+  static constexpr std::uint64_t kRecallStream = 0x726563616c6cull;  // "recall"
   HaystackText haystack_;
   PasskeyFormat format_;
   PasskeyOptions options_;

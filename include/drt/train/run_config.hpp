@@ -192,6 +192,7 @@ struct DataConfig {
   std::string corpus;           // resolved path; passkey's default is kjv
   int passkey_tokens = 5;
   bool label_text = false;
+  double recall_fraction = 0;   // passkey: the share of training rows that are recall trials
   // mqar
   int vocab_size = 0;           // ids of the task are below this (required)
   int num_pairs = 8, num_queries = 8;
@@ -241,10 +242,12 @@ struct DataConfig {
         s.check(label->is_boolean(), "label_text", "must be true or false, got ", label->dump());
         d.label_text = label->get<bool>();
       }
+      d.recall_fraction = s.number("recall_fraction", d.recall_fraction);
+      s.check(d.recall_fraction >= 0 && d.recall_fraction <= 1, "recall_fraction", "must be in [0, 1], got ", d.recall_fraction);
       d.eval_fraction = 0.1;
       fraction("eval_fraction");
       s.check(d.eval_fraction > 0, "eval_fraction", "must be > 0: evaluation needs text of its own");
-      s.finish({"kind", "corpus", "passkey_tokens", "label_text", "eval_fraction"});
+      s.finish({"kind", "corpus", "passkey_tokens", "label_text", "recall_fraction", "eval_fraction"});
     } else if (d.kind == "mqar") {
       s.require("vocab_size");
       d.vocab_size = static_cast<int>(s.integer_in("vocab_size", 0, 3, INT_MAX));
@@ -275,7 +278,8 @@ struct DataConfig {
       else j["eval_fraction"] = eval_fraction;
     }
     if (kind == "passkey")
-      j.update({{"corpus", corpus}, {"passkey_tokens", passkey_tokens}, {"label_text", label_text}, {"eval_fraction", eval_fraction}});
+      j.update({{"corpus", corpus}, {"passkey_tokens", passkey_tokens}, {"label_text", label_text},
+                {"recall_fraction", recall_fraction}, {"eval_fraction", eval_fraction}});
     if (kind == "mqar") {
       j.update({{"vocab_size", vocab_size}, {"num_pairs", num_pairs}, {"num_queries", num_queries},
                 {"queries_at_end", queries_at_end}});
@@ -496,8 +500,9 @@ inline std::unique_ptr<data::BatchSource> make_batch_source(const RunConfig& run
                                : std::make_unique<data::ShardSource>(shard, seed, 0, shard->size(), false);
   }
   if (d.kind == "passkey") {
+    // Evaluation batches are plain passkey trials: the held-out loss measures the task itself.
     const data::PasskeyOptions options{.chunk_tokens = run.model.enc_chunk_size, .passkey_tokens = d.passkey_tokens,
-                                       .label_text = d.label_text};
+                                       .label_text = d.label_text, .recall_fraction = train ? d.recall_fraction : 0.0};
     return std::make_unique<data::PasskeySource>(detail::corpus_text(d, stream), data::byte_passkey_format(), options, seed);
   }
   if (d.kind == "mqar") {
