@@ -5,7 +5,8 @@
 // With no flags it runs the built-in default (default_lengthgen_run() below: about 10 minutes on
 // 2 cores). Output, under --out (default runs/lengthgen):
 //   drt/, baseline/           each a `drt train` out_dir: checkpoint/, losses.csv
-//   training_accuracy.csv     passkey accuracy at the training length during training
+//   training_accuracy.csv     passkey accuracy at the training length at each eval_every step
+//                             trained by this invocation (a resumed, finished model adds none)
 //   results.csv, results.md   the accuracy-versus-length table
 //   loss.png, accuracy.png    plots (gnuplot), when gnuplot is installed
 // An interrupted job resumes where it stopped: a model whose out_dir holds a finished checkpoint
@@ -17,8 +18,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
-#include <iomanip>
 #include <nlohmann/json.hpp>
 #include <ostream>
 #include <sstream>
@@ -29,7 +28,6 @@
 #include "drt/eval/passkey_sweep.hpp"
 #include "drt/model/parameter_count.hpp"
 #include "drt/train.hpp"
-#include "format.hpp"
 #include "plot.hpp"
 
 namespace drt::cli {
@@ -132,8 +130,11 @@ inline int run_lengthgen(const Args& args, std::ostream& out) {
     const long long steps = args.integer("steps");
     if (steps < 1) throw UsageError("flag --steps needs a positive integer");
     drt_json["steps"] = steps;
-    drt_json.erase("schedule");  // the schedule follows the shortened run
-    drt_json["schedule"] = {{"warmup_steps", std::min<long long>(20, steps / 5)}};
+    // The schedule follows the shortened run: warm-up capped at a fifth of it, the run's min_lr kept.
+    nlohmann::json schedule = drt_json.value("schedule", nlohmann::json::object());
+    schedule.erase("total_steps");
+    schedule["warmup_steps"] = std::min<long long>(schedule.value("warmup_steps", 20LL), steps / 5);
+    drt_json["schedule"] = schedule;
   }
   drt_json["out_dir"] = std::filesystem::absolute(std::filesystem::path(out_dir) / "drt").string();
   const train::RunConfig drt_run = train::RunConfig::from_json(drt_json, source, base_dir);
