@@ -30,6 +30,7 @@
 #include <benchmark/benchmark.h>
 
 #include "support/capturing_reporter.hpp"
+#include "support/eigen_gemm.hpp"
 
 #include <Eigen/Core>
 #include <algorithm>
@@ -52,10 +53,6 @@ using drt::Parameter;
 using drt::Shape;
 using drt::Tensor;
 using drt::Var;
-
-benchmark::Counter rate(double per_iteration) {
-  return benchmark::Counter(per_iteration, benchmark::Counter::kIsIterationInvariantRate);
-}
 
 // ---- GCA ------------------------------------------------------------------------------------------
 
@@ -197,25 +194,6 @@ void drt_tiny(benchmark::State& state) {
   step();
   for (auto _ : state) step();
   state.counters["tokens/s"] = rate(double(kTinyTokens));
-}
-
-// ---- the reference GEMM ---------------------------------------------------------------------------
-
-constexpr Index kGemmSize = 512;
-constexpr double kGemmFlops = 2.0 * kGemmSize * kGemmSize * kGemmSize;
-
-void eigen_gemm(benchmark::State& state, int threads) {
-  Eigen::setNbThreads(threads);
-  const Eigen::MatrixXf A = Eigen::MatrixXf::Random(kGemmSize, kGemmSize);
-  const Eigen::MatrixXf B = Eigen::MatrixXf::Random(kGemmSize, kGemmSize);
-  Eigen::MatrixXf C(kGemmSize, kGemmSize);
-  for (auto _ : state) {
-    C.noalias() = A * B;
-    benchmark::DoNotOptimize(C.data());
-    benchmark::ClobberMemory();
-  }
-  Eigen::setNbThreads(0);  // back to the default for the benchmarks that follow
-  state.counters["GFLOP/s"] = rate(kGemmFlops * 1e-9);
 }
 
 void register_benchmarks() {

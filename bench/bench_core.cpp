@@ -15,6 +15,7 @@
 #include <benchmark/benchmark.h>
 
 #include "support/capturing_reporter.hpp"
+#include "support/eigen_gemm.hpp"
 
 #include <Eigen/Core>
 #include <algorithm>
@@ -33,28 +34,7 @@ using drt::Index;
 using drt::Shape;
 using drt::Tensor;
 
-constexpr Index kGemmSize = 512;
-constexpr double kGemmFlops = 2.0 * kGemmSize * kGemmSize * kGemmSize;
-
-// A counter shown as "<value>/s", where value is per iteration (e.g. GFLOP per call).
-benchmark::Counter rate(double per_iteration) {
-  return benchmark::Counter(per_iteration, benchmark::Counter::kIsIterationInvariantRate);
-}
-
 // ---- matrix products ---------------------------------------------------------------------------
-
-void eigen_gemm(benchmark::State& state, int threads) {
-  Eigen::setNbThreads(threads);
-  const Eigen::MatrixXf A = Eigen::MatrixXf::Random(kGemmSize, kGemmSize);
-  const Eigen::MatrixXf B = Eigen::MatrixXf::Random(kGemmSize, kGemmSize);
-  Eigen::MatrixXf C(kGemmSize, kGemmSize);
-  for (auto _ : state) {
-    C.noalias() = A * B;
-    benchmark::DoNotOptimize(C.data());
-    benchmark::ClobberMemory();
-  }
-  state.counters["GFLOP/s"] = rate(kGemmFlops * 1e-9);
-}
 
 void drt_gemm(benchmark::State& state, int threads) {
   const auto A = drt::random_uniform<float>({kGemmSize, kGemmSize}, 1, -1, 1);

@@ -21,6 +21,7 @@
 #include <benchmark/benchmark.h>
 
 #include "support/capturing_reporter.hpp"
+#include "support/eigen_gemm.hpp"
 
 #include <Eigen/Core>
 #include <algorithm>
@@ -72,10 +73,6 @@ double step_flops(const TinyAttentionConfig& c) {
   return dense + attention;
 }
 
-benchmark::Counter rate(double per_iteration) {
-  return benchmark::Counter(per_iteration, benchmark::Counter::kIsIterationInvariantRate);
-}
-
 // ---- the training step --------------------------------------------------------------------------
 
 void training_step(benchmark::State& state, bool with_optimiser) {
@@ -106,23 +103,6 @@ void training_step(benchmark::State& state, bool with_optimiser) {
   state.counters["tokens/s"] = rate(double(tokens_per_step()));
   state.counters["GFLOP/s"] = rate(step_flops(config) * 1e-9);
   state.counters["allocs/step"] = benchmark::Counter(allocations, benchmark::Counter::kAvgIterations);
-}
-
-// ---- the reference GEMM -------------------------------------------------------------------------
-
-constexpr Index kGemmSize = 512;
-
-void eigen_gemm(benchmark::State& state, int threads) {
-  Eigen::setNbThreads(threads);
-  const Eigen::MatrixXf A = Eigen::MatrixXf::Random(kGemmSize, kGemmSize);
-  const Eigen::MatrixXf B = Eigen::MatrixXf::Random(kGemmSize, kGemmSize);
-  Eigen::MatrixXf C(kGemmSize, kGemmSize);
-  for (auto _ : state) {
-    C.noalias() = A * B;
-    benchmark::DoNotOptimize(C.data());
-    benchmark::ClobberMemory();
-  }
-  state.counters["GFLOP/s"] = rate(2.0 * kGemmSize * kGemmSize * kGemmSize * 1e-9);
 }
 
 void register_benchmarks() {

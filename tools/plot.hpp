@@ -17,6 +17,8 @@ inline bool gnuplot_available() { return std::system("command -v gnuplot >/dev/n
 // Runs `script` through gnuplot; returns whether it succeeded. The script is kept beside the
 // plots (plot.gp) so that a reader can restyle them.
 inline bool run_gnuplot(const std::filesystem::path& dir, const std::string& script) {
+  // Paths go into the shell command and the script in single quotes.
+  if (dir.string().find('\'') != std::string::npos) return false;
   const std::string path = (dir / "plot.gp").string();
   io::write_file_atomically(path, [&](std::FILE* f) { io::write_bytes(f, script.data(), script.size()); });
   const std::string command = "gnuplot '" + path + "' 2>'" + (dir / "plot.log").string() + "'";

@@ -10,6 +10,7 @@
 // any data-loader state: resuming at step s simply asks for batch(s).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 
@@ -21,6 +22,15 @@ struct Batch {
   IndexTensor tokens;
   IndexTensor labels;
 };
+
+// Puts one sequence, tokens and labels (1, T) or (T), into row b of a batch (B, T).
+inline void set_batch_row(Batch& batch, Index b, const IndexTensor& tokens, const IndexTensor& labels) {
+  const Index T = batch.tokens.size(1);
+  DRT_CHECK(tokens.numel() == T && labels.numel() == T, "set_batch_row: a sequence of ", tokens.numel(), " tokens and ",
+            labels.numel(), " labels does not fit a batch row of ", T);
+  std::copy(tokens.data(), tokens.data() + T, batch.tokens.data() + b * T);
+  std::copy(labels.data(), labels.data() + T, batch.labels.data() + b * T);
+}
 
 class BatchSource {
  public:

@@ -229,8 +229,7 @@ class MqarSource : public BatchSource {
                          static_cast<std::uint64_t>(b);
       const MqarSequence s =
           make_mqar_sequence(options_, seq_len, vocab_size_, seed_, index, haystack_ ? &*haystack_ : nullptr);
-      std::copy(s.tokens.data(), s.tokens.data() + seq_len, out.tokens.data() + b * seq_len);
-      std::copy(s.labels.data(), s.labels.data() + seq_len, out.labels.data() + b * seq_len);
+      set_batch_row(out, b, s.tokens, s.labels);
     }
     return out;
   }

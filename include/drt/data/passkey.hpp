@@ -281,8 +281,7 @@ class PasskeySource : public BatchSource {
         PasskeyTrial trial = make_passkey_trial(haystack_, format_, options_, seq_len, seed_, trial_number);
         row = Batch{std::move(trial.tokens), std::move(trial.labels)};
       }
-      std::copy(row.tokens.data(), row.tokens.data() + seq_len, out.tokens.data() + b * seq_len);
-      std::copy(row.labels.data(), row.labels.data() + seq_len, out.labels.data() + b * seq_len);
+      set_batch_row(out, b, row.tokens, row.labels);
     }
     return out;
   }
