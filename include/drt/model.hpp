@@ -17,3 +17,5 @@
 #include "drt/model/drt.hpp"         // defines: DrtModel, ForwardOptions
 #include "drt/model/baseline.hpp"    // defines: SlidingWindowLM (the BaseLM), baseline_ids, next_token_targets
 #include "drt/model/checkpoint.hpp"  // defines: save_weights, load_weights (safetensors, reference names)
+
+#include "drt/inference.hpp"        // defines: DrtDecoder, BaselineDecoder, chunk stores, sample_token

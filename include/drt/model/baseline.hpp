@@ -116,6 +116,10 @@ class SlidingWindowLM {
   const Parameter<T>& lm_head() const { return lm_head_ ? *lm_head_ : *embed_tokens_; }
   // The reference saves the tied head under this name as well.
   static std::string tied_head_name() { return "language_model.lm_head.weight"; }
+  // The parts that the incremental decoder (drt/inference/baseline_decoder.hpp) runs position by position.
+  const Parameter<T>& token_embedding() const { return *embed_tokens_; }
+  const std::vector<std::unique_ptr<DecoderLayer<T>>>& layers() const { return layers_; }
+  const Parameter<T>& final_norm() const { return *norm_; }
 
  private:
   static std::string layer_prefix(std::size_t i) { return "language_model.model.layers." + std::to_string(i) + "."; }

@@ -149,6 +149,12 @@ class DrtModel {
   std::int64_t parameter_count() const { return count_elements(named_parameters()); }
 
   const Parameter<T>& lm_head() const { return lm_head_ ? *lm_head_ : *embed_tokens_; }
+  // The parts that the incremental decoder (drt/inference/drt_decoder.hpp) runs position by position.
+  const Parameter<T>& token_embedding() const { return *embed_tokens_; }
+  const std::vector<std::unique_ptr<DecoderLayer<T>>>& lower_layers() const { return lower_; }
+  const std::vector<std::unique_ptr<UpperDecoderLayer<T>>>& upper_layers(int g) const { return upper_.at(g); }
+  const Parameter<T>& landmark_norm(int g) const { return *lmk_norms_.at(g); }
+  const Parameter<T>& final_norm() const { return *norm_; }
   // The reference saves the tied head under this name as well (docs/reference-notes.md §1.1).
   static std::string tied_head_name() { return "lm_head.weight"; }
 
