@@ -28,6 +28,7 @@
 #include "drt/eval/passkey_sweep.hpp"
 #include "drt/model/parameter_count.hpp"
 #include "drt/train.hpp"
+#include "format.hpp"
 #include "plot.hpp"
 
 namespace drt::cli {
@@ -102,10 +103,6 @@ struct TrainedModel {
   std::unique_ptr<train::Trainer> trainer;
   std::vector<std::pair<std::int64_t, double>> training_accuracy;  // (step, passkey accuracy at seq_len)
 };
-
-inline double seconds_since(std::chrono::steady_clock::time_point start) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-}
 
 }  // namespace detail
 
@@ -257,7 +254,7 @@ inline int run_lengthgen(const Args& args, std::ostream& out) {
   out << plot_lengthgen(dir, series, constant_guess) << "checkpoints:";
   for (const auto& m : models) out << " " << train::checkpoint_path(m.trainer->run().out_dir).string();
   out << "\n";
-  out << "wall time " << train::format_duration(detail::seconds_since(start)) << "\n";
+  out << "wall time " << train::format_duration(seconds_since(start)) << "\n";
   return 0;
 }
 

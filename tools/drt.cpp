@@ -11,8 +11,10 @@
 
 #include "args.hpp"
 #include "command_eval.hpp"
+#include "command_generate.hpp"
 #include "command_info.hpp"
 #include "command_lengthgen.hpp"
+#include "command_niah.hpp"
 #include "command_tokenize.hpp"
 #include "command_train.hpp"
 
@@ -27,9 +29,11 @@ struct Command {
 const Command kCommands[] = {
     {info_spec, run_info},
     {eval_spec, run_eval},
+    {generate_spec, run_generate},
     {tokenize_spec, run_tokenize},
     {train_spec, run_train},
     {lengthgen_spec, run_lengthgen},
+    {niah_spec, run_niah},
 };
 
 const Command* find_command(const std::string& name) {

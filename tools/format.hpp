@@ -1,6 +1,7 @@
 // tools/format.hpp — number formatting shared by the drt tool's commands.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <string>
 
@@ -15,6 +16,11 @@ inline std::string with_thousands(std::int64_t n) {
     out += digits[i];
   }
   return out;
+}
+
+// Seconds of wall time since `start`.
+inline double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
 }  // namespace drt::cli
