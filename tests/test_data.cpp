@@ -24,6 +24,7 @@
 #include "../tools/command_tokenize.hpp"
 #include "drt/data/corpus.hpp"
 #include "drt/data/mqar.hpp"
+#include "drt/data/niah.hpp"
 #include "drt/data/passkey.hpp"
 #include "drt/data/shard.hpp"
 #include "drt/data/tokenizer.hpp"
@@ -852,3 +853,68 @@ TEST(Tokenize, Gpt2ShardDecodesBackToTheText) {
 #endif
 
 }  // namespace
+
+namespace {
+
+std::string text_of(const IndexTensor& tokens, Index begin, Index end) {
+  std::string s;
+  for (Index i = begin; i < end; ++i) s += static_cast<char>(tokens(0, i));
+  return s;
+}
+
+// Counts the occurrences of `needle` in `text`.
+int occurrences(const std::string& text, const std::string& needle) {
+  int n = 0;
+  for (std::size_t at = text.find(needle); at != std::string::npos; at = text.find(needle, at + 1)) ++n;
+  return n;
+}
+
+}  // namespace
+
+TEST(Niah, MultiKeyTrialAsksOneOfSixNeedlesWithTheAnswerOpeningTheFinalChunk) {
+  const HaystackText haystack = inline_haystack();
+  for (std::uint64_t trial = 0; trial < 10; ++trial) {
+    const NeedleTrial t = make_multikey_trial(haystack, 63, 1008, 7, trial);
+    ASSERT_EQ(t.answer_start, 1008 - 63 + 1);
+    ASSERT_EQ(t.answer.size(), 5u);
+    EXPECT_EQ(t.scored_position, t.answer_start + 4);  // the reference scores the value's last token
+    const std::string before = text_of(t.tokens, 0, t.answer_start), answer = text_of(t.tokens, t.answer_start, t.answer_start + 5);
+    EXPECT_EQ(answer, std::string(t.answer.begin(), t.answer.end()));
+    EXPECT_EQ(occurrences(before, "|One of the special magic numbers for "), 6);
+    // The question names a key whose needle holds exactly this answer; needles end before the last two chunks.
+    const std::string key = before.substr(before.rfind("|The value of ") + 14, 5);
+    const std::size_t needle = before.find("for " + key + " is " + answer + "|");
+    ASSERT_NE(needle, std::string::npos) << before;
+    EXPECT_LT(needle, static_cast<std::size_t>(1008 - 2 * 63));
+    for (Index i = t.answer_start + 5; i < 1008; ++i) EXPECT_EQ(t.tokens(0, i), kIgnoreIndex);
+  }
+  EXPECT_EQ(make_multikey_trial(haystack, 63, 1008, 7, 3).tokens.to_vector(), make_multikey_trial(haystack, 63, 1008, 7, 3).tokens.to_vector());
+  EXPECT_NE(make_multikey_trial(haystack, 63, 1008, 7, 3).tokens.to_vector(), make_multikey_trial(haystack, 63, 1008, 7, 4).tokens.to_vector());
+}
+
+TEST(Niah, TwoHopTrialFollowsTwoNeedles) {
+  const HaystackText haystack = inline_haystack();
+  for (std::uint64_t trial = 0; trial < 10; ++trial) {
+    const NeedleTrial t = make_two_hop_trial(haystack, 64, 1024, 9, trial);
+    ASSERT_EQ(t.answer.size(), 11u);  // B "," C
+    EXPECT_EQ(t.scored_position, t.answer_start + 10);
+    const std::string before = text_of(t.tokens, 0, t.answer_start);
+    const std::string answer(t.answer.begin(), t.answer.end()), a = before.substr(before.rfind("|The path from ") + 15, 5);
+    const std::string b = answer.substr(0, 5), c = answer.substr(6, 5);
+    EXPECT_EQ(answer[5], ',');
+    EXPECT_EQ(occurrences(before, "|DEF "), 4);
+    EXPECT_EQ(occurrences(before, "|DEF " + a + "->" + b + "|"), 1);
+    EXPECT_EQ(occurrences(before, "|DEF " + b + "->" + c + "|"), 1);
+  }
+  EXPECT_THROW(make_two_hop_trial(haystack, 64, 192, 9, 0), Error);  // 76 needle tokens, 64 places
+}
+
+TEST(Niah, RepeatedHaystackCoversLongContexts) {
+  const HaystackText text = HaystackText::tokenize("abcdefghij", ByteTokenizer(), "letters");
+  EXPECT_EQ(repeated_haystack(text, 5).size(), 10);
+  const HaystackText longer = repeated_haystack(text.part(2, 6), 11);  // "cdef" x3
+  EXPECT_EQ(longer.size(), 12);
+  EXPECT_EQ(longer.window(0, 12)[4], 'c');
+  EXPECT_EQ(longer.window(0, 12)[11], 'f');
+  EXPECT_NE(longer.name().find("x3"), std::string::npos);
+}

@@ -3,7 +3,8 @@
 //
 //   drt niah --checkpoint runs/lengthgen/drt/checkpoint --task single --lengths 65520,262080,1048572
 //
-// Tasks (byte-level haystacks from the corpus's held-out tail; drt/data/passkey.hpp, niah.hpp):
+// Tasks (byte-level haystacks from the corpus's held-out tail, repeated end to end when a length
+// needs more text than it has; drt/data/passkey.hpp, niah.hpp):
 //   single    "|The passkey is:" P "|"; the reference scores P's first digit
 //   multi     6 key/value needles; the reference scores the asked value's last digit
 //   multihop  two chains of two hops; the reference scores the answer's last digit
@@ -15,6 +16,7 @@
 // Writes results.md, results.csv, accuracy.png and memory.png (gnuplot) under --out.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -231,7 +233,8 @@ inline int run_niah(const Args& args, std::ostream& out) {
   else corpus_config.eval_fraction = 0.1;
   if (args.has("corpus") || corpus_config.corpus.empty())
     corpus_config.corpus = data::corpus_path(args.has("corpus") ? args.text("corpus") : std::string("kjv"));
-  const data::HaystackText haystack = train::detail::corpus_text(corpus_config, train::DataStream::eval);
+  const data::HaystackText haystack = data::repeated_haystack(train::detail::corpus_text(corpus_config, train::DataStream::eval),
+                                                               *std::max_element(lengths.begin(), lengths.end()));
   const detail::NiahTask task =
       detail::niah_task(task_name, haystack, m.config, static_cast<std::uint64_t>(args.integer("seed")), m.is_drt);
   const std::string offload = args.has("offload") ? args.text("offload") : std::string();
@@ -240,7 +243,7 @@ inline int run_niah(const Args& args, std::ostream& out) {
 
   const std::string title = "drt niah --task " + task_name + " (" + (m.is_drt ? "DRT" : "baseline") + ", " +
                             std::to_string(trials) + " trials per length)";
-  out << title << "\n";
+  out << title << "\nhaystack " << haystack.name() << "\n";
   std::vector<detail::NiahLengthResult> results;
   for (Index length : lengths) {
     results.push_back(detail::run_niah_length(m, task, length, static_cast<Index>(trials), static_cast<Index>(segment), offload));

@@ -100,6 +100,20 @@ void shuffle(std::vector<V>& items, std::uint64_t seed) {
 
 }  // namespace detail
 
+// `text` if it holds at least `min_tokens` tokens, else `text` repeated end to end until it does
+// (long-context tests outgrow the held-out text of a small corpus; the reference draws its 16M
+// haystacks from a larger corpus, spec §14 A18).
+inline HaystackText repeated_haystack(const HaystackText& text, Index min_tokens) {
+  if (text.size() >= min_tokens) return text;
+  DRT_CHECK(text.size() > 0, "niah: haystack ", text.name(), " is empty");
+  const auto one = text.window(0, text.size());
+  std::vector<std::int32_t> tokens;
+  tokens.reserve(static_cast<std::size_t>(min_tokens));
+  while (static_cast<Index>(tokens.size()) < min_tokens) tokens.insert(tokens.end(), one.begin(), one.end());
+  const Index copies = static_cast<Index>(tokens.size()) / text.size();
+  return HaystackText(std::move(tokens), text.vocab_size(), text.name() + " x" + std::to_string(copies));
+}
+
 // The multi-key task's trial number `trial` (6 needles, one asked about).
 inline NeedleTrial make_multikey_trial(const HaystackText& haystack, Index chunk_tokens, Index length, std::uint64_t seed,
                                        std::uint64_t trial, int digits = 5, int needles = 6) {
