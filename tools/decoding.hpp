@@ -68,9 +68,12 @@ inline void reset_peak_resident() {
   clear << "5";
 }
 
+// "12.3 MiB", or "45.6 KiB" below a mebibyte.
 inline std::string mib(std::size_t bytes) {
   char text[32];
-  std::snprintf(text, sizeof text, "%.1f MiB", static_cast<double>(bytes) / (1024.0 * 1024.0));
+  const double b = static_cast<double>(bytes);
+  if (bytes > 0 && bytes < 1024 * 1024) std::snprintf(text, sizeof text, "%.1f KiB", b / 1024.0);
+  else std::snprintf(text, sizeof text, "%.1f MiB", b / (1024.0 * 1024.0));
   return text;
 }
 

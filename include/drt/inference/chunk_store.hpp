@@ -75,28 +75,34 @@ class ChunkStore {
   std::vector<T> landmarks_;
 };
 
-// Keys and values in a growing vector.
+// Keys and values in RAM, in blocks of 64 chunks: growing never copies what is stored, so the
+// peak memory is the store's size, not the 2–3× of a doubling vector.
 template <class T>
 class MemoryChunkStore final : public ChunkStore<T> {
  public:
   using ChunkStore<T>::ChunkStore;
-  std::size_t resident_bytes() const override { return data_.size() * sizeof(T); }
+  std::size_t resident_bytes() const override { return static_cast<std::size_t>(this->size()) * this->chunk_bytes(); }
   std::string describe() const override { return "in memory"; }
 
  protected:
-  void write_chunk(Index, const T* keys, const T* values) override {
-    data_.insert(data_.end(), keys, keys + this->N_ * this->D_);
-    data_.insert(data_.end(), values, values + this->N_ * this->D_);
+  void write_chunk(Index e, const T* keys, const T* values) override {
+    const Index n = this->N_ * this->D_;
+    if (e % kChunksPerBlock == 0) blocks_.emplace_back(static_cast<std::size_t>(kChunksPerBlock * 2 * n));
+    T* at = chunk(e);
+    std::copy(keys, keys + n, at);
+    std::copy(values, values + n, at + n);
   }
   void read_chunk(Index e, T* keys, T* values) const override {
     const Index n = this->N_ * this->D_;
-    const T* at = data_.data() + e * 2 * n;
+    const T* at = const_cast<MemoryChunkStore*>(this)->chunk(e);
     std::copy(at, at + n, keys);
     std::copy(at + n, at + 2 * n, values);
   }
 
  private:
-  std::vector<T> data_;
+  static constexpr Index kChunksPerBlock = 64;
+  T* chunk(Index e) { return blocks_[e / kChunksPerBlock].data() + (e % kChunksPerBlock) * 2 * this->N_ * this->D_; }
+  std::vector<std::vector<T>> blocks_;
 };
 
 // Keys and values in a file: appended with pwrite, read through a read-only memory map of the
