@@ -13,6 +13,7 @@
 #include <chrono>
 #include <cstdio>
 #include <iostream>
+#include <limits>
 #include <optional>
 #include <ostream>
 #include <string>
@@ -120,6 +121,8 @@ inline int run_generate(const Args& args, std::ostream& out) {
   if (args.has("prompt")) out << args.text("prompt");
   const auto decode_start = std::chrono::steady_clock::now();
   for (long long i = 0; i < new_tokens; ++i) {
+    // A DRT never emits its landmark id (the model inserts landmarks itself) nor its padding id.
+    if (m.is_drt) next(m.config.chunk_id) = next(m.config.pad_id) = -std::numeric_limits<float>::infinity();
     const std::int32_t token = sample_token(next, sampling, static_cast<std::uint64_t>(i));
     out << codec.decode(token) << std::flush;
     if (i + 1 < new_tokens) next = decoder->step(token);
