@@ -224,18 +224,24 @@ inline int eval_perplexity(const Args& args, const EvalModel& m, std::ostream& o
   return 0;
 }
 
+// The byte-level text that tests draw haystacks from: the held-out tail of --corpus, else of the
+// checkpoint's passkey corpus (its own eval_fraction), else the last 10% of kjv.
+inline data::HaystackText held_out_haystack(const Args& args, const EvalModel& m) {
+  train::DataConfig corpus_config;
+  if (m.run && m.run->data.kind == "passkey") corpus_config = m.run->data;
+  else corpus_config.eval_fraction = 0.1;
+  if (args.has("corpus") || corpus_config.corpus.empty())
+    corpus_config.corpus = data::corpus_path(args.has("corpus") ? args.text("corpus") : std::string("kjv"));
+  return train::detail::corpus_text(corpus_config, train::DataStream::eval);
+}
+
 // --passkey: accuracy at each length over the corpus's held-out tail.
 inline int eval_passkey(const Args& args, const EvalModel& m, std::ostream& out) {
   std::vector<Index> lengths;
   for (long long v : parse_positive_list("passkey", args.text("passkey"))) lengths.push_back(static_cast<Index>(v));
   const long long trials = args.integer("trials");
   if (trials < 1) throw UsageError("flag --trials needs a positive integer");
-  train::DataConfig corpus_config;
-  if (m.run && m.run->data.kind == "passkey") corpus_config = m.run->data;
-  else corpus_config.eval_fraction = 0.1;
-  if (args.has("corpus") || corpus_config.corpus.empty())
-    corpus_config.corpus = data::corpus_path(args.has("corpus") ? args.text("corpus") : std::string("kjv"));
-  const data::HaystackText haystack = train::detail::corpus_text(corpus_config, train::DataStream::eval);
+  const data::HaystackText haystack = held_out_haystack(args, m);
   DRT_CHECK(haystack.vocab_size() <= m.config.vocab_size, "drt eval --passkey: byte-level text needs vocab_size >= 256, the model has ",
             m.config.vocab_size);
   const data::PasskeyOptions task{.chunk_tokens = m.config.enc_chunk_size, .passkey_tokens = 5};

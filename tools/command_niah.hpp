@@ -228,13 +228,8 @@ inline int run_niah(const Args& args, std::ostream& out) {
   for (Index length : lengths)
     DRT_CHECK(length % m.config.enc_chunk_size == 0, "drt niah: length ", length, " is not a multiple of the model's chunk of ",
               m.config.enc_chunk_size, " tokens");
-  train::DataConfig corpus_config;
-  if (m.run && m.run->data.kind == "passkey") corpus_config = m.run->data;
-  else corpus_config.eval_fraction = 0.1;
-  if (args.has("corpus") || corpus_config.corpus.empty())
-    corpus_config.corpus = data::corpus_path(args.has("corpus") ? args.text("corpus") : std::string("kjv"));
-  const data::HaystackText haystack = data::repeated_haystack(train::detail::corpus_text(corpus_config, train::DataStream::eval),
-                                                               *std::max_element(lengths.begin(), lengths.end()));
+  const data::HaystackText haystack =
+      data::repeated_haystack(detail::held_out_haystack(args, m), *std::max_element(lengths.begin(), lengths.end()));
   const detail::NiahTask task =
       detail::niah_task(task_name, haystack, m.config, static_cast<std::uint64_t>(args.integer("seed")), m.is_drt);
   const std::string offload = args.has("offload") ? args.text("offload") : std::string();
