@@ -37,19 +37,15 @@ int main() {
     if (step % 50 == 0) std::printf("step %3d  loss %.3f\n", step, value);
   }
 
-  // Greedy sampling. DRT reads whole chunks, so the prompt is padded to a chunk boundary with
-  // −100 (the pad id); the model is causal, so row t of the logits sees only tokens ≤ t.
-  NoGradGuard no_grad;
+  // Greedy sampling with the incremental decoder: the prompt once, then one token per step
+  // (docs/inference.md). The model never emits its landmark or pad id, so only bytes are asked.
+  DrtDecoder<float> decoder(model);
   std::string sample = "In the beginning";
+  Tensor<float> next = decoder.feed(std::vector<std::int32_t>(sample.begin(), sample.end()), {Index(sample.size()) - 1});
   for (int i = 0; i < 100; ++i) {
-    const Index n = static_cast<Index>(sample.size()), padded = (n / config.enc_chunk_size + 1) * config.enc_chunk_size;
-    IndexTensor tokens = IndexTensor::full({1, padded}, kIgnoreIndex);
-    for (Index t = 0; t < n; ++t) tokens(0, t) = static_cast<unsigned char>(sample[t]);
-    const Tensor<float> logits = drop_landmark_rows(model.logits(tokens).value(), config.enc_chunk_size);
-    Index best = 0;
-    for (Index v = 1; v < 256; ++v) best = logits(0, n - 1, v) > logits(0, n - 1, best) ? v : best;
-    sample += static_cast<char>(best);
-    tape().reset();
+    const auto byte = sample_token(next.reshape({config.vocab_size}).slice(0, 0, 256).contiguous(), SamplingOptions{}, i);
+    sample += static_cast<char>(byte);
+    next = decoder.step(byte);
   }
   std::printf("sample: %s\n", sample.c_str());
 }
