@@ -268,6 +268,8 @@ TEST(ModelConfig, BadValuesNameTheFileAndTheKey) {
       {"hidden_act", "gelu"},
       {"pretraining_tp", 2},
       {"gpt2_mlp", true},
+      {"gca_residual", "residual"},  // neither "reference" nor "standard"
+      {"encoder_alibi", 1},
   };
   for (const auto& bad : cases) {
     const std::string path = temp_path("bad.json");
@@ -342,6 +344,28 @@ TEST(ModelConfig, NumKeyValueHeadsDefaultsToTheHeadCount) {
   const auto c = ModelConfig::from_json(j, "inline", nullptr);
   EXPECT_EQ(c.num_key_value_heads, 2);
   EXPECT_EQ(count_parameters(c).total(), 1'112'448 + 2 * 3 * 64 * 128);  // 3 decoder layers get full k/v
+}
+
+TEST(ModelConfig, OptInSwitchesDefaultToTheReferenceAndRoundTrip) {
+  const auto plain = ModelConfig::load(kConfigUnittest, nullptr);
+  EXPECT_FALSE(plain.gca_standard_residual);
+  EXPECT_FALSE(plain.encoder_alibi);
+  EXPECT_FALSE(plain.to_json().contains("gca_residual"));  // reference configs are written back unchanged
+  EXPECT_FALSE(plain.to_json().contains("encoder_alibi"));
+  auto j = read_json(kConfigUnittest);
+  j["gca_residual"] = "reference";
+  EXPECT_FALSE(ModelConfig::from_json(j, "inline", nullptr).gca_standard_residual);
+  j["gca_residual"] = "standard";
+  j["encoder_alibi"] = true;
+  std::ostringstream warnings;
+  const auto c = ModelConfig::from_json(j, "inline", &warnings);
+  EXPECT_EQ(warnings.str(), "");
+  EXPECT_TRUE(c.gca_standard_residual);
+  EXPECT_TRUE(c.encoder_alibi);
+  const auto back = ModelConfig::from_json(c.to_json(), "round trip", nullptr);
+  EXPECT_TRUE(back.gca_standard_residual);
+  EXPECT_TRUE(back.encoder_alibi);
+  EXPECT_EQ(count_parameters(c).total(), count_parameters(plain).total());  // no new parameters
 }
 
 TEST(ModelConfig, ToJsonRoundTrips) {

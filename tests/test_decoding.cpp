@@ -119,6 +119,18 @@ TEST(DrtDecoder, SegmentsOfAnySizeMatchTheBatchForward) {
   EXPECT_LT(max_abs_difference(rest, batch.slice(0, 100, 5 * 63).contiguous()), 1e-4f);
 }
 
+// The opt-in switches (the standard residual wiring and the encoder's ALiBi) reach the decoder too.
+TEST(DrtDecoder, MatchesTheBatchForwardWithTheOptInWiringAndEncoderBias) {
+  ModelConfig c = decoding_config();
+  c.gca_standard_residual = true;
+  c.encoder_alibi = true;
+  const DrtModel<float> model(c, 24);
+  perturb(model, 25);
+  const auto tokens = random_ids(4 * 63, 1, 28, 26);
+  DrtDecoder<float> decoder(model);
+  EXPECT_LT(max_abs_difference(decoder.feed(tokens, all_rows(4 * 63), 70), drt_batch_logits(model, tokens)), 1e-4f);
+}
+
 // L_c = 64 (S = 65): the landmark row is dropped from the memory instead of zeroed.
 TEST(DrtDecoder, MatchesTheBatchForwardWithDroppedLandmarkRows) {
   const DrtModel<float> model(decoding_config(64), 9);

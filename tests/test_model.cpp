@@ -157,8 +157,51 @@ TEST(Layers, UpperLayerWiringFeedsGcaOnlyIntoTheMlpInput) {
   tape().reset();
 }
 
-TEST(Model, WholeTinyDrtPassesFiniteDifferences) {
-  const ModelConfig c = tiny_config();
+TEST(Layers, StandardGcaResidualAddsTheGcaOutputToTheStream) {
+  ModelConfig c = tiny_config();
+  c.gca_standard_residual = true;
+  DrtModel<double> model(c, 3);
+  Generator gen(12);
+  const UpperDecoderLayer<double> layer(c, gen);
+  const Var<double> h = constant(rand({1, 64 * 3, 8}, 14));
+  const ChunkMemory<double> memory = model.encode_chunks(h);
+  const Retrieval<double> r = model.retrieve_for_group(h, 0, memory, {});
+  const Var<double> out = layer(h, memory, r, 64);
+  const Var<double> a = layer.block.attend(h);
+  const Var<double> cg = a + layer.gca(a, memory, r, 64);
+  const Var<double> expected = cg + layer.block.mlp(rms_norm(cg, layer.block.post_attention_layernorm, 1e-6));
+  for (Index i = 0; i < out.numel(); ++i) EXPECT_NEAR(out.value().data()[i], expected.value().data()[i], 1e-12);
+  tape().reset();
+}
+
+TEST(Layers, EncoderAlibiSubtractsTheSymmetricDistancePenalty) {
+  ModelConfig c = tiny_config();
+  c.encoder_alibi = true;
+  const Tensor<double> bias = EncoderAttention<double>::symmetric_alibi(c.num_attention_heads, 5);
+  const Tensor<double> m = alibi_slopes<double>(c.num_attention_heads);
+  for (int h = 0; h < 2; ++h)
+    for (Index i = 0; i < 5; ++i)
+      for (Index j = 0; j < 5; ++j) EXPECT_EQ(bias(h, i, j), -m.data()[h] * std::abs(static_cast<double>(i - j)));
+  // The switch changes the encoder's output (same weights), and the layer stays differentiable.
+  Generator gen_a(11), gen_b(11);
+  const EncoderLayer<double> with(c, gen_a, ModelConfig::kEncoderNormEps);
+  c.encoder_alibi = false;
+  const EncoderLayer<double> without(c, gen_b, ModelConfig::kEncoderNormEps);
+  const Tensor<double> x = rand({3, 5, 8}, 9);
+  const Tensor<double> y_with = with(constant(x)).value(), y_without = without(constant(x)).value();
+  double diff = 0;
+  for (Index i = 0; i < y_with.numel(); ++i) diff = std::max(diff, std::abs(y_with.data()[i] - y_without.data()[i]));
+  EXPECT_GT(diff, 1e-6);
+  tape().reset();
+  expect_gradients_match([&](const Inputs& in) { return with(in[0]); }, {x});
+}
+
+// Also with both opt-in deviations (docs/training.md §7) switched on.
+class WholeTinyDrt : public ::testing::TestWithParam<bool> {};
+
+TEST_P(WholeTinyDrt, PassesFiniteDifferences) {
+  ModelConfig c = tiny_config();
+  c.gca_standard_residual = c.encoder_alibi = GetParam();
   DrtModel<double> model(c, 21);
   const IndexTensor tokens = random_tokens(1, 63 * 4, c.vocab_size, 22);
   tape().reset();
@@ -199,6 +242,9 @@ TEST(Model, WholeTinyDrtPassesFiniteDifferences) {
   for (const auto& [name, grad] : analytic)
     for (double g : grad.to_vector()) ASSERT_TRUE(std::isfinite(g)) << name;
 }
+
+INSTANTIATE_TEST_SUITE_P(Model, WholeTinyDrt, ::testing::Values(false, true),
+                         [](const auto& info) { return info.param ? "WithOptInSwitches" : "Reference"; });
 
 TEST(Model, ParameterNamesFollowTheReference) {
   ModelConfig c = tiny_config();

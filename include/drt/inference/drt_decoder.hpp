@@ -127,7 +127,7 @@ class DrtDecoder final : public IncrementalDecoder<T> {
       const std::map<Index, ChunkRetrieval<T>> retrieved = retrieve_in_segment(h, g, p0);
       for (const auto& upper : model_.upper_layers(g)) {
         const Var<T> a = attend_block_cached(upper->block, h, caches_[layer++]);
-        h = upper->block.feed_forward(a, a + gca_rows(upper->gca, a, p0, g, retrieved));
+        h = upper->combine(a, gca_rows(upper->gca, a, p0, g, retrieved));
       }
       if (!retrieved.empty()) current_[g] = retrieved.rbegin()->second;
     }

@@ -3,7 +3,8 @@
 // Shapes: B batch, T positions, D width, H heads, H_kv key/value heads, d = D / H, F MLP width.
 //
 //   DecoderAttention   x (B, T, D) → (B, T, D)   causal sliding window (W + 1 keys) with ALiBi
-//   EncoderAttention   x (N, S, D) → (N, S, D)   bidirectional inside each chunk, with RoPE
+//   EncoderAttention   x (N, S, D) → (N, S, D)   bidirectional inside each chunk, with RoPE (and,
+//                                                 opt-in, a symmetric ALiBi bias −m_h·|i − j|)
 //   SwiGluMlp          x (..., D) → (..., D)     down(silu(gate x) ⊙ up x)
 //   Block<Attention>   h ↦ a = h + attn(norm₁ h);  a + mlp(norm₂ a)
 //
@@ -73,11 +74,24 @@ struct EncoderAttention : AttentionProjections<T> {
   using AttentionProjections<T>::q_proj, AttentionProjections<T>::k_proj, AttentionProjections<T>::v_proj,
       AttentionProjections<T>::o_proj;
   int heads, head_dim;
+  bool alibi;  // config.encoder_alibi
 
   // The encoder's key/value heads always equal its query heads (docs/reference-notes.md §1.4).
   EncoderAttention(const ModelConfig& c, Generator& gen)
       : AttentionProjections<T>(c, c.num_attention_heads, gen),
-        heads(c.num_attention_heads), head_dim(c.head_dim()) {}
+        heads(c.num_attention_heads), head_dim(c.head_dim()), alibi(c.encoder_alibi) {}
+
+  // The opt-in recency bias (H, S, S): −m_h·|i − j| with the decoder's slopes. RoPE alone starts
+  // with no preference for near positions, so features such as "the previous token is ':'" must
+  // be learnt from nothing; ALiBi's steepest head starts close to such a neighbour average.
+  static Tensor<T> symmetric_alibi(int heads, Index S) {
+    const Tensor<T> m = alibi_slopes<T>(heads);
+    Tensor<T> bias = Tensor<T>::empty({heads, S, S}, step_arena());
+    for (int h = 0; h < heads; ++h)
+      for (Index i = 0; i < S; ++i)
+        for (Index j = 0; j < S; ++j) bias(h, i, j) = -m.data()[h] * static_cast<T>(i > j ? i - j : j - i);
+    return bias;
+  }
 
   // Each of the N chunks is its own sequence of S positions; RoPE positions restart at 0.
   Var<T> operator()(const Var<T>& x) const {
@@ -88,7 +102,9 @@ struct EncoderAttention : AttentionProjections<T> {
     };
     const Var<T> q = rope(heads_first(q_proj), theta), k = rope(heads_first(k_proj), theta);
     const Var<T> v = heads_first(v_proj);
-    const Var<T> p = softmax(matmul(q, transpose(k, -1, -2)) * (T(1) / std::sqrt(T(head_dim))), -1);
+    Var<T> scores = matmul(q, transpose(k, -1, -2)) * (T(1) / std::sqrt(T(head_dim)));  // (N, H, S, S)
+    if (alibi) scores = scores + constant(symmetric_alibi(heads, S));
+    const Var<T> p = softmax(scores, -1);
     const Var<T> o = permute(matmul(p, v), {0, 2, 1, 3});  // (N, S, H, d)
     return linear(reshape(o, {N, S, Index(heads) * head_dim}), o_proj);
   }
@@ -126,9 +142,10 @@ struct Block {
 
   // The attention half: a = h + attn(norm₁ h).
   Var<T> attend(const Var<T>& h) const { return h + self_attn(rms_norm(h, input_layernorm, eps)); }
-  // The MLP half, reading its input from `mlp_input` (upper layers feed it a + GCA(a), spec §7).
-  Var<T> feed_forward(const Var<T>& a, const Var<T>& mlp_input) const {
-    return a + mlp(rms_norm(mlp_input, post_attention_layernorm, eps));
+  // The MLP half, reading its input from `mlp_input` (upper layers feed it a + GCA(a), spec §7)
+  // and adding its output to `residual`.
+  Var<T> feed_forward(const Var<T>& residual, const Var<T>& mlp_input) const {
+    return residual + mlp(rms_norm(mlp_input, post_attention_layernorm, eps));
   }
   Var<T> operator()(const Var<T>& h) const {
     const Var<T> a = attend(h);

@@ -40,6 +40,12 @@ struct ModelConfig {
   double rms_norm_eps = 1e-6;      // decoder norms, GCA pre-norm, enc_prenorm, final norm
   double initializer_range = 0.02;
   bool tie_word_embeddings = false;  // the reference's (Hugging Face) default when the key is absent
+  // Opt-in deviations from the reference, for training small models from scratch
+  // (docs/training.md §7). Both default to the reference's behaviour, and to_json() writes them
+  // only when they differ from it, so configs and checkpoints of the reference stay unchanged.
+  bool gca_standard_residual = false;  // "gca_residual": "standard": out = c + mlp(norm₂ c), c = a + gca(a),
+                                       // instead of the reference's a + mlp(norm₂ c) (spec §7)
+  bool encoder_alibi = false;          // symmetric ALiBi in the chunk encoder, −m_h·|i − j|, on top of RoPE (spec §4)
 
   // Fixed by the reference code rather than the JSON (see docs/reference-notes.md §2.1):
   static constexpr double kLandmarkNormEps = 1e-5;  // lmk_norms use flash-attn's default
@@ -127,6 +133,15 @@ struct ModelConfig {
     number("rms_norm_eps", c.rms_norm_eps);
     number("initializer_range", c.initializer_range);
     boolean("tie_word_embeddings", c.tie_word_embeddings);
+    boolean("encoder_alibi", c.encoder_alibi);
+    if (j.contains("gca_residual")) {
+      seen.insert("gca_residual");
+      const auto& v = j["gca_residual"];
+      DRT_CHECK(v == "reference" || v == "standard", source,
+                ": key 'gca_residual' must be \"reference\" (spec §7: the GCA output reaches the stream only through the MLP "
+                "input) or \"standard\" (it is added to the stream), got ", v.dump());
+      c.gca_standard_residual = v == "standard";
+    }
     seen.insert("decoder_layers");
     const auto& layers = j["decoder_layers"];
     DRT_CHECK(layers.is_array() && !layers.empty(), source, ": key 'decoder_layers' must be a non-empty list of integers, got ",
@@ -189,7 +204,7 @@ struct ModelConfig {
   }
 
   nlohmann::json to_json() const {
-    return {{"hidden_size", hidden_size},       {"num_attention_heads", num_attention_heads},
+    nlohmann::json j = {{"hidden_size", hidden_size},       {"num_attention_heads", num_attention_heads},
             {"num_key_value_heads", num_key_value_heads}, {"intermediate_size", intermediate_size},
             {"vocab_size", vocab_size},         {"enc_chunk_size", enc_chunk_size},
             {"chunk_topk", chunk_topk},         {"slide_window", slide_window},
@@ -197,6 +212,9 @@ struct ModelConfig {
             {"pad_id", pad_id},                 {"chunk_id", chunk_id},
             {"rms_norm_eps", rms_norm_eps},     {"initializer_range", initializer_range},
             {"tie_word_embeddings", tie_word_embeddings}, {"enable_alibi", true}, {"hidden_act", "silu"}};
+    if (gca_standard_residual) j["gca_residual"] = "standard";
+    if (encoder_alibi) j["encoder_alibi"] = true;
+    return j;
   }
 };
 

@@ -8,7 +8,8 @@
 //   GcaLayer           a (B, C·S, D) → (B, C·S, D): queries of chunk c+1 attend to the chunks
 //                      that landmark c retrieved; chunk 0 gets 0
 //   UpperDecoderLayer  a = h + attn(norm₁ h);  c = a + gca(a);  out = a + mlp(norm₂ c)
-//                      (the GCA output reaches the stream only through the MLP input)
+//                      (the GCA output reaches the stream only through the MLP input); opt-in
+//                      (gca_residual "standard"): out = c + mlp(norm₂ c)
 #pragma once
 
 #include <cmath>
@@ -64,12 +65,24 @@ template <class T>
 struct UpperDecoderLayer {
   DecoderLayer<T> block;  // self-attention, MLP and their norms
   GcaLayer<T> gca;
+  bool standard_residual;  // config.gca_standard_residual
 
-  UpperDecoderLayer(const ModelConfig& c, Generator& gen) : block(c, gen, c.rms_norm_eps), gca(c, gen) {}
+  UpperDecoderLayer(const ModelConfig& c, Generator& gen)
+      : block(c, gen, c.rms_norm_eps), gca(c, gen), standard_residual(c.gca_standard_residual) {}
 
   Var<T> operator()(const Var<T>& h, const ChunkMemory<T>& memory, const Retrieval<T>& retrieval, Index S) const {
     const Var<T> a = block.attend(h);
-    return block.feed_forward(a, a + gca(a, memory, retrieval, S));
+    return combine(a, gca(a, memory, retrieval, S));
+  }
+
+  // The layer's output from the attention half `a` and the GCA output (the incremental decoder
+  // computes both its own way and finishes with this).
+  Var<T> combine(const Var<T>& a, const Var<T>& gca_out) const {
+    const Var<T> c = a + gca_out;
+    // The reference keeps the GCA output off the stream (its comment: the standard form raised
+    // perplexity); the standard form gives GCA a direct path to the logits, one that does not
+    // wait for the MLP to learn to pass it on.
+    return block.feed_forward(standard_residual ? c : a, c);
   }
 
   void collect(const std::string& prefix, ParameterList<T>& list) {
