@@ -25,9 +25,10 @@ struct Node {
   Tensor<T> grad;  // undefined until a gradient reaches this node
   bool requires_grad = false;
 
-  // The gradient buffer, created zero-filled in the tape's arena on first use.
+  // The gradient buffer, created zero-filled in the tape's arena on first use, on the value's
+  // device (so that the same ops record and run backward on the GPU).
   const Tensor<T>& grad_buffer() {
-    if (!grad.defined()) grad = Tensor<T>::zeros(value.shape(), &tape().arena());
+    if (!grad.defined()) grad = Tensor<T>::zeros(value.shape(), &tape().arena(), value.device());
     return grad;
   }
 };
@@ -109,7 +110,7 @@ class Parameter : public Var<T> {
   Parameter() = default;
   explicit Parameter(const Tensor<T>& initial_value) : owned_(std::make_unique<Node<T>>()) {
     owned_->value = initial_value.clone();
-    owned_->grad = Tensor<T>::zeros(initial_value.shape());
+    owned_->grad = Tensor<T>::zeros(initial_value.shape(), nullptr, initial_value.device());
     owned_->requires_grad = true;
     this->node_ = owned_.get();
   }

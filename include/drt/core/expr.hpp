@@ -16,12 +16,20 @@
 //                      evaluator may use one flat loop (the common, vectorisable case)
 //   at(i) / row(j)     the value at flat position i, or at column j of the current row after
 //                      seek(row index) in the general strided path
+// and one more, `devices()`: a bit mask of the devices its tensors live on, so that evaluation
+// can send an expression over device tensors to the device and refuse one that mixes devices.
+//
+// On a device (drt/cuda/README.md): when this header is compiled by nvcc it includes
+// drt/cuda/evaluate.cuh, and an expression written into a device tensor runs as one fused
+// CUDA kernel built from the same node types and function objects (which are host-device for
+// that reason). Compiled by a host compiler, writing into a device tensor throws.
 #pragma once
 
 #include <algorithm>
 #include <cmath>
 #include <type_traits>
 
+#include "drt/core/device.hpp"
 #include "drt/core/parallel.hpp"
 #include "drt/core/tensor.hpp"
 
@@ -30,11 +38,15 @@ namespace expr {
 
 struct Node {};  // base of every expression node; marks a type as an expression
 
+// The bit of a device in a node's devices() mask.
+inline unsigned device_bit(Device d) { return 1u << static_cast<unsigned>(d); }
+
 // A tensor read by an expression.
 template <class T>
 struct Leaf : Node {
   using value_type = T;
-  explicit Leaf(const Tensor<T>& t) : data(t.data()), shape_(t.shape()), strides(t.strides()), contiguous(t.is_contiguous()) {}
+  explicit Leaf(const Tensor<T>& t)
+      : data(t.data()), shape_(t.shape()), strides(t.strides()), contiguous(t.is_contiguous()), device(t.device()) {}
 
   Shape shape() const { return shape_; }
   void bind(const Shape& dst) {
@@ -62,6 +74,8 @@ struct Leaf : Node {
   Shape shape_;
   Strides strides;
   bool contiguous;
+  Device device;
+  unsigned devices() const { return device_bit(device); }
   Strides walk{};
   Index inner = 0;
   const T* row_data = nullptr;
@@ -80,6 +94,7 @@ struct Scalar : Node {
   void seek(const Index*, int) {}
   template <bool Unit>
   T row(Index) const { return value; }
+  unsigned devices() const { return 0; }  // a number lives wherever it is needed
   T value;
 };
 
@@ -95,6 +110,7 @@ struct Unary : Node {
   void seek(const Index* idx, int r) { a.seek(idx, r); }
   template <bool Unit>
   value_type row(Index j) const { return op(a.template row<Unit>(j)); }
+  unsigned devices() const { return a.devices(); }
   Op op;
   A a;
 };
@@ -112,6 +128,7 @@ struct Binary : Node {
   void seek(const Index* idx, int r) { a.seek(idx, r), b.seek(idx, r); }
   template <bool Unit>
   value_type row(Index j) const { return op(a.template row<Unit>(j), b.template row<Unit>(j)); }
+  unsigned devices() const { return a.devices() | b.devices(); }
   Op op;
   A a;
   B b;
@@ -134,40 +151,43 @@ struct Select : Node {
   value_type row(Index j) const {
     return cond.template row<Unit>(j) != 0 ? a.template row<Unit>(j) : b.template row<Unit>(j);
   }
+  unsigned devices() const { return cond.devices() | a.devices() | b.devices(); }
   C cond;
   A a;
   B b;
 };
 
 // --- elementwise functions ------------------------------------------------------------------
-// Each is a stateless function object, so that the compiler inlines it into the loop.
-struct Add { template <class T> T operator()(T a, T b) const { return a + b; } };
-struct Sub { template <class T> T operator()(T a, T b) const { return a - b; } };
-struct Mul { template <class T> T operator()(T a, T b) const { return a * b; } };
-struct Div { template <class T> T operator()(T a, T b) const { return a / b; } };
-struct Maximum { template <class T> T operator()(T a, T b) const { return a > b ? a : b; } };
-struct Minimum { template <class T> T operator()(T a, T b) const { return a < b ? a : b; } };
-struct Pow { template <class T> T operator()(T a, T b) const { return std::pow(a, b); } };
-struct Eq { template <class T> T operator()(T a, T b) const { return T(a == b); } };
-struct Ne { template <class T> T operator()(T a, T b) const { return T(a != b); } };
-struct Lt { template <class T> T operator()(T a, T b) const { return T(a < b); } };
-struct Le { template <class T> T operator()(T a, T b) const { return T(a <= b); } };
-struct Gt { template <class T> T operator()(T a, T b) const { return T(a > b); } };
-struct Ge { template <class T> T operator()(T a, T b) const { return T(a >= b); } };
+// Each is a stateless function object, so that the compiler inlines it into the loop. They are
+// DRT_HOST_DEVICE (empty for a host compiler) so that a CUDA kernel computes exactly the same
+// formula as the CPU loop.
+struct Add { template <class T> DRT_HOST_DEVICE T operator()(T a, T b) const { return a + b; } };
+struct Sub { template <class T> DRT_HOST_DEVICE T operator()(T a, T b) const { return a - b; } };
+struct Mul { template <class T> DRT_HOST_DEVICE T operator()(T a, T b) const { return a * b; } };
+struct Div { template <class T> DRT_HOST_DEVICE T operator()(T a, T b) const { return a / b; } };
+struct Maximum { template <class T> DRT_HOST_DEVICE T operator()(T a, T b) const { return a > b ? a : b; } };
+struct Minimum { template <class T> DRT_HOST_DEVICE T operator()(T a, T b) const { return a < b ? a : b; } };
+struct Pow { template <class T> DRT_HOST_DEVICE T operator()(T a, T b) const { return std::pow(a, b); } };
+struct Eq { template <class T> DRT_HOST_DEVICE T operator()(T a, T b) const { return T(a == b); } };
+struct Ne { template <class T> DRT_HOST_DEVICE T operator()(T a, T b) const { return T(a != b); } };
+struct Lt { template <class T> DRT_HOST_DEVICE T operator()(T a, T b) const { return T(a < b); } };
+struct Le { template <class T> DRT_HOST_DEVICE T operator()(T a, T b) const { return T(a <= b); } };
+struct Gt { template <class T> DRT_HOST_DEVICE T operator()(T a, T b) const { return T(a > b); } };
+struct Ge { template <class T> DRT_HOST_DEVICE T operator()(T a, T b) const { return T(a >= b); } };
 
-struct Neg { template <class T> T operator()(T a) const { return -a; } };
-struct Exp { template <class T> T operator()(T a) const { return std::exp(a); } };
-struct Log { template <class T> T operator()(T a) const { return std::log(a); } };
-struct Sqrt { template <class T> T operator()(T a) const { return std::sqrt(a); } };
-struct Rsqrt { template <class T> T operator()(T a) const { return T(1) / std::sqrt(a); } };
-struct Abs { template <class T> T operator()(T a) const { return std::abs(a); } };
-struct Square { template <class T> T operator()(T a) const { return a * a; } };
-struct Tanh { template <class T> T operator()(T a) const { return std::tanh(a); } };
-struct Sin { template <class T> T operator()(T a) const { return std::sin(a); } };
-struct Cos { template <class T> T operator()(T a) const { return std::cos(a); } };
-struct Relu { template <class T> T operator()(T a) const { return a > T(0) ? a : T(0); } };
-struct Sigmoid { template <class T> T operator()(T a) const { return T(1) / (T(1) + std::exp(-a)); } };
-struct Silu { template <class T> T operator()(T a) const { return a / (T(1) + std::exp(-a)); } };
+struct Neg { template <class T> DRT_HOST_DEVICE T operator()(T a) const { return -a; } };
+struct Exp { template <class T> DRT_HOST_DEVICE T operator()(T a) const { return std::exp(a); } };
+struct Log { template <class T> DRT_HOST_DEVICE T operator()(T a) const { return std::log(a); } };
+struct Sqrt { template <class T> DRT_HOST_DEVICE T operator()(T a) const { return std::sqrt(a); } };
+struct Rsqrt { template <class T> DRT_HOST_DEVICE T operator()(T a) const { return T(1) / std::sqrt(a); } };
+struct Abs { template <class T> DRT_HOST_DEVICE T operator()(T a) const { return std::abs(a); } };
+struct Square { template <class T> DRT_HOST_DEVICE T operator()(T a) const { return a * a; } };
+struct Tanh { template <class T> DRT_HOST_DEVICE T operator()(T a) const { return std::tanh(a); } };
+struct Sin { template <class T> DRT_HOST_DEVICE T operator()(T a) const { return std::sin(a); } };
+struct Cos { template <class T> DRT_HOST_DEVICE T operator()(T a) const { return std::cos(a); } };
+struct Relu { template <class T> DRT_HOST_DEVICE T operator()(T a) const { return a > T(0) ? a : T(0); } };
+struct Sigmoid { template <class T> DRT_HOST_DEVICE T operator()(T a) const { return T(1) / (T(1) + std::exp(-a)); } };
+struct Silu { template <class T> DRT_HOST_DEVICE T operator()(T a) const { return a / (T(1) + std::exp(-a)); } };
 
 // --- turning operands into nodes -----------------------------------------------------------
 template <class X>
@@ -225,11 +245,28 @@ concept BinaryOperands = (Operand<A> && (Operand<B> || std::is_arithmetic_v<B>))
 // --- evaluation ----------------------------------------------------------------------------
 inline constexpr Index kParallelThreshold = kParallelWork;  // elements; below this, one thread
 
+// Throws unless every tensor of `e` lives on `device` (the destination's).
+template <class E>
+void check_devices(const E& e, Device device) {
+  const unsigned mask = e.devices();
+  DRT_CHECK((mask & ~device_bit(device)) == 0, "expression: its tensors live on ",
+            (mask == (device_bit(Device::cpu) | device_bit(Device::cuda)) ? "both the cpu and cuda"
+                                                                          : "another device"),
+            " but the destination is on ", device_name(device), "; copy them with to() first");
+}
+
+// The device an expression's tensors live on (the CPU for a tensor-free expression).
+template <class E>
+Device device_of(const E& e) {
+  return (e.devices() & device_bit(Device::cuda)) ? Device::cuda : Device::cpu;
+}
+
 template <class T, class E, class Write>
 void evaluate(const Tensor<T>& dst, E e, Write write) {
   const Shape& shape = dst.shape();
   DRT_CHECK(broadcastable_to(e.shape(), shape), "assign: expression of shape ", e.shape().str(),
             " does not fit destination of shape ", shape.str());
+  check_devices(e, Device::cpu);
   const Index n = shape.numel();
   if (n == 0) return;
   e.bind(shape);
@@ -269,26 +306,51 @@ void evaluate(const Tensor<T>& dst, E e, Write write) {
   });
 }
 
+#if defined(__CUDACC__)
+}  // namespace expr
+namespace cuda {
+// Defined in drt/cuda/evaluate.cuh (included at the end of this header under nvcc).
+template <class T, class E>
+void evaluate(const Tensor<T>& dst, const E& e, bool accumulate);
+}  // namespace cuda
+namespace expr {
+#endif
+
+// dst ← e (or dst += e) for a destination that is not on the host.
+template <class T, class E>
+void evaluate_on_device(const Tensor<T>& dst, const E& e, bool accumulate) {
+#if defined(__CUDACC__)
+  cuda::evaluate(dst, e, accumulate);
+#else
+  (void)e, (void)accumulate;
+  DRT_CHECK(false, "expression into a tensor on device '", device_name(dst.device()), "' of shape ",
+            dst.shape().str(), ": device expressions are compiled only in files that nvcc compiles");
+#endif
+}
+
 }  // namespace expr
 
 // ---- the public expression API (namespace drt) --------------------------------------------
 
 template <class T, class E>
 void assign_expression(const Tensor<T>& dst, const E& e) {
+  if (!dst.on_host()) return expr::evaluate_on_device(dst, expr::node(e), false);
   expr::evaluate(dst, expr::node(e), [](T& o, T v) { o = v; });
 }
 template <class T, class E>
 void add_assign_expression(const Tensor<T>& dst, const E& e) {
+  if (!dst.on_host()) return expr::evaluate_on_device(dst, expr::node(e), true);
   expr::evaluate(dst, expr::node(e), [](T& o, T v) { o += v; });
 }
 
-// Evaluates an expression into a new tensor (from `arena` if given, else the heap).
+// Evaluates an expression into a new tensor (from `arena` if given, else the heap) on the
+// device its tensors live on.
 template <class E>
   requires expr::Operand<E>
 auto eval(const E& e, Arena* arena = nullptr) {
   auto n = expr::node(e);
   using T = typename decltype(n)::value_type;
-  Tensor<T> out = Tensor<T>::empty(n.shape(), arena);
+  Tensor<T> out = Tensor<T>::empty(n.shape(), arena, expr::device_of(n));
   assign_expression(out, n);
   return out;
 }
@@ -393,3 +455,7 @@ using drt::sqrt;
 using drt::square;
 using drt::tanh;
 }  // namespace drt::expr
+
+#if defined(__CUDACC__)
+#include "drt/cuda/evaluate.cuh"
+#endif

@@ -9,6 +9,9 @@
 // (internal::general_matrix_matrix_product) with packing buffers we keep per thread, and we
 // split the work between threads ourselves. Transposed views (stride 1 along either axis) are
 // used in place: no copies.
+//
+// Device tensors (drt/core/device.hpp) go to the device backend's GEMM (cuBLAS) with the same
+// semantics: the same layouts are accepted, and a batch becomes one strided-batched call.
 #pragma once
 
 #include <Eigen/Core>
@@ -108,6 +111,45 @@ void gemm_single(Index M, Index N, Index K, const T* a, MatrixLayout la, const T
   else gemm_kernel<T, ColMajor, ColMajor>(M, N, K, a, la.leading, b, lb.leading, c, ldc, alpha);
 }
 
+// The batch stride of a stack of matrices whose batch axes (all but the last two) step through
+// memory uniformly, or -1 when they do not (then the stack must be copied first).
+template <class T>
+Index uniform_batch_stride(const Tensor<T>& t) {
+  Index stride = -1, expected = -1;
+  for (int d = t.rank() - 3; d >= 0; --d) {
+    if (t.shape()[d] == 1) continue;
+    if (stride < 0) stride = t.strides()[d];
+    else if (t.strides()[d] != expected) return -1;
+    expected = t.strides()[d] * t.shape()[d];
+  }
+  return stride < 0 ? 0 : stride;
+}
+
+// The first 2-D matrix of a stack (its layout is the layout of all of them).
+template <class T>
+Tensor<T> first_matrix(Tensor<T> t) {
+  while (t.rank() > 2) t = t.select(0, 0);
+  return t;
+}
+
+// C[i] = alpha·A[i]·B[i] + beta·C[i] for i < batch on the device backend. Each of A, B, C is
+// the first matrix of its stack; the stacks step by the given batch strides.
+template <class T>
+void gemm_on_device(const Tensor<T>& A, Index stride_a, const Tensor<T>& B, Index stride_b, const Tensor<T>& C,
+                    Index stride_c, Index batch, T alpha, T beta) {
+  DRT_CHECK(dtype_of<T>() == DType::f32 || dtype_of<T>() == DType::f64, "gemm: device GEMM needs float or double");
+  DRT_CHECK(A.device() == C.device() && B.device() == C.device(), "gemm: operands on different devices (A ",
+            device_name(A.device()), ", B ", device_name(B.device()), ", C ", device_name(C.device()), ")");
+  const MatrixLayout la = layout_of(A), lb = layout_of(B);
+  GemmArgs g{};
+  g.M = A.shape()[0], g.K = A.shape()[1], g.N = B.shape()[1], g.batch = batch;
+  g.a = A.data(), g.a_row_major = la.row_major, g.lda = la.leading, g.batch_stride_a = stride_a;
+  g.b = B.data(), g.b_row_major = lb.row_major, g.ldb = lb.leading, g.batch_stride_b = stride_b;
+  g.c = C.data(), g.ldc = std::max<Index>(C.strides()[0], g.N), g.batch_stride_c = stride_c;
+  g.alpha = alpha, g.beta = beta;
+  device_backend(C.device()).gemm(dtype_of<T>(), g);
+}
+
 }  // namespace detail
 
 // C = alpha · A·B + beta · C for 2-D views. A and B may be transposed views; C must have
@@ -126,6 +168,7 @@ void gemm(const Tensor<T>& A, const Tensor<T>& B, const Tensor<T>& C, T alpha = 
   DRT_CHECK(detail::is_row_major(C) || C.numel() == 0, "gemm: output of shape ", C.shape().str(),
             " must be a row-major view (stride 1 along columns)");
   if (M == 0 || N == 0) return;
+  if (!C.on_host() || !A.on_host() || !B.on_host()) return detail::gemm_on_device(A, 0, B, 0, C, 0, 1, alpha, beta);
   const Index ldc = std::max<Index>(C.strides()[0], N);
   T* c = C.data();
   if (beta == T(0)) {
@@ -191,7 +234,7 @@ Tensor<T> matmul(const Tensor<T>& A, const Tensor<T>& B, Arena* arena = nullptr)
   }
   out_shape.push_back(M);
   out_shape.push_back(N);
-  Tensor<T> C = Tensor<T>::empty(out_shape, arena);
+  Tensor<T> C = Tensor<T>::empty(out_shape, arena, A.device());
 
   // Each operand is a stack of 2-D matrices. A matrix needs stride 1 along one of its axes
   // (so transposed views work in place); otherwise the operand is copied first.
@@ -202,6 +245,20 @@ Tensor<T> matmul(const Tensor<T>& A, const Tensor<T>& B, Arena* arena = nullptr)
     return detail::blas_compatible(m) ? t : t.contiguous(arena);
   };
   const Tensor<T> Av = usable(A), Bv = usable(B);
+  if (!A.on_host() || !B.on_host()) {
+    // One strided-batched call; a stack whose batch axes are not uniformly strided is copied.
+    if (batch == 0 || M == 0 || N == 0) return C;
+    const Tensor<T> Ab = detail::uniform_batch_stride(Av) >= 0 ? Av : Av.contiguous(arena);
+    const Tensor<T> Bb = shared_b || detail::uniform_batch_stride(Bv) >= 0 ? Bv : Bv.contiguous(arena);
+    if (K == 0) {
+      C.fill(T(0));
+      return C;
+    }
+    detail::gemm_on_device(detail::first_matrix(Ab), detail::uniform_batch_stride(Ab), detail::first_matrix(Bb),
+                           shared_b ? 0 : detail::uniform_batch_stride(Bb), detail::first_matrix(C), M * N, batch,
+                           T(1), T(0));
+    return C;
+  }
   // The 2-D view of batch entry i (batch axes are 0..rank-3, row-major order).
   auto entry = [](Tensor<T> t, Index i) {
     Index idx[kMaxRank] = {};

@@ -1,7 +1,8 @@
 // drt/core/reduce.hpp — reductions along one axis, and summing a broadcast back to a shape.
 //
 // Shapes: x (..., A, ...) reduced along the axis of extent A → (..., ...), or (..., 1, ...)
-// with keepdim. Inputs may be any strided view.
+// with keepdim. Inputs may be any strided view. sum and max also take device tensors: the
+// device backend reduces them (drt/core/device.hpp); the other functions here are host only.
 #pragma once
 
 #include <limits>
@@ -31,6 +32,7 @@ void for_each_lane(const Tensor<T>& x, int axis, F&& f) {
       outer.push_back(x.shape()[i]);
       outer_strides[j++] = x.strides()[i];
     }
+  x.require_host("reduction");
   parallel_for(outer.numel(), x.numel(), [&](Index lane) {
     Index rest = lane, off = 0;
     for (int d = outer.rank() - 1; d >= 0; --d) {
@@ -41,13 +43,39 @@ void for_each_lane(const Tensor<T>& x, int axis, F&& f) {
   });
 }
 
+// The lanes of `x` along `axis`, as the device backend takes them.
+template <class T>
+LaneLayout lane_layout(const Tensor<T>& x, int axis) {
+  LaneLayout l{};
+  for (int i = 0, j = 0; i < x.rank(); ++i)
+    if (i != axis) {
+      l.outer.push_back(x.shape()[i]);
+      l.outer_strides[j++] = x.strides()[i];
+    }
+  l.n = x.shape()[axis];
+  l.step = x.strides()[axis];
+  return l;
+}
+
+// out ← reduction of x along `axis` on x's device; argmax may be null.
+template <class T>
+void reduce_on_device(ReduceKind kind, const Tensor<T>& x, int axis, const Tensor<T>& out, std::int32_t* argmax) {
+  DRT_CHECK(dtype_of<T>() != DType::other, "reduction: device reductions need float, double, int32 or int64");
+  if (out.numel() == 0) return;
+  device_backend(x.device()).reduce(dtype_of<T>(), kind, x.data(), lane_layout(x, axis), out.data(), argmax);
+}
+
 }  // namespace detail
 
 // Sum along `axis` (negative counts from the end).
 template <class T>
 Tensor<T> sum(const Tensor<T>& x, int axis, bool keepdim = false, Arena* arena = nullptr) {
   const int a = x.shape().normalize_axis(axis);
-  Tensor<T> out = Tensor<T>::empty(detail::reduced_shape(x.shape(), a, keepdim), arena);
+  Tensor<T> out = Tensor<T>::empty(detail::reduced_shape(x.shape(), a, keepdim), arena, x.device());
+  if (!x.on_host()) {
+    detail::reduce_on_device(ReduceKind::sum, x, a, out, nullptr);
+    return out;
+  }
   const Index n = x.shape()[a];
   const T* in = x.data();
   T* o = out.data();
@@ -74,8 +102,12 @@ Tensor<T> max(const Tensor<T>& x, int axis, bool keepdim = false, Arena* arena =
   const int a = x.shape().normalize_axis(axis);
   DRT_CHECK(x.shape()[a] > 0, "max: axis ", a, " of shape ", x.shape().str(), " is empty");
   const Shape rs = detail::reduced_shape(x.shape(), a, keepdim);
-  Tensor<T> out = Tensor<T>::empty(rs, arena);
-  if (argmax) *argmax = IndexTensor::empty(rs, arena);
+  Tensor<T> out = Tensor<T>::empty(rs, arena, x.device());
+  if (argmax) *argmax = IndexTensor::empty(rs, arena, x.device());
+  if (!x.on_host()) {
+    detail::reduce_on_device(ReduceKind::max, x, a, out, argmax ? argmax->data() : nullptr);
+    return out;
+  }
   const Index n = x.shape()[a];
   const T* in = x.data();
   T* o = out.data();
@@ -94,6 +126,7 @@ Tensor<T> max(const Tensor<T>& x, int axis, bool keepdim = false, Arena* arena =
 // Sum of all elements.
 template <class T>
 T sum_all(const Tensor<T>& x) {
+  x.require_host("sum_all");
   T acc = T(0);
   x.for_each_offset([&](Index off) { acc += x.data()[off]; });
   return acc;
@@ -109,6 +142,8 @@ void add_sum_to(const Tensor<T>& dst, const Tensor<T>& x) {
     dst += x;
     return;
   }
+  dst.require_host("add_sum_to");
+  x.require_host("add_sum_to");
   // Walk x; the broadcast view of dst (stride 0 on summed axes) names where each element goes.
   const Tensor<T> target = dst.broadcast_to(x.shape());
   Index idx[kMaxRank] = {};

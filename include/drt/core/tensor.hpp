@@ -9,6 +9,12 @@
 // `contiguous()` materialises a view into a fresh row-major buffer when it is not one already.
 //
 // Elementwise arithmetic on tensors lives in drt/core/expr.hpp (lazy expressions).
+//
+// A tensor also knows its Device (drt/core/device.hpp). The default is the CPU; a device tensor
+// is made with `empty/zeros/full(shape, arena, Device::cuda)` or `to(Device::cuda)`, and its
+// data is never touched by host code here: copies, fills and allocation go through the device
+// backend, and element access (`t(i, j)`, `to_vector()`, `item()`) copies to the host first
+// or refuses. Views work the same on every device: they only change shape, strides and pointer.
 #pragma once
 
 #include <cmath>
@@ -21,6 +27,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "drt/core/device.hpp"
 #include "drt/core/error.hpp"
 #include "drt/core/memory.hpp"
 #include "drt/core/shape.hpp"
@@ -51,14 +58,20 @@ class Tensor {
 
   // --- creation -------------------------------------------------------------------------
   // Uninitialised memory from `arena`, or zeroed heap memory when arena is null.
-  static Tensor empty(const Shape& shape, Arena* arena = nullptr) {
+  // On a device the memory comes from the device backend's allocator (an arena there only
+  // means "no need to zero it"); it is owned and freed with the last handle.
+  static Tensor empty(const Shape& shape, Arena* arena = nullptr, Device device = Device::cpu) {
     DRT_CHECK(shape.valid(), "Tensor: invalid shape ", shape.str());
     Tensor t;
     t.shape_ = shape;
     t.strides_ = contiguous_strides(shape);
     t.defined_ = true;
+    t.device_ = device;
     const std::size_t bytes = static_cast<std::size_t>(shape.numel()) * sizeof(T);
-    if (arena) {
+    if (device != Device::cpu) {
+      t.owner_ = device_backend(device).allocate(bytes, arena == nullptr);
+      t.data_ = static_cast<T*>(t.owner_.get());
+    } else if (arena) {
       t.data_ = arena->allocate_array<T>(static_cast<std::size_t>(shape.numel()));
     } else {
       t.owner_ = make_heap_buffer(bytes);
@@ -66,14 +79,17 @@ class Tensor {
     }
     return t;
   }
-  static Tensor zeros(const Shape& shape, Arena* arena = nullptr) {
-    Tensor t = empty(shape, arena);
-    if (arena) std::memset(static_cast<void*>(t.data_), 0, sizeof(T) * static_cast<std::size_t>(shape.numel()));
+  static Tensor zeros(const Shape& shape, Arena* arena = nullptr, Device device = Device::cpu) {
+    Tensor t = empty(shape, arena, device);
+    if (device != Device::cpu) {
+      if (arena) t.fill(T(0));
+    } else if (arena) std::memset(static_cast<void*>(t.data_), 0, sizeof(T) * static_cast<std::size_t>(shape.numel()));
     return t;
   }
-  static Tensor full(const Shape& shape, T value, Arena* arena = nullptr) {
-    Tensor t = empty(shape, arena);
-    std::fill(t.data_, t.data_ + shape.numel(), value);
+  static Tensor full(const Shape& shape, T value, Arena* arena = nullptr, Device device = Device::cpu) {
+    Tensor t = empty(shape, arena, device);
+    if (device != Device::cpu) t.fill(value);
+    else std::fill(t.data_, t.data_ + shape.numel(), value);
     return t;
   }
   // Row-major values; their count must match the shape.
@@ -90,13 +106,14 @@ class Tensor {
     for (Index i = 0; i < n; ++i) t.data_[i] = static_cast<T>(i);
     return t;
   }
-  // Wraps memory owned by someone else (no copy, no ownership).
-  static Tensor wrap(T* data, const Shape& shape) {
+  // Wraps memory owned by someone else (no copy, no ownership), on the host or on `device`.
+  static Tensor wrap(T* data, const Shape& shape, Device device = Device::cpu) {
     Tensor t;
     t.data_ = data;
     t.shape_ = shape;
     t.strides_ = contiguous_strides(shape);
     t.defined_ = true;
+    t.device_ = device;
     return t;
   }
 
@@ -109,6 +126,9 @@ class Tensor {
   const Strides& strides() const { return strides_; }
   Index stride(int axis) const { return strides_[shape_.normalize_axis(axis)]; }
   T* data() const { return data_; }
+  // Where the data lives. Host code may dereference data() only when this is Device::cpu.
+  Device device() const { return device_; }
+  bool on_host() const { return device_ == Device::cpu; }
   // True when the tensor owns (shares) heap memory rather than pointing into an arena.
   bool owns_memory() const { return owner_ != nullptr; }
   const std::shared_ptr<void>& owner() const { return owner_; }
@@ -127,6 +147,7 @@ class Tensor {
   T& operator()(I... idx) const {
     static_assert((std::is_integral_v<I> && ...), "indices must be integers");
     const Index ids[] = {static_cast<Index>(idx)...};
+    require_host("element access t(i, ...)");
     DRT_CHECK(static_cast<int>(sizeof...(I)) == rank(), "Tensor: ", sizeof...(I),
               " indices for a tensor of shape ", shape_.str());
     Index off = 0;
@@ -140,6 +161,7 @@ class Tensor {
   // The single value of a one-element tensor.
   T item() const {
     DRT_CHECK(numel() == 1, "Tensor::item: tensor of shape ", shape_.str(), " has ", numel(), " elements");
+    if (!on_host()) return to(Device::cpu).data_[0];
     return data_[0];
   }
 
@@ -268,21 +290,33 @@ class Tensor {
   }
 
   // --- copies ---------------------------------------------------------------------------
-  // A row-major copy (from `arena` if given, else the heap), or *this when already contiguous.
+  // This tensor on `device`: *this when it is there already, else a row-major copy there
+  // (host memory from `arena` if given). Host↔device copies are explicit: only this, clone
+  // and copy_from move data between devices.
+  Tensor to(Device device, Arena* arena = nullptr) const {
+    if (device == device_) return *this;
+    Tensor t = empty(shape_, arena, device);
+    t.copy_from(*this);
+    return t;
+  }
+  // A row-major copy on the same device (from `arena` if given, else the heap), or *this when
+  // already contiguous.
   Tensor contiguous(Arena* arena = nullptr) const {
     return is_contiguous() ? *this : clone(arena);
   }
   // Always a fresh row-major copy.
   Tensor clone(Arena* arena = nullptr) const {
-    Tensor t = empty(shape_, arena);
+    Tensor t = empty(shape_, arena, device_);
     t.copy_from(*this);
     return t;
   }
   // Elementwise copy from `src`, which must have this tensor's shape (or broadcast to it).
+  // Either tensor may be on a device (then the device backend copies).
   void copy_from(const Tensor& src) const;
   void fill(T value) const;
   template <class U>
   Tensor<U> cast(Arena* arena = nullptr) const {
+    require_host("cast");
     Tensor<U> out = Tensor<U>::empty(shape_, arena);
     Index i = 0;
     for_each_offset([&](Index off) { out.data()[i++] = static_cast<U>(data_[off]); });
@@ -301,9 +335,11 @@ class Tensor {
     return *this;
   }
 
-  // Calls f(offset) for every element, in row-major order of the logical index.
+  // Calls f(offset) for every element, in row-major order of the logical index (host only:
+  // f is expected to read data()[offset]).
   template <class F>
   void for_each_offset(F&& f) const {
+    require_host("for_each_offset");
     if (numel() == 0) return;
     Index idx[kMaxRank] = {};
     Index off = 0;
@@ -322,11 +358,19 @@ class Tensor {
   }
   // The values in row-major order (for tests and small tensors).
   std::vector<T> to_vector() const {
+    if (!on_host()) return to(Device::cpu).to_vector();
     std::vector<T> v;
     v.reserve(static_cast<std::size_t>(numel()));
     for_each_offset([&](Index off) { v.push_back(data_[off]); });
     return v;
   }
+
+  // Throws when this tensor's data is not host memory (before host code would read it).
+  void require_host(const char* what) const {
+    DRT_CHECK(on_host(), what, ": the tensor of shape ", shape_.str(), " lives on device '", device_name(device_),
+              "'; copy it to the host with to(Device::cpu) first");
+  }
+  StridedRef ref() const { return StridedRef{static_cast<void*>(data_), device_, shape_, strides_}; }
 
  private:
   T* data_ = nullptr;
@@ -334,6 +378,7 @@ class Tensor {
   Strides strides_{};
   std::shared_ptr<void> owner_;
   bool defined_ = false;
+  Device device_ = Device::cpu;
 };
 
 template <class T>
@@ -341,6 +386,10 @@ void Tensor<T>::copy_from(const Tensor& src) const {
   DRT_CHECK(broadcastable_to(src.shape(), shape_), "copy_from: source shape ", src.shape().str(),
             " does not match destination shape ", shape_.str());
   const Tensor s = src.broadcast_to(shape_);
+  if (!on_host() || !s.on_host()) {
+    if (numel() > 0) device_backend(on_host() ? s.device() : device_).copy(sizeof(T), ref(), s.ref());
+    return;
+  }
   if (is_contiguous() && s.is_contiguous()) {
     std::memmove(static_cast<void*>(data_), s.data(), sizeof(T) * static_cast<std::size_t>(numel()));
     return;
@@ -366,6 +415,10 @@ void Tensor<T>::copy_from(const Tensor& src) const {
 
 template <class T>
 void Tensor<T>::fill(T value) const {
+  if (!on_host()) {
+    if (numel() > 0) device_backend(device_).fill(sizeof(T), ref(), &value);
+    return;
+  }
   for_each_offset([&](Index off) { data_[off] = value; });
 }
 
@@ -374,6 +427,7 @@ template <class T>
 std::ostream& operator<<(std::ostream& os, const Tensor<T>& t) {
   const char* type = std::is_same_v<T, float> ? "float32" : std::is_same_v<T, double> ? "float64"
                    : std::is_same_v<T, std::int32_t> ? "int32" : std::is_same_v<T, std::int64_t> ? "int64" : "?";
+  if (t.defined() && !t.on_host()) return os << "(on " << device_name(t.device()) << ") " << t.to(Device::cpu);
   os << "Tensor<" << type << "> shape " << t.shape().str();
   if (!t.defined()) return os << " (undefined)";
   os << "\n";

@@ -1,0 +1,198 @@
+// bench_cuda — the CUDA backend's foundation against the obvious alternatives, in one run:
+//
+//   * the elementwise chain y = silu(a)·b + c·exp(−a) over 16M floats: one fused kernel (drt's
+//     device expression) against the same chain evaluated op by op into device temporaries
+//     (what an eager library does), reported in effective GB/s (16 bytes of traffic per element
+//     for the fused kernel: three reads and one write);
+//   * a 4096³ fp32 GEMM: drt::gemm on device tensors against cublasGemmEx called directly with the
+//     same arguments, in exact fp32 and in TF32 (the ratio should be ~1: drt adds host work only).
+//
+// Times are taken with CUDA events around each iteration (manual time), so host overhead that
+// overlaps the GPU's work does not count, and launch latency is included once per iteration.
+// Prints the ratios measured in THIS run at the end; name the GPU model with every figure.
+#include <benchmark/benchmark.h>
+#include <cublas_v2.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <map>
+#include <string>
+#include <vector>
+
+#include <drt/core.hpp>
+#include <drt/cuda.cuh>
+
+namespace {
+
+using drt::Device;
+using drt::Index;
+using drt::Tensor;
+namespace cuda = drt::cuda;
+using namespace drt;
+
+constexpr Index kChain = Index(1) << 24;  // 16M floats: 64 MiB per array, far beyond L2
+constexpr Index kGemm = 4096;
+
+Tensor<float> device_uniform(const drt::Shape& s, std::uint64_t seed) {
+  return cuda::to_device(drt::random_uniform<float>(s, seed, -1.0f, 1.0f));
+}
+
+// Runs `body` once per iteration between two events; reports the GPU time.
+template <class Body>
+void time_on_gpu(benchmark::State& state, Body body) {
+  cudaEvent_t start, stop;
+  DRT_CUDA_CHECK(cudaEventCreate(&start));
+  DRT_CUDA_CHECK(cudaEventCreate(&stop));
+  body();  // warm-up (allocator, cuBLAS heuristics)
+  for (auto _ : state) {
+    DRT_CUDA_CHECK(cudaEventRecord(start));
+    body();
+    DRT_CUDA_CHECK(cudaEventRecord(stop));
+    DRT_CUDA_CHECK(cudaEventSynchronize(stop));
+    float ms = 0;
+    DRT_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+    state.SetIterationTime(ms * 1e-3);
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+}
+
+benchmark::Counter per_second(double per_iteration) {
+  return benchmark::Counter(per_iteration, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+// ---- the elementwise chain ----------------------------------------------------------------------
+
+struct Chain {
+  Tensor<float> a = device_uniform({kChain}, 1), b = device_uniform({kChain}, 2), c = device_uniform({kChain}, 3);
+  Tensor<float> out = Tensor<float>::empty({kChain}, nullptr, Device::cuda);
+};
+
+// Made once: filling 3×16M random floats on the host is slower than the benchmarks themselves.
+Chain& chain() {
+  static Chain x;
+  return x;
+}
+void chain_fused(benchmark::State& state) {
+  Chain& x = chain();
+  time_on_gpu(state, [&] { x.out.assign(silu(x.a) * x.b + x.c * exp(-x.a)); });
+  state.counters["GB/s"] = per_second(16.0 * kChain * 1e-9);
+}
+
+// One kernel per op, each into a fresh temporary from the caching allocator.
+void chain_op_by_op(benchmark::State& state) {
+  Chain& x = chain();
+  drt::Arena arena;
+  time_on_gpu(state, [&] {
+    const Tensor<float> s = eval(silu(x.a), &arena);
+    const Tensor<float> sb = eval(s * x.b, &arena);
+    const Tensor<float> na = eval(-x.a, &arena);
+    const Tensor<float> e = eval(exp(na), &arena);
+    const Tensor<float> ce = eval(x.c * e, &arena);
+    x.out.assign(sb + ce);
+  });
+  state.counters["GB/s"] = per_second(16.0 * kChain * 1e-9);  // same useful work as the fused one
+}
+
+// ---- GEMM -----------------------------------------------------------------------------------------
+
+struct Gemm {
+  Tensor<float> A = device_uniform({kGemm, kGemm}, 4), B = device_uniform({kGemm, kGemm}, 5);
+  Tensor<float> C = Tensor<float>::empty({kGemm, kGemm}, nullptr, Device::cuda);
+};
+constexpr double kGemmFlops = 2.0 * double(kGemm) * kGemm * kGemm;
+Gemm& gemm_operands() {
+  static Gemm g;
+  return g;
+}
+
+void gemm_drt(benchmark::State& state, cuda::MathMode mode) {
+  Gemm& g = gemm_operands();
+  cuda::set_math_mode(mode);
+  time_on_gpu(state, [&] { drt::gemm(g.A, g.B, g.C); });
+  cuda::set_math_mode(cuda::MathMode::exact_fp32);
+  state.counters["TFLOP/s"] = per_second(kGemmFlops * 1e-12);
+}
+
+// The same product straight through cuBLAS (row-major C = A·B as column-major Cᵀ = Bᵀ·Aᵀ).
+void gemm_cublas(benchmark::State& state, cuda::MathMode mode) {
+  Gemm& g = gemm_operands();
+  const cublasComputeType_t compute = mode == cuda::MathMode::tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+  const float alpha = 1, beta = 0;
+  const int n = int(kGemm);
+  time_on_gpu(state, [&] {
+    DRT_CUBLAS_CHECK(cublasGemmEx(cuda::blas_handle(), CUBLAS_OP_N, CUBLAS_OP_N, n, n, n, &alpha, g.B.data(), CUDA_R_32F,
+                                  n, g.A.data(), CUDA_R_32F, n, &beta, g.C.data(), CUDA_R_32F, n, compute,
+                                  CUBLAS_GEMM_DEFAULT));
+  });
+  state.counters["TFLOP/s"] = per_second(kGemmFlops * 1e-12);
+}
+
+void register_benchmarks() {
+  auto manual = [](benchmark::internal::Benchmark* b) { b->UseManualTime()->Unit(benchmark::kMicrosecond); };
+  manual(benchmark::RegisterBenchmark("chain_16M/fused", chain_fused));
+  manual(benchmark::RegisterBenchmark("chain_16M/op_by_op", chain_op_by_op));
+  manual(benchmark::RegisterBenchmark("gemm4096/fp32/drt", gemm_drt, cuda::MathMode::exact_fp32));
+  manual(benchmark::RegisterBenchmark("gemm4096/fp32/cublas", gemm_cublas, cuda::MathMode::exact_fp32));
+  manual(benchmark::RegisterBenchmark("gemm4096/tf32/drt", gemm_drt, cuda::MathMode::tf32));
+  manual(benchmark::RegisterBenchmark("gemm4096/tf32/cublas", gemm_cublas, cuda::MathMode::tf32));
+}
+
+// Keeps each repetition's counters (the shared support/capturing_reporter.hpp reads a field that
+// newer Google Benchmark releases renamed, and the GPU machine has a newer one).
+class RatioReporter : public benchmark::ConsoleReporter {
+ public:
+  void ReportRuns(const std::vector<Run>& runs) override {
+    for (const Run& r : runs)
+      if (r.run_type == Run::RT_Iteration)
+        for (const auto& [name, counter] : r.counters) samples_[r.run_name.function_name][name].push_back(counter.value);
+    ConsoleReporter::ReportRuns(runs);
+  }
+  double median(const std::string& name, const std::string& counter) const {
+    auto b = samples_.find(name);
+    if (b == samples_.end() || !b->second.count(counter)) return NAN;
+    std::vector<double> v = b->second.at(counter);
+    std::sort(v.begin(), v.end());
+    return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
+  }
+
+ private:
+  std::map<std::string, std::map<std::string, std::vector<double>>> samples_;
+};
+
+void print_ratio(const RatioReporter& r, const char* what, const std::string& num, const std::string& den,
+                 const std::string& counter) {
+  const double a = r.median(num, counter), b = r.median(den, counter);
+  if (std::isnan(a) || std::isnan(b)) return (void)std::printf("  %-42s (not run)\n", what);
+  std::printf("  %-42s %9.1f / %9.1f %-7s = %5.2f\n", what, a, b, counter.c_str(), a / b);
+}
+
+void print_summary(const RatioReporter& r) {
+  std::printf("\nSummary of THIS run on %s (medians; ratio = first / second)\n",
+              cuda::device_count() ? cuda::device_description().c_str() : "no GPU");
+  print_ratio(r, "chain 16M: fused / op-by-op (speed-up)", "chain_16M/fused", "chain_16M/op_by_op", "GB/s");
+  print_ratio(r, "GEMM 4096^3 fp32: drt / cuBLAS direct", "gemm4096/fp32/drt", "gemm4096/fp32/cublas", "TFLOP/s");
+  print_ratio(r, "GEMM 4096^3 tf32: drt / cuBLAS direct", "gemm4096/tf32/drt", "gemm4096/tf32/cublas", "TFLOP/s");
+  print_ratio(r, "GEMM 4096^3: drt tf32 / drt fp32", "gemm4096/tf32/drt", "gemm4096/fp32/drt", "TFLOP/s");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (cuda::device_count() == 0) {
+    std::fprintf(stderr, "bench_cuda: no CUDA device\n");
+    return 1;
+  }
+  std::string reps = "--benchmark_repetitions=5", min_time = "--benchmark_min_time=0.2";
+  std::vector<char*> args{argv[0], reps.data(), min_time.data()};
+  for (int i = 1; i < argc; ++i) args.push_back(argv[i]);
+  int count = static_cast<int>(args.size());
+  benchmark::Initialize(&count, args.data());
+  register_benchmarks();
+  RatioReporter reporter;
+  benchmark::RunSpecifiedBenchmarks(&reporter);
+  print_summary(reporter);
+  benchmark::Shutdown();
+  return 0;
+}

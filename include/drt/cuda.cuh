@@ -1,0 +1,55 @@
+// drt/cuda.cuh — the CUDA backend: include it (in a file compiled by nvcc) to use tensors on the
+// GPU with the same API as on the CPU. See drt/cuda/README.md for the design.
+//
+//     #include <drt/core.hpp>
+//     #include <drt/cuda.cuh>
+//     auto a = drt::cuda::to_device(host_a);         // explicit host → device copy
+//     auto y = drt::eval(silu(a) * b + 1.0f);         // one fused kernel, y on the device
+//     auto s = drt::sum(y, -1);                       // device reduction
+//     auto c = drt::matmul(a, w);                     // cuBLAS
+//     std::vector<float> v = y.to_vector();           // device → host
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <string>
+
+#include "drt/core/tensor.hpp"
+#include "drt/cuda/allocator.cuh"
+#include "drt/cuda/backend.cuh"
+#include "drt/cuda/error.cuh"
+#include "drt/cuda/gemm.cuh"
+
+namespace drt::cuda {
+
+// Copies to the GPU / back to the host (no copy when the tensor is there already).
+template <class T>
+Tensor<T> to_device(const Tensor<T>& t) {
+  return t.to(Device::cuda);
+}
+template <class T>
+Tensor<T> to_host(const Tensor<T>& t, Arena* arena = nullptr) {
+  return t.to(Device::cpu, arena);
+}
+
+// Waits for all device work (for timing, and before reading device memory by other means).
+inline void synchronize() { DRT_CUDA_CHECK(cudaDeviceSynchronize()); }
+
+// How many GPUs the process sees (0 when none or no driver).
+inline int device_count() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return 0;
+  }
+  return n;
+}
+
+inline std::string device_description() {
+  cudaDeviceProp p{};
+  DRT_CUDA_CHECK(cudaGetDeviceProperties(&p, 0));
+  return std::string(p.name) + " (sm_" + std::to_string(p.major) + std::to_string(p.minor) + ", " +
+         std::to_string(p.totalGlobalMem >> 30) + " GiB)";
+}
+
+}  // namespace drt::cuda

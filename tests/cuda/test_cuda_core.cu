@@ -1,0 +1,316 @@
+// test_cuda_core — the CUDA backend's foundation, every op compared with the CPU op.
+//
+// Labelled `gpu` in ctest and registered only with -DDRT_GPU_TESTS=ON (CI compiles this file for
+// sm_90 but never runs it). On a machine without a GPU every test FAILS in SetUp: a GPU test that
+// skipped would look like a pass.
+//
+// Tolerances (fp32, inputs uniform in [-1, 1] unless stated):
+//   copies, fills, max/argmax, select, + − × ÷ by exact numbers    exact (bitwise equal)
+//   + − × ÷, exp, log, tanh, sigmoid, silu, pow, ...               |gpu − cpu| ≤ 2e-6 + 2e-6·|cpu|
+//       (CUDA's expf/logf/tanhf are within 2 ulp of the exact value, glibc's within 1)
+//   sums along an axis (different addition order)                  ≤ 1e-6·n + 1e-6·|cpu|
+//   GEMM, exact fp32 mode (cuBLAS vs Eigen, different order)       ≤ 2e-6·K (entries are O(√K))
+//   GEMM, TF32 mode (10-bit mantissa inputs)                       ≤ 2e-3·K·... see the test
+//   fp64 everything                                                 ≤ 1e-12 relative
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include <drt/core.hpp>
+#include <drt/cuda.cuh>
+
+namespace {
+
+using drt::Device;
+using drt::Index;
+using drt::Shape;
+using drt::Tensor;
+namespace cuda = drt::cuda;
+using namespace drt;  // operators and functions on expression nodes
+
+class Gpu : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_GT(cuda::device_count(), 0) << "no CUDA device: gpu-labelled tests must run on a machine with a GPU";
+  }
+};
+
+template <class T>
+Tensor<T> uniform(const Shape& s, std::uint64_t seed, T lo = T(-1), T hi = T(1)) {
+  return drt::random_uniform<T>(s, seed, lo, hi);
+}
+
+// Every element of `gpu` (copied back) within atol + rtol·|cpu| of `cpu`; shapes must match.
+template <class T>
+void expect_close(const Tensor<T>& cpu, const Tensor<T>& gpu, double atol, double rtol, const char* what) {
+  ASSERT_EQ(gpu.device(), Device::cuda) << what;
+  ASSERT_EQ(cpu.shape(), gpu.shape()) << what;
+  const std::vector<T> a = cpu.to_vector(), b = gpu.to_vector();
+  double worst = 0;
+  Index where = -1;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    const double d = std::abs(double(a[i]) - double(b[i]));
+    const bool same_inf = std::isinf(double(a[i])) && a[i] == b[i];
+    if (!same_inf && !(d <= atol + rtol * std::abs(double(a[i])))) {
+      if (where < 0 || d > worst) worst = d, where = Index(i);
+    }
+  }
+  EXPECT_LT(where, 0) << what << ": element " << where << " cpu " << (where >= 0 ? double(a[where]) : 0.0)
+                      << " gpu " << (where >= 0 ? double(b[where]) : 0.0) << " (|diff| " << worst << ")";
+}
+template <class T>
+void expect_equal(const Tensor<T>& cpu, const Tensor<T>& gpu, const char* what) {
+  expect_close(cpu, gpu, 0.0, 0.0, what);
+}
+
+constexpr double kAtol = 2e-6, kRtol = 2e-6;
+
+// ---- copies ----------------------------------------------------------------------------------------
+
+TEST_F(Gpu, CopiesRoundTripExactly) {
+  const Tensor<float> h = uniform<float>({3, 4, 5}, 1);
+  const Tensor<float> d = cuda::to_device(h);
+  EXPECT_EQ(d.device(), Device::cuda);
+  EXPECT_TRUE(d.owns_memory());
+  EXPECT_EQ(cuda::to_host(d).to_vector(), h.to_vector());
+  // Strided views on either side: host transposed view → device, device view → host.
+  expect_equal(h.transpose(0, 2).contiguous(), cuda::to_device(h.transpose(0, 2)), "host view to device");
+  EXPECT_EQ(d.permute({2, 0, 1}).to_vector(), h.permute({2, 0, 1}).to_vector());
+  EXPECT_EQ(d.slice(1, 1, 4, 2).to_vector(), h.slice(1, 1, 4, 2).to_vector());
+  // Device → device into a strided destination, and a broadcast source.
+  Tensor<float> dt = Tensor<float>::zeros({5, 4, 3}, nullptr, Device::cuda);
+  dt.transpose(0, 2).copy_from(d);
+  expect_equal(h.transpose(0, 2).contiguous(), dt, "device copy into a transposed view");
+  Tensor<float> row = uniform<float>({5}, 2);
+  Tensor<float> b = Tensor<float>::empty({3, 4, 5}, nullptr, Device::cuda);
+  b.copy_from(cuda::to_device(row));
+  expect_equal(row.broadcast_to({3, 4, 5}).contiguous(), b, "broadcast copy");
+  // Host strided destination from the device.
+  Tensor<float> ht = Tensor<float>::zeros({5, 4, 3});
+  ht.transpose(0, 2).copy_from(d);
+  EXPECT_EQ(ht.transpose(0, 2).contiguous().to_vector(), h.to_vector());
+  // Other element types travel too.
+  const auto ints = Tensor<std::int32_t>::from({4}, {1, -2, 3, 1 << 30});
+  EXPECT_EQ(cuda::to_device(ints).to_vector(), ints.to_vector());
+  const Tensor<double> hd = uniform<double>({7, 3}, 3);
+  EXPECT_EQ(cuda::to_device(hd).transpose(0, 1).to_vector(), hd.transpose(0, 1).to_vector());
+}
+
+TEST_F(Gpu, CreationFillAndItem) {
+  const auto z = Tensor<float>::zeros({1000}, nullptr, Device::cuda);
+  for (float v : z.to_vector()) ASSERT_EQ(v, 0.0f);
+  const auto f = Tensor<float>::full({2, 3}, 2.5f, nullptr, Device::cuda);
+  for (float v : f.to_vector()) ASSERT_EQ(v, 2.5f);
+  f.slice(1, 1, 2).fill(-1.0f);
+  EXPECT_EQ(f.to_vector(), (std::vector<float>{2.5f, -1.0f, 2.5f, 2.5f, -1.0f, 2.5f}));
+  EXPECT_EQ(Tensor<double>::full({}, 4.0, nullptr, Device::cuda).item(), 4.0);
+  // Host-only access to device data refuses instead of crashing.
+  EXPECT_THROW(f(0, 0), drt::Error);
+  EXPECT_THROW(drt::sum_all(f), drt::Error);
+}
+
+// ---- fused elementwise expressions ----------------------------------------------------------------
+
+TEST_F(Gpu, ElementwiseMatchesCpu) {
+  const Shape s{4, 33, 65};
+  const Tensor<float> a = uniform<float>(s, 10), b = uniform<float>(s, 11), c = uniform<float>(s, 12);
+  const Tensor<float> da = cuda::to_device(a), db = cuda::to_device(b), dc = cuda::to_device(c);
+#define DRT_COMPARE(expression_of)                                                                   \
+  do {                                                                                               \
+    auto cpu_ = [&](const Tensor<float>& a, const Tensor<float>& b, const Tensor<float>& c) {        \
+      return eval(expression_of);                                                                    \
+    };                                                                                               \
+    expect_close(cpu_(a, b, c), cpu_(da, db, dc), kAtol, kRtol, #expression_of);                     \
+  } while (0)
+  DRT_COMPARE(a + b);
+  DRT_COMPARE(a - b);
+  DRT_COMPARE(a * b);
+  DRT_COMPARE(a / (abs(b) + 0.5f));
+  DRT_COMPARE(a * 2.0f + 1.0f);
+  DRT_COMPARE(3.0f - a / 4.0f);
+  DRT_COMPARE(-a);
+  DRT_COMPARE(exp(a));
+  DRT_COMPARE(log(abs(a) + 0.1f));
+  DRT_COMPARE(sqrt(abs(a)));
+  DRT_COMPARE(rsqrt(abs(a) + 0.1f));
+  DRT_COMPARE(abs(a));
+  DRT_COMPARE(square(a));
+  DRT_COMPARE(tanh(a * 3.0f));
+  DRT_COMPARE(sin(a * 3.0f));
+  DRT_COMPARE(cos(a * 3.0f));
+  DRT_COMPARE(relu(a));
+  DRT_COMPARE(sigmoid(a * 4.0f));
+  DRT_COMPARE(silu(a * 4.0f));
+  DRT_COMPARE(maximum(a, b));
+  DRT_COMPARE(minimum(a, 0.25f));
+  DRT_COMPARE(pow(abs(a) + 0.1f, 1.7f));
+  DRT_COMPARE(select(gt(a, b), a, c));
+  DRT_COMPARE(eq(a, a) + ne(a, b) + lt(a, b) + le(a, c) + ge(b, c));
+  DRT_COMPARE(silu(a) * b + c * exp(-a));  // the benchmark's fused chain
+#undef DRT_COMPARE
+}
+
+TEST_F(Gpu, ElementwiseBroadcastingViewsAndAccumulation) {
+  const Tensor<float> a = uniform<float>({4, 33, 65}, 20), row = uniform<float>({65}, 21), col = uniform<float>({4, 33, 1}, 22);
+  const Tensor<float> t = uniform<float>({65, 33, 4}, 23);
+  const Tensor<float> da = cuda::to_device(a), drow = cuda::to_device(row), dcol = cuda::to_device(col),
+                      dt = cuda::to_device(t);
+  // Broadcasting (stride-0 walks) and a permuted operand: the strided kernel.
+  expect_close(eval(a * row + col), eval(da * drow + dcol), kAtol, kRtol, "broadcast");
+  expect_close(eval(a + t.permute({2, 1, 0}) * 2.0f), eval(da + dt.permute({2, 1, 0}) * 2.0f), kAtol, kRtol,
+               "permuted operand");
+  // A strided destination (transposed view) and accumulation.
+  Tensor<float> out = Tensor<float>::zeros({65, 33, 4});
+  Tensor<float> dout = Tensor<float>::zeros({65, 33, 4}, nullptr, Device::cuda);
+  out.permute({2, 1, 0}).assign(exp(a) - row);
+  dout.permute({2, 1, 0}).assign(exp(da) - drow);
+  expect_close(out, dout, kAtol, kRtol, "strided destination");
+  out += t * t;
+  dout += dt * dt;
+  expect_close(out, dout, kAtol, kRtol, "accumulate (flat)");
+  out.permute({2, 1, 0}) += a;
+  dout.permute({2, 1, 0}) += da;
+  expect_close(out, dout, kAtol, kRtol, "accumulate (strided)");
+  // A rank-0 result and doubles.
+  const Tensor<double> x = uniform<double>({17, 5}, 24), y = uniform<double>({5}, 25);
+  expect_close(eval(tanh(x) * y - sigmoid(y)), eval(tanh(cuda::to_device(x)) * cuda::to_device(y) - sigmoid(cuda::to_device(y))),
+               1e-14, 1e-12, "double");
+  // Mixing host and device tensors is an error, not a crash.
+  EXPECT_THROW(eval(da + row), drt::Error);
+  EXPECT_THROW(out.assign(da * 2.0f), drt::Error);
+}
+
+// ---- reductions --------------------------------------------------------------------------------
+
+TEST_F(Gpu, SumAndMaxMatchCpu) {
+  Tensor<float> x = uniform<float>({6, 37, 300}, 30);
+  x.slice(0, 2, 3).slice(1, 5, 6).fill(-std::numeric_limits<float>::infinity());  // a masked lane
+  x(1, 2, 7) = x(1, 2, 9) = 5.0f;                                                    // a tie: first wins
+  const Tensor<float> dx = cuda::to_device(x);
+  for (int axis : {2, 1, 0}) {
+    for (bool keep : {false, true}) {
+      SCOPED_TRACE(::testing::Message() << "axis " << axis << " keepdim " << keep);
+      const double n = double(x.size(axis));
+      const Tensor<float> xs = x.slice(0, 0, 2);  // finite lanes for the sum
+      expect_close(drt::sum(xs, axis, keep), drt::sum(dx.slice(0, 0, 2), axis, keep), 1e-6 * n, 1e-6, "sum");
+      drt::IndexTensor where, dwhere;
+      const Tensor<float> m = drt::max(x, axis, keep, nullptr, &where);
+      const Tensor<float> dm = drt::max(dx, axis, keep, nullptr, &dwhere);
+      expect_equal(m, dm, "max");
+      EXPECT_EQ(dwhere.device(), Device::cuda);
+      EXPECT_EQ(where.to_vector(), dwhere.to_vector()) << "argmax";
+    }
+  }
+  // A strided input (a transposed view) and integers.
+  expect_close(drt::sum(x.slice(0, 0, 2).transpose(1, 2), -1), drt::sum(dx.slice(0, 0, 2).transpose(1, 2), -1),
+               1e-6 * 37, 1e-6, "sum of a transposed view");
+  const auto ints = Tensor<std::int64_t>::from({2, 3}, {1, 5, -2, 7, 7, 0});
+  EXPECT_EQ(drt::sum(cuda::to_device(ints), -1).to_vector(), (std::vector<std::int64_t>{4, 14}));
+  // mean is sum then a device expression.
+  expect_close(drt::mean(x.slice(0, 0, 2), -1), drt::mean(dx.slice(0, 0, 2), -1), 1e-6, 1e-5, "mean");
+}
+
+// ---- GEMM ----------------------------------------------------------------------------------------
+
+TEST_F(Gpu, MatmulMatchesCpuExactFp32) {
+  cuda::set_math_mode(cuda::MathMode::exact_fp32);
+  const Index M = 67, K = 45, N = 33;
+  const Tensor<float> A = uniform<float>({M, K}, 40), B = uniform<float>({K, N}, 41);
+  const Tensor<float> dA = cuda::to_device(A), dB = cuda::to_device(B);
+  const double tol = 2e-6 * K;
+  expect_close(drt::matmul(A, B), drt::matmul(dA, dB), tol, 0, "2-D");
+  // Transposed views used in place (all four layouts).
+  const Tensor<float> At = cuda::to_device(A.transpose(0, 1).contiguous()).transpose(0, 1);
+  const Tensor<float> Bt = cuda::to_device(B.transpose(0, 1).contiguous()).transpose(0, 1);
+  expect_close(drt::matmul(A, B), drt::matmul(At, dB), tol, 0, "Aᵀ view");
+  expect_close(drt::matmul(A, B), drt::matmul(dA, Bt), tol, 0, "Bᵀ view");
+  expect_close(drt::matmul(A, B), drt::matmul(At, Bt), tol, 0, "both views");
+  // gemm with alpha, beta into a column slice of a wider C (ldc > N).
+  Tensor<float> C = uniform<float>({M, N + 7}, 42);
+  Tensor<float> dC = cuda::to_device(C);
+  drt::gemm(A, B, C.slice(1, 3, 3 + N), 0.5f, 2.0f);
+  drt::gemm(dA, dB, dC.slice(1, 3, 3 + N), 0.5f, 2.0f);
+  expect_close(C, dC, tol, 0, "gemm alpha beta ldc");
+  // Batched: (3, 2, M, K)·(3, 2, K, N); shared B; a batch that is not uniformly strided.
+  const Tensor<float> Ab = uniform<float>({3, 2, M, K}, 43), Bb = uniform<float>({3, 2, K, N}, 44);
+  const Tensor<float> dAb = cuda::to_device(Ab), dBb = cuda::to_device(Bb);
+  expect_close(drt::matmul(Ab, Bb), drt::matmul(dAb, dBb), tol, 0, "batched");
+  expect_close(drt::matmul(Ab, B), drt::matmul(dAb, dB), tol, 0, "shared B");
+  const Tensor<float> P = uniform<float>({2, 3, M, K}, 45);
+  expect_close(drt::matmul(P.permute({1, 0, 2, 3}), Bb), drt::matmul(cuda::to_device(P).permute({1, 0, 2, 3}), dBb), tol,
+               0, "permuted batch (copied first)");
+  expect_close(drt::matmul(Ab, Bb.transpose(-1, -2).contiguous().transpose(-1, -2)),
+               drt::matmul(dAb, dBb.transpose(-1, -2).contiguous().transpose(-1, -2)), tol, 0, "batched Bᵀ views");
+  // Doubles are exact to rounding.
+  const Tensor<double> Ad = uniform<double>({M, K}, 46), Bd = uniform<double>({K, N}, 47);
+  expect_close(drt::matmul(Ad, Bd), drt::matmul(cuda::to_device(Ad), cuda::to_device(Bd)), 1e-13 * K, 0, "double");
+}
+
+TEST_F(Gpu, MatmulTf32IsClose) {
+  const Index M = 256, K = 512, N = 128;
+  const Tensor<float> A = uniform<float>({M, K}, 50), B = uniform<float>({K, N}, 51);
+  cuda::set_math_mode(cuda::MathMode::tf32);
+  const Tensor<float> d = drt::matmul(cuda::to_device(A), cuda::to_device(B));
+  cuda::set_math_mode(cuda::MathMode::exact_fp32);
+  // TF32 keeps 10 mantissa bits of each input (relative error ≤ 2^-11 each): each product is off
+  // by ≤ 2^-10·|a·b| ≤ 1e-3, and K such errors of random sign add up to about 1e-3·√K.
+  expect_close(drt::matmul(A, B), d, 1e-3 * std::sqrt(double(K)) * 3, 0, "tf32");
+}
+
+// ---- the allocator ---------------------------------------------------------------------------------
+
+TEST_F(Gpu, AllocatorReachesSteadyState) {
+  const Tensor<float> x = cuda::to_device(uniform<float>({64, 256}, 60));
+  const Tensor<float> w = cuda::to_device(uniform<float>({256, 128}, 61));
+  drt::Arena arena;  // device tensors ignore it for memory; it means "no need to zero"
+  auto step = [&] {
+    const Tensor<float> h = drt::matmul(x, w, &arena);
+    const Tensor<float> y = eval(silu(h) * 2.0f + 1.0f, &arena);
+    const Tensor<float> s = drt::sum(y, -1, false, &arena);
+    const Tensor<float> big = Tensor<float>::empty({3 << 20}, &arena, Device::cuda);  // a large bucket
+    big.assign(big * 0.0f + 1.0f);
+    return s;
+  };
+  for (int i = 0; i < 3; ++i) step();  // warm-up: the free lists fill
+  cuda::synchronize();
+  const cuda::AllocatorStats before = cuda::allocator_stats();
+  for (int i = 0; i < 20; ++i) step();
+  cuda::synchronize();
+  const cuda::AllocatorStats after = cuda::allocator_stats();
+  EXPECT_EQ(after.malloc_calls, before.malloc_calls) << "cudaMalloc in steady state";
+  EXPECT_GT(after.allocations, before.allocations);
+  EXPECT_EQ(after.bytes_in_use, before.bytes_in_use) << "every step's tensors were returned";
+  EXPECT_GT(after.bytes_cached, std::size_t(12) << 20);
+  // Freed blocks come back to the cache, and empty_cache gives them to the driver.
+  cuda::empty_cache();
+  EXPECT_EQ(cuda::allocator_stats().bytes_cached, 0u);
+}
+
+// ---- the tape on the device ------------------------------------------------------------------------
+
+TEST_F(Gpu, TapeRunsUnchangedOnDevice) {
+  // loss = Σ tanh(x·w) · exp(x) − x / w, same ops on both devices; gradients compared.
+  const Tensor<float> x = uniform<float>({8, 40}, 70), w = uniform<float>({8, 40}, 71, 0.5f, 1.5f);
+  auto grads = [](const Tensor<float>& xv, const Tensor<float>& wv) {
+    drt::Parameter<float> W(wv);
+    drt::Var<float> X = drt::variable(xv);
+    drt::Var<float> y = drt::tanh(X * W) * drt::exp(X) - X / W;
+    drt::Var<float> loss = drt::sum(drt::sum(y, -1), 0);
+    drt::backward(loss);
+    std::vector<Tensor<float>> out{loss.value().to(Device::cpu).clone(), X.grad().to(Device::cpu).clone(),
+                                   W.grad().to(Device::cpu).clone()};  // off the arena before reset
+    EXPECT_EQ(W.grad().device(), wv.device());
+    drt::tape().reset();
+    return out;
+  };
+  const auto cpu = grads(x, w), gpu = grads(cuda::to_device(x), cuda::to_device(w));
+  for (int i = 0; i < 3; ++i) {
+    const std::vector<float> a = cpu[i].to_vector(), b = gpu[i].to_vector();
+    ASSERT_EQ(a.size(), b.size());
+    for (std::size_t j = 0; j < a.size(); ++j) EXPECT_NEAR(a[j], b[j], 1e-5 + 1e-5 * std::abs(a[j])) << i << ":" << j;
+  }
+}
+
+}  // namespace
