@@ -20,13 +20,18 @@ class CapturingReporter : public benchmark::ConsoleReporter {
 
   void ReportRuns(const std::vector<Run>& runs) override {
     for (const Run& r : runs) {
-      if (r.run_type == Run::RT_Iteration && !r.error_occurred) {
+      if (r.run_type == Run::RT_Iteration && !failed(r)) {
         auto& mine = samples_[r.run_name.function_name];
         for (const auto& [counter, value] : r.counters) mine[counter].push_back(value);
         if (r.iterations > 0) mine["ms"].push_back(1e3 * r.real_accumulated_time / double(r.iterations));
       }
       if (runs.size() == 1 || r.aggregate_name == "median" || r.aggregate_name == "cv") shown_.push_back(r);
     }
+  }
+  // Google Benchmark 1.8 replaced `error_occurred` with `skipped` (the GPU machine has a newer one).
+  static bool failed(const Run& r) {
+    if constexpr (requires { r.error_occurred; }) return r.error_occurred;
+    else return bool(r.skipped);
   }
   void Finalize() override {
     std::stable_sort(shown_.begin(), shown_.end(),

@@ -31,6 +31,28 @@
 
 namespace drt {
 
+namespace detail {
+[[noreturn]] inline void device_needs_nvcc(const char* op) {
+  throw Error(concat(op, ": a tensor lives on the GPU, but this file was compiled by a host compiler. Compile every "
+                         "file that runs drt on device tensors with nvcc (a .cu file, or LANGUAGE CUDA) and include "
+                         "<drt/cuda.cuh>"));
+}
+}  // namespace detail
+
+// How an op reaches its CUDA implementation. An op header includes its kernels
+// (drt/cuda/<area>/<op>.cuh) only under nvcc, and calls them as a statement:
+//
+//     if (!x.on_host()) DRT_ON_DEVICE("rms_norm", cuda::rms_norm_forward(x, gamma, eps, y, inv_rms));
+//     else { ...the CPU loop... }
+//
+// Compiled by nvcc this is the call; compiled by a host compiler it throws an error naming the op,
+// so the CPU-only build never sees a CUDA header and never silently skips work.
+#if defined(__CUDACC__)
+#define DRT_ON_DEVICE(op, call) call
+#else
+#define DRT_ON_DEVICE(op, call) ::drt::detail::device_needs_nvcc(op)
+#endif
+
 enum class Device : std::uint8_t { cpu, cuda };
 
 inline const char* device_name(Device d) { return d == Device::cpu ? "cpu" : "cuda"; }
