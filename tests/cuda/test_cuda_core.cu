@@ -12,14 +12,11 @@
 //   GEMM, exact fp32 mode (cuBLAS vs Eigen, different order)       ≤ 2e-6·K (entries are O(√K))
 //   GEMM, TF32 mode (10-bit mantissa inputs)                       ≤ 2e-3·K·... see the test
 //   fp64 everything                                                 ≤ 1e-12 relative
-#include <gtest/gtest.h>
+#include "gpu_test.hpp"
 
 #include <cmath>
 #include <limits>
 #include <vector>
-
-#include <drt/core.hpp>
-#include <drt/cuda.cuh>
 
 namespace {
 
@@ -29,41 +26,7 @@ using drt::Shape;
 using drt::Tensor;
 namespace cuda = drt::cuda;
 using namespace drt;  // operators and functions on expression nodes
-
-class Gpu : public ::testing::Test {
- protected:
-  void SetUp() override {
-    ASSERT_GT(cuda::device_count(), 0) << "no CUDA device: gpu-labelled tests must run on a machine with a GPU";
-  }
-};
-
-template <class T>
-Tensor<T> uniform(const Shape& s, std::uint64_t seed, T lo = T(-1), T hi = T(1)) {
-  return drt::random_uniform<T>(s, seed, lo, hi);
-}
-
-// Every element of `gpu` (copied back) within atol + rtol·|cpu| of `cpu`; shapes must match.
-template <class T>
-void expect_close(const Tensor<T>& cpu, const Tensor<T>& gpu, double atol, double rtol, const char* what) {
-  ASSERT_EQ(gpu.device(), Device::cuda) << what;
-  ASSERT_EQ(cpu.shape(), gpu.shape()) << what;
-  const std::vector<T> a = cpu.to_vector(), b = gpu.to_vector();
-  double worst = 0;
-  Index where = -1;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    const double d = std::abs(double(a[i]) - double(b[i]));
-    const bool same_inf = std::isinf(double(a[i])) && a[i] == b[i];
-    if (!same_inf && !(d <= atol + rtol * std::abs(double(a[i])))) {
-      if (where < 0 || d > worst) worst = d, where = Index(i);
-    }
-  }
-  EXPECT_LT(where, 0) << what << ": element " << where << " cpu " << (where >= 0 ? double(a[where]) : 0.0)
-                      << " gpu " << (where >= 0 ? double(b[where]) : 0.0) << " (|diff| " << worst << ")";
-}
-template <class T>
-void expect_equal(const Tensor<T>& cpu, const Tensor<T>& gpu, const char* what) {
-  expect_close(cpu, gpu, 0.0, 0.0, what);
-}
+using namespace drt::gpu_test;
 
 constexpr double kAtol = 2e-6, kRtol = 2e-6;
 
