@@ -51,6 +51,7 @@ class Var {
   Index size(int axis) const { return shape().dim(axis); }
   Index numel() const { return shape().numel(); }
   T item() const { return value().item(); }
+  Device device() const { return node_->value.device(); }
   Node<T>* node() const { return node_; }
 
   // grad += e, when this Var wants a gradient. `e` is a tensor or an expression with this
@@ -118,6 +119,12 @@ class Parameter : public Var<T> {
   Parameter& operator=(Parameter&&) noexcept = default;
 
   void zero_grad() const { this->node_->grad.fill(T(0)); }
+  // Moves value and gradient to `device` (a copy; no-op when there already). The Parameter keeps
+  // its address, so models and optimisers that point at it stay valid.
+  void move_to(Device device) {
+    this->node_->value = this->node_->value.to(device);
+    this->node_->grad = this->node_->grad.to(device);
+  }
   // The tensors themselves (heap memory, stable across steps).
   const Tensor<T>& value() const { return this->node_->value; }
   const Tensor<T>& grad() const { return this->node_->grad; }
