@@ -80,6 +80,7 @@ class Args {
   }
 
   bool help() const { return help_; }
+  bool declares(const std::string& name) const { return spec_->find(name) != nullptr; }
   bool has(const std::string& name) const { return values_.count(known(name).name) > 0; }
 
   // The flag's value, or its fallback when it was not given.

@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "args.hpp"
+#include "device_flag.hpp"
 #include "drt/io/npy.hpp"
 #include "drt/io/safetensors.hpp"
 #include "drt/eval/passkey_sweep.hpp"
@@ -55,7 +56,8 @@ inline const CommandSpec& eval_spec() {
        {"trials", "N", "with --passkey: trials per length", false, "32"},
        {"seed", "S", "with --passkey: seed of the trials", false, "20250101"},
        {"corpus", "NAME", "with --passkey: haystack corpus (default: the checkpoint's, else kjv); its last 10% is used"},
-       {"threads", "N", "OpenMP threads (default: OMP_NUM_THREADS or all cores)"}}};
+       {"threads", "N", "OpenMP threads (default: OMP_NUM_THREADS or all cores)"},
+       device_flag_spec()}};
   return spec;
 }
 
@@ -134,8 +136,9 @@ inline EvalModel load_eval_model(const Args& args) {
     m.config = ModelConfig::load(args.text("config"), &std::cerr);
     weights = args.text("weights");
   }
-  if (m.is_drt) m.model = std::make_unique<train::ModelAdapter<DrtModel<float>>>(m.config, 0, "DRT");
-  else m.model = std::make_unique<train::ModelAdapter<SlidingWindowLM<float>>>(m.config, 0, "baseline");
+  const Device device = device_flag(args);
+  if (m.is_drt) m.model = std::make_unique<train::ModelAdapter<DrtModel<float>>>(m.config, 0, "DRT", device);
+  else m.model = std::make_unique<train::ModelAdapter<SlidingWindowLM<float>>>(m.config, 0, "baseline", device);
   m.model->load(weights);
   return m;
 }
@@ -167,7 +170,7 @@ inline int eval_token_file(const Args& args, const EvalModel& m, std::ostream& o
     out << line << std::flush;
 
     if (args.has("dump-logits")) {
-      const Tensor<float> rows = drop_landmark_rows(logits.value(), config.enc_chunk_size);  // (1, T, V)
+      const Tensor<float> rows = drop_landmark_rows(logits.value().to(Device::cpu), config.enc_chunk_size);  // (1, T, V)
       io::write_npy(args.text("dump-logits"), rows.reshape({tokens.size(1), config.vocab_size}));
     }
   }

@@ -4,7 +4,7 @@
 //
 // Output: a progress line every log_every steps
 //   step 120/2000  loss 2.3456  lr 1.2e-03  grad-norm 0.87  tok/s 12345  elapsed 1m02s  eta 9m58s
-// (plus "eval <loss>" on evaluation steps), the same numbers in <out_dir>/losses.csv, and a
+// (plus "mfu <percent>" with --device cuda, and "eval <loss>" on evaluation steps), the same numbers in <out_dir>/losses.csv, and a
 // checkpoint every checkpoint_every steps and when the run stops. Ctrl-C finishes the current
 // step, writes a checkpoint and exits 130. A bad run file stops before anything is written.
 #pragma once
@@ -14,6 +14,7 @@
 #include <string>
 
 #include "args.hpp"
+#include "device_flag.hpp"
 #include "drt/train.hpp"
 
 namespace drt::cli {
@@ -24,7 +25,8 @@ inline const CommandSpec& train_spec() {
       "Train a DRT or baseline model from a JSON run file; --resume continues it exactly.",
       {{"run", "FILE", "start the run of this run file (its out_dir must hold no checkpoint)"},
        {"resume", "FILE", "continue the run of this run file from <out_dir>/checkpoint, bit for bit"},
-       {"steps", "N", "stop once N steps are done (the schedule still follows the run file's steps)"}}};
+       {"steps", "N", "stop once N steps are done (the schedule still follows the run file's steps)"},
+       device_flag_spec()}};
   return spec;
 }
 
@@ -42,7 +44,9 @@ inline int run_train(const Args& args, std::ostream& out) {
     options.stop_at = args.integer("steps");
     if (options.stop_at < 1) throw UsageError("flag --steps needs a positive integer, got " + args.text("steps"));
   }
-  train::Trainer trainer(train::RunConfig::load(args.text(resume ? "resume" : "run")));
+  const Device device = device_flag(args);
+  if (device != Device::cpu) options.peak_flops = gpu_peak_flops();
+  train::Trainer trainer(train::RunConfig::load(args.text(resume ? "resume" : "run")), device);
   if (resume) trainer.resume();
 
   detail::train_interrupted = 0;

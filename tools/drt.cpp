@@ -17,6 +17,7 @@
 #include "command_niah.hpp"
 #include "command_tokenize.hpp"
 #include "command_train.hpp"
+#include "device_flag.hpp"
 
 namespace drt::cli {
 namespace {
@@ -93,5 +94,6 @@ int dispatch(std::span<const std::string> words) {
 
 int main(int argc, char** argv) {
   const std::vector<std::string> words(argv + 1, argv + argc);
+  drt::cli::forward_to_gpu_build(argv, words);
   return drt::cli::dispatch(words);
 }

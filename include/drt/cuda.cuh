@@ -52,4 +52,16 @@ inline std::string device_description() {
          std::to_string(p.totalGlobalMem >> 30) + " GiB)";
 }
 
+// The dense bf16 tensor-core peak of GPU 0 in FLOP/s, the usual denominator of model FLOPs
+// utilisation (0 for a GPU this table does not know).
+inline double peak_bf16_flops() {
+  cudaDeviceProp p{};
+  DRT_CUDA_CHECK(cudaGetDeviceProperties(&p, 0));
+  const std::string name = p.name;
+  if (p.major == 9 && name.find("PCIe") != std::string::npos) return 756e12;  // H100 PCIe
+  if (p.major == 9) return 989.4e12;                                          // H100 SXM, H200
+  if (p.major == 8 && p.minor == 0) return 312e12;                            // A100
+  return 0;
+}
+
 }  // namespace drt::cuda

@@ -115,6 +115,19 @@ class Parameter : public Var<T> {
     owned_->requires_grad = true;
     this->node_ = owned_.get();
   }
+  // A Parameter over existing storage (no copy): its value and gradient are these tensors, so
+  // another Parameter may own views of the same memory (drt/model/padded_vocab.hpp).
+  static Parameter sharing(const Tensor<T>& value, const Tensor<T>& grad) {
+    DRT_CHECK(value.shape() == grad.shape(), "Parameter::sharing: value ", value.shape().str(), " and gradient ",
+              grad.shape().str(), " differ");
+    Parameter p;
+    p.owned_ = std::make_unique<Node<T>>();
+    p.owned_->value = value;
+    p.owned_->grad = grad;
+    p.owned_->requires_grad = true;
+    p.node_ = p.owned_.get();
+    return p;
+  }
   Parameter(Parameter&&) noexcept = default;
   Parameter& operator=(Parameter&&) noexcept = default;
 

@@ -23,6 +23,7 @@
 #include "drt/autodiff/indexing.hpp"
 #include "drt/model/blocks.hpp"
 #include "drt/model/landmarks.hpp"  // kIgnoreIndex
+#include "drt/model/padded_vocab.hpp"
 #include "drt/nn/cross_entropy.hpp"
 
 namespace drt {
@@ -79,8 +80,19 @@ class SlidingWindowLM {
   Var<T> logits(const IndexTensor& tokens) const {
     Var<T> h = embedding(*embed_tokens_, baseline_ids(tokens));  // no padding row
     for (const auto& layer : layers_) h = (*layer)(h);
-    return linear(rms_norm(h, *norm_, static_cast<T>(config_.rms_norm_eps)), lm_head());
+    return padded_head_.visible(
+        linear(rms_norm(h, *norm_, static_cast<T>(config_.rms_norm_eps)), padded_head_.table(lm_head())));
   }
+
+  // Moves every parameter and buffer to `device` (see DrtModel::move_to).
+  void move_to(Device device) {
+    Parameter<T>& head = lm_head_ ? *lm_head_ : *embed_tokens_;
+    padded_head_.unpad(head);
+    for (const auto& p : named_parameters()) p.parameter->move_to(device);
+    for (const auto& [name, buffer] : named_buffers()) *buffer = buffer->to(device);
+    if (device != Device::cpu) padded_head_.pad(head);
+  }
+  Device device() const { return embed_tokens_->device(); }
 
   // Mean next-token cross-entropy over the batch's targets that are not −100 (one global mean,
   // as the reference). `labels` (B, T) defaults to the tokens themselves.
@@ -130,6 +142,7 @@ class SlidingWindowLM {
   std::unique_ptr<Parameter<T>> embed_tokens_;
   std::vector<std::unique_ptr<DecoderLayer<T>>> layers_;
   std::unique_ptr<Parameter<T>> norm_, lm_head_;
+  PaddedVocab<T> padded_head_;  // active on a GPU only
 };
 
 }  // namespace drt

@@ -103,7 +103,7 @@ struct EncoderAttention : AttentionProjections<T> {
     const Var<T> q = rope(heads_first(q_proj), theta), k = rope(heads_first(k_proj), theta);
     const Var<T> v = heads_first(v_proj);
     Var<T> scores = matmul(q, transpose(k, -1, -2)) * (T(1) / std::sqrt(T(head_dim)));  // (N, H, S, S)
-    if (alibi) scores = scores + constant(symmetric_alibi(heads, S));
+    if (alibi) scores = scores + constant(symmetric_alibi(heads, S).to(x.device()));
     const Var<T> p = softmax(scores, -1);
     const Var<T> o = permute(matmul(p, v), {0, 2, 1, 3});  // (N, S, H, d)
     return linear(reshape(o, {N, S, Index(heads) * head_dim}), o_proj);

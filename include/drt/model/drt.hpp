@@ -20,6 +20,7 @@
 #include "drt/autodiff/indexing.hpp"
 #include "drt/model/gca_layer.hpp"
 #include "drt/model/landmarks.hpp"
+#include "drt/model/padded_vocab.hpp"
 #include "drt/nn/cross_entropy.hpp"
 
 namespace drt {
@@ -70,8 +71,19 @@ class DrtModel {
       const Retrieval<T> retrieval = retrieve_for_group(h, g, memory, options);
       for (const auto& layer : upper_[g]) h = (*layer)(h, memory, retrieval, S);
     }
-    return linear(rms_norm(h, *norm_, static_cast<T>(c.rms_norm_eps)), lm_head());
+    return padded_head_.visible(linear(rms_norm(h, *norm_, static_cast<T>(c.rms_norm_eps)), padded_head_.table(lm_head())));
   }
+
+  // Moves every parameter and buffer to `device`; the model then runs there through the same
+  // code. On a GPU the LM head is padded to a multiple of 64 rows, invisibly (padded_vocab.hpp).
+  void move_to(Device device) {
+    Parameter<T>& head = lm_head_ ? *lm_head_ : *embed_tokens_;
+    padded_head_.unpad(head);
+    for (const auto& p : named_parameters()) p.parameter->move_to(device);
+    for (const auto& [name, buffer] : named_buffers()) *buffer = buffer->to(device);
+    if (device != Device::cpu) padded_head_.pad(head);
+  }
+  Device device() const { return embed_tokens_->device(); }
 
   // Mean next-token cross-entropy over the targets that are not −100 (spec §2.3, §8). `labels`
   // defaults to the tokens themselves, as in the reference's training.
@@ -97,7 +109,7 @@ class DrtModel {
       } else {  // S % 64 == 0: a zero key/value row = softmax-off-by-one over the real tokens
         Tensor<T> keep = Tensor<T>::full({S, 1}, T(1), step_arena());
         keep(S - 1, 0) = T(0);
-        m = m * constant(keep);
+        m = m * constant(keep.to(m.device()));
       }
       return reshape(m, {B, C, N, config_.num_attention_heads, config_.head_dim()});
     };
@@ -168,6 +180,7 @@ class DrtModel {
   std::vector<std::unique_ptr<Parameter<T>>> lmk_norms_;
   std::vector<std::unique_ptr<EncoderLayer<T>>> encoder_;
   std::unique_ptr<Parameter<T>> encoder_norm_, chunk_k_proj_, chunk_v_proj_, enc_prenorm_, norm_, lm_head_;
+  PaddedVocab<T> padded_head_;  // active on a GPU only
 };
 
 }  // namespace drt

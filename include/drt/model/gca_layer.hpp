@@ -41,7 +41,7 @@ struct GcaLayer {
 
   Var<T> operator()(const Var<T>& a, const ChunkMemory<T>& memory, const Retrieval<T>& retrieval, Index S) const {
     const Index B = a.size(0), C = a.size(1) / S, D = a.size(2), Z = B * (C - 1), k = retrieval.index.size(2);
-    if (C == 1) return constant(Tensor<T>::zeros(a.shape(), step_arena()));  // nothing to retrieve from
+    if (C == 1) return constant(Tensor<T>::zeros(a.shape(), step_arena(), a.device()));  // nothing to retrieve from
     // Queries of chunks 1..C−1 as (Z, H, S, d).
     Var<T> q = reshape(linear(rms_norm(a, pre_norm, eps), q_proj), {B, C, S, heads, head_dim});
     q = reshape(permute(slice(q, 1, 1, C), {0, 1, 3, 2, 4}), {Z, heads, S, head_dim});
@@ -50,7 +50,7 @@ struct GcaLayer {
     const Var<T> weight = reshape(slice(retrieval.weight, 1, 0, C - 1), {Z, k});
     Var<T> o = gca(q, memory.keys, memory.values, index, weight, T(1) / std::sqrt(T(head_dim)));
     o = reshape(permute(reshape(o, {B, C - 1, heads, S, head_dim}), {0, 1, 3, 2, 4}), {B, (C - 1) * S, D});
-    const Var<T> first_chunk = constant(Tensor<T>::zeros({B, S, D}, step_arena()));
+    const Var<T> first_chunk = constant(Tensor<T>::zeros({B, S, D}, step_arena(), a.device()));
     return concat({first_chunk, linear(o, o_proj)}, 1);
   }
 

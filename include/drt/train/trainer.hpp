@@ -14,6 +14,11 @@
 // The step's loss is the mean of the A losses. Nothing depends on the wall clock or on thread
 // timing, so a run is a pure function of its run file (for a given thread count), and a run
 // resumed from a checkpoint computes what the uninterrupted run computes, bit for bit.
+//
+// On a GPU (`drt train --device cuda`, a program compiled by nvcc) the same loop runs with the
+// model's parameters, gradients and AdamW state on the device; batches are made on the host and
+// their ids copied over by the ops that read them. The progress line then also shows the model
+// FLOPs utilisation against the GPU's dense bf16 peak.
 #pragma once
 
 #include <cctype>
@@ -36,6 +41,7 @@
 #include "drt/model/baseline.hpp"
 #include "drt/model/checkpoint.hpp"
 #include "drt/model/drt.hpp"
+#include "drt/model/flops.hpp"
 #include "drt/optim/adamw.hpp"
 #include "drt/optim/clip.hpp"
 #include "drt/optim/schedule.hpp"
@@ -64,14 +70,17 @@ class TrainableModel {
   virtual void save(const std::string& path) const = 0;  // safetensors, reference names
   virtual void load(const std::string& path) = 0;
   virtual std::int64_t parameter_count() const = 0;
+  virtual double flops_per_token() const = 0;  // model FLOPs of one training token (flops.hpp)
   virtual std::string describe() const = 0;
 };
 
 template <class Model>
 class ModelAdapter final : public TrainableModel {
  public:
-  ModelAdapter(const ModelConfig& config, std::uint64_t seed, std::string name)
-      : model_(config, seed), name_(std::move(name)) {}
+  ModelAdapter(const ModelConfig& config, std::uint64_t seed, std::string name, Device device)
+      : model_(config, seed), name_(std::move(name)) {
+    model_.move_to(device);  // initial weights are drawn on the host, so every device starts equal
+  }
   Var<float> loss(const data::Batch& batch, bool training, std::uint64_t noise_seed) const override {
     if constexpr (std::is_same_v<Model, DrtModel<float>>)
       return model_.loss(batch.tokens, ForwardOptions{.training = training, .noise_seed = noise_seed}, &batch.labels);
@@ -80,14 +89,18 @@ class ModelAdapter final : public TrainableModel {
   }
   Tensor<float> logits(const IndexTensor& tokens) const override {
     if constexpr (std::is_same_v<Model, DrtModel<float>>)
-      return drop_landmark_rows(model_.logits(tokens).value(), model_.config().enc_chunk_size);
+      return drop_landmark_rows(model_.logits(tokens).value().to(Device::cpu), model_.config().enc_chunk_size);
     else
-      return model_.logits(tokens).value();
+      return model_.logits(tokens).value().to(Device::cpu);
   }
   ParameterList<float> named_parameters() const override { return model_.named_parameters(); }
   void save(const std::string& path) const override { save_weights(model_, path); }
   void load(const std::string& path) override { load_weights(model_, path); }
   std::int64_t parameter_count() const override { return model_.parameter_count(); }
+  double flops_per_token() const override {
+    if constexpr (std::is_same_v<Model, DrtModel<float>>) return drt_training_flops_per_token(model_.config());
+    else return baseline_training_flops_per_token(model_.config());
+  }
   std::string describe() const override { return name_; }
   const Model& model() const { return model_; }
 
@@ -96,9 +109,9 @@ class ModelAdapter final : public TrainableModel {
   std::string name_;
 };
 
-inline std::unique_ptr<TrainableModel> make_model(const RunConfig& run) {
-  if (run.model_type == "drt") return std::make_unique<ModelAdapter<DrtModel<float>>>(run.model, run.seed, "DRT");
-  return std::make_unique<ModelAdapter<SlidingWindowLM<float>>>(run.model, run.seed, "sliding-window baseline");
+inline std::unique_ptr<TrainableModel> make_model(const RunConfig& run, Device device = Device::cpu) {
+  if (run.model_type == "drt") return std::make_unique<ModelAdapter<DrtModel<float>>>(run.model, run.seed, "DRT", device);
+  return std::make_unique<ModelAdapter<SlidingWindowLM<float>>>(run.model, run.seed, "sliding-window baseline", device);
 }
 
 // ---- seeds ------------------------------------------------------------------------------------
@@ -144,15 +157,19 @@ struct TrainOptions {
   // Called at every evaluation step (eval_every) after the held-out loss, with the step number;
   // its text ends the progress line (e.g. "passkey 0.94" from a task-specific evaluation).
   std::function<std::string(std::int64_t step)> extra_eval;
+  // The device's peak FLOP/s (dense bf16); when positive the progress line shows the model FLOPs
+  // utilisation, "mfu 12.3%".
+  double peak_flops = 0;
 };
 
 class Trainer {
  public:
-  // Builds the model (initial weights from run.seed), the optimiser and the data sources. Writes
-  // nothing; sets the OpenMP thread count when run.threads > 0.
-  explicit Trainer(RunConfig run)
+  // Builds the model (initial weights from run.seed) on `device`, the optimiser and the data
+  // sources. Writes nothing; sets the OpenMP thread count when run.threads > 0.
+  explicit Trainer(RunConfig run, Device device = Device::cpu)
       : run_(std::move(run)),
-        model_(make_model(run_)),
+        device_(device),
+        model_(make_model(run_, device)),
         names_(model_->named_parameters()),
         params_(parameter_pointers(names_)),
         optimizer_(params_, run_.optimizer),
@@ -220,8 +237,8 @@ class Trainer {
       write_text_atomically(losses_path(), "step,loss,lr,grad_norm,eval_loss\n");
     }
     if (fresh) {
-      log << "model " << model_->describe() << ", " << model_->parameter_count() << " parameters; data "
-          << train_source_->describe() << "\n"
+      log << "model " << model_->describe() << ", " << model_->parameter_count() << " parameters, on "
+          << device_name(device_) << "; data " << train_source_->describe() << "\n"
           << "batch " << run_.batch_size << " x " << run_.grad_accum << " x " << run_.seq_len << " tokens = "
           << run_.tokens_per_step() << " tokens per step, " << run_.steps << " steps\n";
     } else {
@@ -254,7 +271,7 @@ class Trainer {
       std::string extra;
       if (eval_now) eval_loss = evaluate();
       if (eval_now && options.extra_eval) extra = options.extra_eval(state_.step);
-      if (log_now) write_progress(log, stop, eval_loss, extra);
+      if (log_now) write_progress(log, stop, eval_loss, extra, options.peak_flops);
       state_.elapsed_seconds = elapsed_before + seconds_between(session_start_, Clock::now());
       const bool interrupted = options.interrupt && *options.interrupt;
       if (state_.step == stop || interrupted || (run_.checkpoint_every > 0 && r.step % run_.checkpoint_every == 0)) {
@@ -347,7 +364,7 @@ class Trainer {
   static double seconds_between(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
 
   // One progress line, one row of losses.csv; then a new interval begins.
-  void write_progress(std::ostream& log, std::int64_t stop, double eval_loss, const std::string& extra) {
+  void write_progress(std::ostream& log, std::int64_t stop, double eval_loss, const std::string& extra, double peak_flops) {
     const double n = static_cast<double>(state_.interval_steps);
     const double loss = n > 0 ? state_.interval_loss / n : std::nan(""), norm = n > 0 ? state_.interval_grad_norm / n : std::nan("");
     const double tokens_per_second =
@@ -360,6 +377,10 @@ class Trainer {
                   static_cast<long long>(state_.step), static_cast<long long>(stop), loss, state_.lr, norm,
                   tokens_per_second, format_duration(state_.elapsed_seconds).c_str(), format_duration(eta).c_str());
     log << line;
+    if (peak_flops > 0) {
+      std::snprintf(line, sizeof line, "  mfu %.1f%%", 100 * tokens_per_second * model_->flops_per_token() / peak_flops);
+      log << line;
+    }
     if (std::isfinite(eval_loss)) {
       std::snprintf(line, sizeof line, "  eval %.4f", eval_loss);
       log << line;
@@ -442,6 +463,7 @@ class Trainer {
   }
 
   RunConfig run_;
+  Device device_;
   std::unique_ptr<TrainableModel> model_;
   ParameterList<float> names_;
   std::vector<Parameter<float>*> params_;
