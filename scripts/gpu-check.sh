@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# On a machine with an NVIDIA GPU (and nvcc): builds every CUDA target, runs the gpu-labelled
+# tests, then the GPU benchmarks and a short training run of drt-gpu. Everything goes to stdout;
+# the exit status is the tests' (benchmarks run even when a test fails, so that one call to a
+# scarce GPU machine gives the whole picture).
+#
+#   bash scripts/gpu-check.sh [build-dir]        # default build-gpu
+#   GPU_CHECK_SKIP_BENCH=1 bash scripts/gpu-check.sh
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+build_dir="${1:-build-gpu}"
+jobs="$(nproc)"
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+echo "---- configure $build_dir"
+cmake -S . -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 -DDRT_GPU_TESTS=ON \
+  -DDRT_BUILD_TESTS=ON -DDRT_BUILD_BENCHMARKS=ON -DDRT_BUILD_EXAMPLES=ON >/dev/null || exit 1
+targets=()
+for f in tests/cuda/test_*.cu bench/*.cu; do targets+=("$(basename "${f%.cu}")"); done
+targets+=(drt_gpu_tool drt_tool)
+echo "---- build ${targets[*]} (-j $jobs)"
+start=$SECONDS
+cmake --build "$build_dir" -j "$jobs" --target "${targets[@]}" || exit 1
+echo "---- built in $((SECONDS - start)) s"
+
+echo "---- ctest -L gpu"
+ctest --test-dir "$build_dir" -L gpu --output-on-failure --timeout 600
+status=$?
+
+if [[ -z "${GPU_CHECK_SKIP_BENCH:-}" ]]; then
+  for f in bench/*.cu; do
+    name="$(basename "${f%.cu}")"
+    echo "---- $name"
+    "$build_dir/bench/$name" || true
+  done
+fi
+exit $status
