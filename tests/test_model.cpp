@@ -306,3 +306,42 @@ TEST(Checkpoint, RoundTripAndErrorsNameTheTensor) {
   EXPECT_NE(error_of().find("unexpected tensor 'model.extra.weight'"), std::string::npos) << error_of();
   std::filesystem::remove(path);
 }
+
+namespace {
+
+void expect_all_near(const std::vector<double>& a, const std::vector<double>& b, double tol) {
+  ASSERT_EQ(a.size(), b.size());
+  for (std::size_t i = 0; i < a.size(); ++i) ASSERT_NEAR(a[i], b[i], tol * (1 + std::abs(a[i]))) << "element " << i;
+}
+
+// The padded head (on a GPU the model pads its 77-row head to 128 rows) computes the
+// unpadded head's logits and gradients (up to the GEMM's order of additions, which depends on N),
+// its padding rows get no gradient, and unpad() restores a
+// standalone (77, D) tensor. Run here on the CPU, where the arithmetic is the same.
+TEST(PaddedVocab, SameLogitsAndGradientsAsTheUnpaddedHead) {
+  Parameter<double> plain(random_normal<double>({77, 8}, 1, 0.0, 1.0));
+  Parameter<double> padded(plain.value());
+  PaddedVocab<double> pad;
+  pad.pad(padded);
+  ASSERT_TRUE(pad.active());
+  EXPECT_EQ(padded.value().shape(), (Shape{77, 8}));
+  EXPECT_EQ(pad.table(padded).shape(), (Shape{128, 8}));
+
+  const Var<double> h = constant(random_normal<double>({3, 5, 8}, 2, 0.0, 1.0));
+  const Tensor<double> weights = random_normal<double>({3, 5, 77}, 3, 0.0, 1.0);
+  const Var<double> a = linear(h, plain), b = pad.visible(linear(h, pad.table(padded)));
+  ASSERT_EQ(b.shape(), (Shape{3, 5, 77}));
+  expect_all_near(a.value().to_vector(), b.value().to_vector(), 1e-13);
+  backward(sum_all(a * constant(weights)) + sum_all(b * constant(weights)));
+  tape().reset();
+  expect_all_near(plain.grad().to_vector(), padded.grad().to_vector(), 1e-13);
+  const Tensor<double>& table_grad = pad.table(padded).grad();
+  for (double g : table_grad.slice(0, 77, 128).to_vector()) ASSERT_EQ(g, 0.0);
+
+  pad.unpad(padded);
+  EXPECT_FALSE(pad.active());
+  EXPECT_EQ(padded.value().to_vector(), plain.value().to_vector());
+  EXPECT_TRUE(padded.value().owns_memory());
+}
+
+}  // namespace

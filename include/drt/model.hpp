@@ -17,5 +17,7 @@
 #include "drt/model/drt.hpp"         // defines: DrtModel, ForwardOptions
 #include "drt/model/baseline.hpp"    // defines: SlidingWindowLM (the BaseLM), baseline_ids, next_token_targets
 #include "drt/model/checkpoint.hpp"  // defines: save_weights, load_weights (safetensors, reference names)
+#include "drt/model/flops.hpp"       // defines: drt_training_flops_per_token, baseline_training_flops_per_token
+#include "drt/model/padded_vocab.hpp"  // defines: PaddedVocab (the LM head padded to 64 rows on a GPU)
 
 #include "drt/inference.hpp"        // defines: DrtDecoder, BaselineDecoder, chunk stores, sample_token
