@@ -24,10 +24,11 @@ void accumulate_broadcast(const Var<T>& in, const E& e) {
   }
 }
 
-// Ops that take a Var and a plain number.
+// A plain number as a constant Var of shape () on `device`. (The operators below with a plain
+// number no longer use it: they keep the number in the expression, which needs no tensor.)
 template <class T>
-Var<T> scalar_var(T v) {
-  return constant(Tensor<T>::full(Shape{}, v, step_arena()));
+Var<T> scalar_var(T v, Device device = Device::cpu) {
+  return constant(Tensor<T>::full(Shape{}, v, step_arena(), device));
 }
 
 }  // namespace detail
@@ -82,23 +83,62 @@ Var<T> operator/(const Var<T>& a, const Var<T>& b) {
   return out;
 }
 
-// With a plain number on either side.
+// With a plain number on either side. The number stays a number inside the expression (an
+// expr::Scalar), so it lives wherever the Var does (host or device) and costs no tensor; the
+// arithmetic is the one a shape-() constant Var would give, and only the Var gets a gradient.
+// out = a + s, s + a;  da = g
 template <class T, class S> requires std::is_arithmetic_v<S>
-Var<T> operator+(const Var<T>& a, S s) { return a + detail::scalar_var<T>(T(s)); }
+Var<T> operator+(const Var<T>& a, S s) {
+  Var<T> out = make_output(eval(a.value() + T(s), step_arena()), {&a});
+  if (out.requires_grad()) record_backward(out, [a, out] { a.accumulate_grad(out.grad()); });
+  return out;
+}
 template <class T, class S> requires std::is_arithmetic_v<S>
-Var<T> operator+(S s, const Var<T>& a) { return detail::scalar_var<T>(T(s)) + a; }
+Var<T> operator+(S s, const Var<T>& a) {
+  Var<T> out = make_output(eval(T(s) + a.value(), step_arena()), {&a});
+  if (out.requires_grad()) record_backward(out, [a, out] { a.accumulate_grad(out.grad()); });
+  return out;
+}
+// out = a - s;  da = g
 template <class T, class S> requires std::is_arithmetic_v<S>
-Var<T> operator-(const Var<T>& a, S s) { return a - detail::scalar_var<T>(T(s)); }
+Var<T> operator-(const Var<T>& a, S s) {
+  Var<T> out = make_output(eval(a.value() - T(s), step_arena()), {&a});
+  if (out.requires_grad()) record_backward(out, [a, out] { a.accumulate_grad(out.grad()); });
+  return out;
+}
+// out = s - a;  da = -g
 template <class T, class S> requires std::is_arithmetic_v<S>
-Var<T> operator-(S s, const Var<T>& a) { return detail::scalar_var<T>(T(s)) - a; }
+Var<T> operator-(S s, const Var<T>& a) {
+  Var<T> out = make_output(eval(T(s) - a.value(), step_arena()), {&a});
+  if (out.requires_grad()) record_backward(out, [a, out] { a.accumulate_grad(-out.grad()); });
+  return out;
+}
+// out = a · s, s · a;  da = g · s
 template <class T, class S> requires std::is_arithmetic_v<S>
-Var<T> operator*(const Var<T>& a, S s) { return a * detail::scalar_var<T>(T(s)); }
+Var<T> operator*(const Var<T>& a, S s) {
+  const T c = T(s);
+  Var<T> out = make_output(eval(a.value() * c, step_arena()), {&a});
+  if (out.requires_grad()) record_backward(out, [a, c, out] { a.accumulate_grad(out.grad() * c); });
+  return out;
+}
 template <class T, class S> requires std::is_arithmetic_v<S>
-Var<T> operator*(S s, const Var<T>& a) { return detail::scalar_var<T>(T(s)) * a; }
+Var<T> operator*(S s, const Var<T>& a) {
+  const T c = T(s);
+  Var<T> out = make_output(eval(c * a.value(), step_arena()), {&a});
+  if (out.requires_grad()) record_backward(out, [a, c, out] { a.accumulate_grad(out.grad() * c); });
+  return out;
+}
+// out = a / s, computed as a · (1/s) (one division, then products);  da = g · (1/s)
 template <class T, class S> requires std::is_arithmetic_v<S>
-Var<T> operator/(const Var<T>& a, S s) { return a * detail::scalar_var<T>(T(1) / T(s)); }
+Var<T> operator/(const Var<T>& a, S s) { return a * (T(1) / T(s)); }
+// out = s / a;  da = -g · out / a
 template <class T, class S> requires std::is_arithmetic_v<S>
-Var<T> operator/(S s, const Var<T>& a) { return detail::scalar_var<T>(T(s)) / a; }
+Var<T> operator/(S s, const Var<T>& a) {
+  Var<T> out = make_output(eval(T(s) / a.value(), step_arena()), {&a});
+  if (out.requires_grad())
+    record_backward(out, [a, out] { a.accumulate_grad(-out.grad() * out.value() / a.value()); });
+  return out;
+}
 
 // cond != 0 ? a : b, with cond a constant tensor (e.g. from gt(x.value(), 0)).
 // da = g where cond, db = g elsewhere.

@@ -41,7 +41,7 @@ Var<T> linear(const Var<T>& x, const Var<T>& W) {
   const Tensor<T> x2 = xv.reshape(Shape{-1, x.size(-1)});
   Shape out_shape = x.shape();
   out_shape[out_shape.rank() - 1] = W.size(0);
-  Tensor<T> y = Tensor<T>::empty(out_shape, step_arena());
+  Tensor<T> y = Tensor<T>::empty(out_shape, step_arena(), x.device());
   gemm(x2, W.value().transpose(0, 1), y.reshape(Shape{-1, W.size(0)}));
   Var<T> out = make_output(y, {&x, &W});
   if (out.requires_grad())

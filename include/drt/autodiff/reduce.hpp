@@ -5,6 +5,7 @@
 #pragma once
 
 #include "drt/autodiff/var.hpp"
+#include "drt/core/indexing.hpp"
 #include "drt/core/reduce.hpp"
 
 namespace drt {
@@ -40,6 +41,12 @@ Var<T> max(const Var<T>& x, int axis, bool keepdim = false) {
       const Tensor<T> g = keepdim ? out.grad() : out.grad().unsqueeze(a);
       const IndexTensor w = keepdim ? where : where.unsqueeze(a);
       const Tensor<T>& dx = x.node()->grad_buffer();
+      if (!dx.on_host()) {
+        // dx[lane with coordinate a = argmax] += g[lane]: a scatter_add along a (the argmax
+        // came from the device max, so it is in range and on the device already).
+        detail::scatter_add_on_device(dx, a, w, g);
+        return;
+      }
       // Walk every reduced lane; add the lane's gradient at its argmax.
       const Tensor<T> gb = g.broadcast_to(x.shape());
       const IndexTensor wb = w.broadcast_to(x.shape());
@@ -66,7 +73,7 @@ Var<T> max(const Var<T>& x, int axis, bool keepdim = false) {
 // Sum of every element → a one-element tensor of shape ().
 template <class T>
 Var<T> sum_all(const Var<T>& x) {
-  Tensor<T> v = Tensor<T>::full(Shape{}, sum_all(x.value()), step_arena());
+  Tensor<T> v = sum_all_tensor(x.value(), step_arena());  // on x's device
   Var<T> out = make_output(v, {&x});
   if (out.requires_grad()) record_backward(out, [x, out] { x.accumulate_grad(out.grad()); });
   return out;

@@ -102,8 +102,8 @@ Var<T> concat(std::initializer_list<Var<T>> parts, int axis) {
   DRT_CHECK(count > 0, "concat: no tensors to concatenate");
   const Var<T>* in = parts.begin();
   const int a = in[0].shape().normalize_axis(axis);
-  Tensor<T> value =
-      Tensor<T>::empty(detail::concat_shape(count, a, [in](int i) { return in[i].shape(); }), step_arena());
+  Tensor<T> value = Tensor<T>::empty(detail::concat_shape(count, a, [in](int i) { return in[i].shape(); }),
+                                     step_arena(), in[0].device());
   Index begin = 0;
   for (int i = 0; i < count; ++i) {
     value.slice(a, begin, begin + in[i].size(a)).assign(in[i].value());

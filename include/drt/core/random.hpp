@@ -5,6 +5,10 @@
 // dropout masks and Gumbel noise reproducible, and identical on the CPU and (later) the GPU.
 // `Generator` hands out fresh counter ranges so that successive draws differ, and its state is
 // two integers that a checkpoint can store.
+//
+// The fills take device tensors too: the values are generated on the host (by the same code, so
+// a GPU initialisation is bit-identical to the CPU one) and copied over in one transfer. That
+// is meant for initialisation, not for per-step noise.
 #pragma once
 
 #include <cmath>
@@ -59,6 +63,12 @@ class Generator {
 // Fills `t` (in row-major logical order) with values of f(seed, i).
 template <class T, class F>
 void fill_with(const Tensor<T>& t, std::uint64_t seed, F f) {
+  if (!t.on_host()) {  // generate on the host, then one copy (through the backend: any file may call this)
+    const Tensor<T> host = Tensor<T>::empty(t.shape());
+    fill_with(host, seed, f);
+    t.copy_from(host);
+    return;
+  }
   Index i = 0;
   t.for_each_offset([&](Index off) { t.data()[off] = static_cast<T>(f(seed, static_cast<std::uint64_t>(i++))); });
 }
@@ -71,18 +81,20 @@ void fill_normal(const Tensor<T>& t, std::uint64_t seed, T mean = T(0), T stddev
   fill_with(t, seed, [&](std::uint64_t s, std::uint64_t i) { return mean + stddev * standard_normal(s, i); });
 }
 
-// Convenience constructors for heap tensors.
+// Convenience constructors for heap tensors (on `device`: the same values, copied there).
 template <class T>
-Tensor<T> random_uniform(const Shape& shape, std::uint64_t seed, T low = T(0), T high = T(1)) {
+Tensor<T> random_uniform(const Shape& shape, std::uint64_t seed, T low = T(0), T high = T(1),
+                         Device device = Device::cpu) {
   Tensor<T> t = Tensor<T>::empty(shape);
   fill_uniform(t, seed, low, high);
-  return t;
+  return t.to(device);
 }
 template <class T>
-Tensor<T> random_normal(const Shape& shape, std::uint64_t seed, T mean = T(0), T stddev = T(1)) {
+Tensor<T> random_normal(const Shape& shape, std::uint64_t seed, T mean = T(0), T stddev = T(1),
+                        Device device = Device::cpu) {
   Tensor<T> t = Tensor<T>::empty(shape);
   fill_normal(t, seed, mean, stddev);
-  return t;
+  return t.to(device);
 }
 
 }  // namespace drt

@@ -1,13 +1,18 @@
 // drt/core/reduce.hpp — reductions along one axis, and summing a broadcast back to a shape.
 //
 // Shapes: x (..., A, ...) reduced along the axis of extent A → (..., ...), or (..., 1, ...)
-// with keepdim. Inputs may be any strided view. sum and max also take device tensors: the
-// device backend reduces them (drt/core/device.hpp); the other functions here are host only.
+// with keepdim. Inputs may be any strided view. Every function here also takes device tensors:
+// sum and max through the device backend (drt/core/device.hpp), sum_all and add_sum_to through
+// their kernels in drt/cuda/core/reduce.cuh (in files nvcc compiles).
 #pragma once
 
 #include <limits>
 
 #include "drt/core/expr.hpp"
+
+#if defined(__CUDACC__)
+#include "drt/cuda/core/reduce.cuh"
+#endif
 
 namespace drt {
 namespace detail {
@@ -123,13 +128,28 @@ Tensor<T> max(const Tensor<T>& x, int axis, bool keepdim = false, Arena* arena =
   return out;
 }
 
-// Sum of all elements.
+// Sum of all elements as a one-element tensor of shape () on x's device (on a device, nothing
+// is copied to the host: the sum stays there for the next kernel).
+template <class T>
+Tensor<T> sum_all_tensor(const Tensor<T>& x, Arena* arena = nullptr);
+
+// Sum of all elements (on a device: the sum, then one value copied back).
 template <class T>
 T sum_all(const Tensor<T>& x) {
-  x.require_host("sum_all");
+  if (!x.on_host()) return sum_all_tensor(x).item();
   T acc = T(0);
   x.for_each_offset([&](Index off) { acc += x.data()[off]; });
   return acc;
+}
+
+template <class T>
+Tensor<T> sum_all_tensor(const Tensor<T>& x, Arena* arena) {
+  if (!x.on_host()) {
+    Tensor<T> out = Tensor<T>::empty(Shape{}, arena, x.device());
+    DRT_ON_DEVICE("sum_all", cuda::sum_all(x, out));
+    return out;
+  }
+  return Tensor<T>::full(Shape{}, sum_all(x), arena);
 }
 
 // dst += x summed over the axes along which dst was broadcast to x's shape. This is the
@@ -142,8 +162,12 @@ void add_sum_to(const Tensor<T>& dst, const Tensor<T>& x) {
     dst += x;
     return;
   }
-  dst.require_host("add_sum_to");
-  x.require_host("add_sum_to");
+  if (!dst.on_host() || !x.on_host()) {
+    DRT_CHECK(dst.device() == x.device(), "add_sum_to: the destination lives on ", device_name(dst.device()),
+              " but the summed tensor on ", device_name(x.device()));
+    DRT_ON_DEVICE("add_sum_to", cuda::add_sum_to(dst, x));
+    return;
+  }
   // Walk x; the broadcast view of dst (stride 0 on summed axes) names where each element goes.
   const Tensor<T> target = dst.broadcast_to(x.shape());
   Index idx[kMaxRank] = {};

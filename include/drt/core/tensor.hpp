@@ -37,6 +37,14 @@ namespace drt {
 template <class T>
 class Tensor;
 
+#if defined(__CUDACC__)
+namespace cuda {
+// Defined in drt/cuda/core/cast.cuh (included at the end of this header under nvcc).
+template <class T, class U>
+void cast(const Tensor<T>& src, const Tensor<U>& dst);
+}  // namespace cuda
+#endif
+
 // Defined in drt/core/expr.hpp: writes (or adds) an expression into a tensor in one pass.
 template <class T, class E>
 void assign_expression(const Tensor<T>& dst, const E& expression);
@@ -314,9 +322,14 @@ class Tensor {
   // Either tensor may be on a device (then the device backend copies).
   void copy_from(const Tensor& src) const;
   void fill(T value) const;
+  // A row-major copy converted to U, on this tensor's device (a kernel there; nvcc only).
   template <class U>
   Tensor<U> cast(Arena* arena = nullptr) const {
-    require_host("cast");
+    if (!on_host()) {
+      Tensor<U> out = Tensor<U>::empty(shape_, arena, device_);
+      DRT_ON_DEVICE("cast", cuda::cast(*this, out));
+      return out;
+    }
     Tensor<U> out = Tensor<U>::empty(shape_, arena);
     Index i = 0;
     for_each_offset([&](Index off) { out.data()[i++] = static_cast<U>(data_[off]); });
@@ -459,3 +472,7 @@ std::ostream& operator<<(std::ostream& os, const Tensor<T>& t) {
 using IndexTensor = Tensor<std::int32_t>;
 
 }  // namespace drt
+
+#if defined(__CUDACC__)
+#include "drt/cuda/core/cast.cuh"
+#endif

@@ -12,6 +12,11 @@
 //
 // The state (m, v and the step count) is reachable through first_moment(i), second_moment(i),
 // steps() and set_steps(), so that a checkpoint can save it and write it back in place.
+//
+// On a device: m and v live on their parameter's device (and follow it there when the parameter
+// is moved after the optimiser was built: the first step() moves them, values kept). A device
+// parameter is updated by one fused kernel with the same formula (drt/cuda/optim/adamw.cuh),
+// in files that nvcc compiles.
 #pragma once
 
 #include <cmath>
@@ -21,6 +26,10 @@
 
 #include "drt/autodiff/var.hpp"
 #include "drt/core/error.hpp"
+
+#if defined(__CUDACC__)
+#include "drt/cuda/optim/adamw.cuh"
+#endif
 
 namespace drt {
 
@@ -52,8 +61,8 @@ class AdamW {
       for (std::size_t j = 0; j < i; ++j)
         DRT_CHECK(params_[j] != params_[i], "AdamW: parameter ", i, " is listed twice (also at ", j,
                   "); a tied weight must appear once");
-      m_.push_back(Tensor<T>::zeros(params_[i]->shape()));
-      v_.push_back(Tensor<T>::zeros(params_[i]->shape()));
+      m_.push_back(Tensor<T>::zeros(params_[i]->shape(), nullptr, params_[i]->device()));
+      v_.push_back(Tensor<T>::zeros(params_[i]->shape(), nullptr, params_[i]->device()));
     }
   }
 
@@ -69,6 +78,11 @@ class AdamW {
     const T inv_sqrt_bc2 = static_cast<T>(1.0 / std::sqrt(1.0 - std::pow(config_.beta2, t)));
     const T eps = static_cast<T>(config_.eps);
     for (std::size_t i = 0; i < params_.size(); ++i) {
+      if (m_[i].device() != params_[i]->device()) follow_parameter(i);
+      if (!params_[i]->value().on_host()) {
+        step_on_device(i, decay, b1, b2, step_size, inv_sqrt_bc2, eps);
+        continue;
+      }
       T* p = params_[i]->value().data();
       const T* g = params_[i]->grad().data();
       T* m = m_[i].data();
@@ -106,12 +120,28 @@ class AdamW {
   }
   std::size_t size() const { return params_.size(); }
   const std::vector<Parameter<T>*>& parameters() const { return params_; }
-  // m and v of parameter i: heap tensors with the parameter's shape; write into them to restore.
+  // m and v of parameter i: tensors with the parameter's shape, on its device (heap memory on
+  // the host); write into them to restore (copy_from works across devices).
   const Tensor<T>& first_moment(std::size_t i) const { return m_.at(i); }
   const Tensor<T>& second_moment(std::size_t i) const { return v_.at(i); }
   const AdamWConfig& config() const { return config_; }
 
  private:
+  // Moves the moments of parameter i to its device (it was moved after the optimiser was built).
+  void follow_parameter(std::size_t i) {
+    m_[i] = m_[i].to(params_[i]->device());
+    v_[i] = v_[i].to(params_[i]->device());
+  }
+
+  // The update of a device parameter: one kernel.
+  void step_on_device(std::size_t i, T decay, T b1, T b2, T step_size, T inv_sqrt_bc2, T eps) {
+    const Parameter<T>& param = *params_[i];
+    DRT_CHECK(param.grad().device() == param.device(), "AdamW: parameter ", i, " lives on ", device_name(param.device()),
+              " but its gradient on ", device_name(param.grad().device()));
+    DRT_ON_DEVICE("AdamW::step",
+                  cuda::adamw_update(param.value(), param.grad(), m_[i], v_[i], decay, b1, b2, step_size, inv_sqrt_bc2, eps));
+  }
+
   std::vector<Parameter<T>*> params_;
   AdamWConfig config_;
   std::vector<Tensor<T>> m_, v_;
