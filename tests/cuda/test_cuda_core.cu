@@ -71,7 +71,8 @@ TEST_F(Gpu, CreationFillAndItem) {
   EXPECT_EQ(Tensor<double>::full({}, 4.0, nullptr, Device::cuda).item(), 4.0);
   // Host-only access to device data refuses instead of crashing.
   EXPECT_THROW(f(0, 0), drt::Error);
-  EXPECT_THROW(drt::sum_all(f), drt::Error);
+  EXPECT_THROW(f.for_each_offset([](Index) {}), drt::Error);
+  EXPECT_EQ(drt::sum_all(f), 4 * 2.5f - 2 * 1.0f);  // reduced on the device
 }
 
 // ---- fused elementwise expressions ----------------------------------------------------------------
