@@ -28,6 +28,10 @@
 #include "drt/core/matmul.hpp"
 #include "drt/core/vector_math.hpp"
 
+#if defined(__CUDACC__)
+#include "drt/cuda/attention/gca.cuh"
+#endif
+
 namespace drt {
 namespace detail {
 
@@ -55,7 +59,9 @@ GcaDims gca_check(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, co
   g.Kc = index.size(1);
   g.rows_per_sequence = g.Z / g.B;
   g.heads_per_kv = g.H / g.Hkv;
-  const std::int32_t* idx = index.data();
+  // The retrieved indices are checked on the host (a device index is copied back: Z·Kc numbers).
+  const IndexTensor host_index = index.on_host() ? index : index.to(Device::cpu);
+  const std::int32_t* idx = host_index.data();
   for (Index i = 0; i < index.numel(); ++i)
     DRT_CHECK(idx[i] >= -1 && idx[i] < g.E, "gca: retrieved chunk ", idx[i], " is outside the memory of ", g.E,
               " chunks");
@@ -223,16 +229,23 @@ void gca_backward(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, co
   });
 }
 
-// The differentiable op. q, k, v and weight may all require gradients; index never does.
+// The differentiable op. q, k, v and weight may all require gradients; index never does. On a
+// GPU (all of q, k, v, weight there; index anywhere) the kernels of drt/cuda/attention/gca.cuh run.
 template <class T>
 Var<T> gca(const Var<T>& q, const Var<T>& k, const Var<T>& v, const IndexTensor& index, const Var<T>& weight, T scale) {
   Arena* arena = step_arena();
+  const Device device = q.device();
   const Tensor<T> qc = q.value().contiguous(arena), kc = k.value().contiguous(arena), vc = v.value().contiguous(arena);
   const Tensor<T> wc = weight.value().contiguous(arena);
-  const IndexTensor ic = index.contiguous(arena);
-  const Tensor<T> out = Tensor<T>::empty(q.shape(), arena);
-  const Tensor<T> lse = Tensor<T>::empty(Shape{q.size(0), q.size(1), ic.size(1), q.size(2)}, arena);
-  gca_forward(qc, kc, vc, ic, wc, scale, out, lse, arena);
+  const IndexTensor ic = index.to(device, arena).contiguous(arena);
+  const Tensor<T> out = Tensor<T>::empty(q.shape(), arena, device);
+  const Tensor<T> lse = Tensor<T>::empty(Shape{q.size(0), q.size(1), ic.size(1), q.size(2)}, arena, device);
+  if (device != Device::cpu) {
+    detail::gca_check(qc, kc, vc, ic, wc);
+    DRT_ON_DEVICE("gca", cuda::gca_forward(qc, kc, vc, ic, wc, scale, out, lse));
+  } else {
+    gca_forward(qc, kc, vc, ic, wc, scale, out, lse, arena);
+  }
   Var<T> result = make_output(out, {&q, &k, &v, &weight});
   if (result.requires_grad())
     record_backward(result, [=] {
@@ -244,8 +257,13 @@ Var<T> gca(const Var<T>& q, const Var<T>& k, const Var<T>& v, const IndexTensor&
       DRT_CHECK((!dq.defined() || dq.is_contiguous()) && (!dk.defined() || dk.is_contiguous()) &&
                     (!dv.defined() || dv.is_contiguous()) && (!dw.defined() || dw.is_contiguous()),
                 "gca: gradient buffers must be contiguous");
-      gca_backward(qc, kc, vc, ic, wc, scale, lse, result.grad().contiguous(a), dq.defined() ? &dq : nullptr,
-                   dk.defined() ? &dk : nullptr, dv.defined() ? &dv : nullptr, dw.defined() ? &dw : nullptr, a);
+      const Tensor<T> dout = result.grad().contiguous(a);
+      const Tensor<T>*dq_ptr = dq.defined() ? &dq : nullptr, *dk_ptr = dk.defined() ? &dk : nullptr;
+      const Tensor<T>*dv_ptr = dv.defined() ? &dv : nullptr, *dw_ptr = dw.defined() ? &dw : nullptr;
+      if (device != Device::cpu)
+        DRT_ON_DEVICE("gca", cuda::gca_backward(qc, kc, vc, ic, wc, scale, lse, dout, dq_ptr, dk_ptr, dv_ptr, dw_ptr));
+      else
+        gca_backward(qc, kc, vc, ic, wc, scale, lse, dout, dq_ptr, dk_ptr, dv_ptr, dw_ptr, a);
     });
   return result;
 }

@@ -23,6 +23,10 @@
 #include "drt/core/parallel.hpp"
 #include "drt/core/vector_math.hpp"
 
+#if defined(__CUDACC__)
+#include "drt/cuda/attention/window_attention.cuh"
+#endif
+
 namespace drt {
 namespace detail {
 
@@ -143,15 +147,23 @@ void window_attention_backward(const Tensor<T>& q, const Tensor<T>& k, const Ten
   });
 }
 
-// The differentiable op. The slopes are a fixed buffer (no gradient), as in the reference.
+// The differentiable op. The slopes are a fixed buffer (no gradient), as in the reference. On a GPU
+// (q, k, v there; the slopes anywhere) the kernels of drt/cuda/attention/window_attention.cuh run.
 template <class T>
 Var<T> window_attention(const Var<T>& q, const Var<T>& k, const Var<T>& v, const Tensor<T>& slopes, Index window,
                         T scale) {
   Arena* arena = step_arena();
+  const Device device = q.device();
   const Tensor<T> qc = q.value().contiguous(arena), kc = k.value().contiguous(arena), vc = v.value().contiguous(arena);
-  const Tensor<T> out = Tensor<T>::empty(q.shape(), arena);
-  const Tensor<T> lse = Tensor<T>::empty(Shape{q.size(0), q.size(2), q.size(1)}, arena);
-  window_attention_forward(qc, kc, vc, slopes, window, scale, out, lse, arena);
+  const Tensor<T> sl = slopes.to(device, arena).contiguous(arena);
+  const Tensor<T> out = Tensor<T>::empty(q.shape(), arena, device);
+  const Tensor<T> lse = Tensor<T>::empty(Shape{q.size(0), q.size(2), q.size(1)}, arena, device);
+  if (device != Device::cpu) {
+    detail::window_check(qc, kc, vc, sl, window);
+    DRT_ON_DEVICE("window_attention", cuda::window_attention_forward(qc, kc, vc, sl, window, scale, out, lse));
+  } else {
+    window_attention_forward(qc, kc, vc, sl, window, scale, out, lse, arena);
+  }
   Var<T> result = make_output(out, {&q, &k, &v});
   if (result.requires_grad())
     record_backward(result, [=] {
@@ -159,9 +171,14 @@ Var<T> window_attention(const Var<T>& q, const Var<T>& k, const Var<T>& v, const
       const Tensor<T> dq = q.requires_grad() ? q.node()->grad_buffer() : Tensor<T>();
       const Tensor<T> dk = k.requires_grad() ? k.node()->grad_buffer() : Tensor<T>();
       const Tensor<T> dv = v.requires_grad() ? v.node()->grad_buffer() : Tensor<T>();
-      window_attention_backward(qc, kc, vc, slopes, window, scale, out, lse, result.grad().contiguous(a),
-                                dq.defined() ? &dq : nullptr, dk.defined() ? &dk : nullptr,
-                                dv.defined() ? &dv : nullptr, a);
+      const Tensor<T> dout = result.grad().contiguous(a);
+      const Tensor<T>*dq_ptr = dq.defined() ? &dq : nullptr, *dk_ptr = dk.defined() ? &dk : nullptr;
+      const Tensor<T>* dv_ptr = dv.defined() ? &dv : nullptr;
+      if (device != Device::cpu)
+        DRT_ON_DEVICE("window_attention",
+                      cuda::window_attention_backward(qc, kc, vc, sl, window, scale, out, lse, dout, dq_ptr, dk_ptr, dv_ptr));
+      else
+        window_attention_backward(qc, kc, vc, sl, window, scale, out, lse, dout, dq_ptr, dk_ptr, dv_ptr, a);
     });
   return result;
 }

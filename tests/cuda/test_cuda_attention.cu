@@ -1,0 +1,139 @@
+// test_cuda_attention — sliding-window ALiBi attention and GCA on the GPU against the CPU ops:
+// outputs and the gradients of every input, fp64 and fp32.
+//
+// Tolerances. fp64: only the order of additions differs (online softmax over single keys on the
+// GPU, blocked GEMMs on the CPU): 1e-11 relative to each tensor's largest magnitude. fp32: the
+// same with float rounding through a softmax and two dot products of length d ≤ 64 and sums over
+// ≤ 200 keys: 2e-5 for outputs, 1e-4 for gradients (GCA's dK/dV add with atomics in any order).
+#include "gpu_test.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+
+#include <drt/attention/gca.hpp>
+#include <drt/attention/window_attention.hpp>
+#include <drt/nn/alibi.hpp>
+
+namespace {
+
+using namespace drt;
+using namespace drt::gpu_test;
+
+template <class T>
+void expect_near_scaled(const Tensor<T>& cpu, const Tensor<T>& gpu, double tol, const std::string& what) {
+  double scale = 0;
+  for (T v : cpu.to_vector()) scale = std::max(scale, std::abs(double(v)));
+  expect_close(cpu, gpu, tol * std::max(scale, 1e-30), 0.0, what.c_str());
+}
+
+template <class T>
+constexpr double value_tol() { return std::is_same_v<T, double> ? 1e-11 : 2e-5; }
+template <class T>
+constexpr double grad_tol() { return std::is_same_v<T, double> ? 1e-11 : 1e-4; }
+
+struct WindowCase {
+  Index B, T, H, Hkv, d, W;
+};
+
+template <class T>
+void check_window(const WindowCase& c) {
+  SCOPED_TRACE(::testing::Message() << "B" << c.B << " T" << c.T << " H" << c.H << "/" << c.Hkv << " d" << c.d << " W" << c.W);
+  const Tensor<T> q = uniform<T>({c.B, c.T, c.H, c.d}, 1), k = uniform<T>({c.B, c.T, c.Hkv, c.d}, 2);
+  const Tensor<T> v = uniform<T>({c.B, c.T, c.Hkv, c.d}, 3), seed = uniform<T>({c.B, c.T, c.H, c.d}, 4);
+  const Tensor<T> slopes = alibi_slopes<T>(static_cast<int>(c.H));
+  const T scale = T(1) / std::sqrt(T(c.d));
+  struct Result {
+    Tensor<T> out, dq, dk, dv;
+  };
+  auto run = [&](Device device) {
+    const Var<T> vq = variable(q.to(device)), vk = variable(k.to(device)), vv = variable(v.to(device));
+    const Var<T> out = window_attention(vq, vk, vv, slopes, c.W, scale);
+    backward(out, seed.to(device));
+    Result r{out.value().clone(), vq.grad().clone(), vk.grad().clone(), vv.grad().clone()};
+    tape().reset();
+    return r;
+  };
+  const Result cpu = run(Device::cpu), gpu = run(Device::cuda);
+  expect_near_scaled(cpu.out, gpu.out, value_tol<T>(), "out");
+  expect_near_scaled(cpu.dq, gpu.dq, grad_tol<T>(), "dq");
+  expect_near_scaled(cpu.dk, gpu.dk, grad_tol<T>(), "dk");
+  expect_near_scaled(cpu.dv, gpu.dv, grad_tol<T>(), "dv");
+}
+
+TEST_F(Gpu, WindowAttentionMatchesCpu) {
+  for (const WindowCase& c : {WindowCase{2, 150, 4, 2, 40, 17}, WindowCase{1, 70, 2, 2, 64, 0},
+                              WindowCase{2, 90, 4, 1, 33, 200}, WindowCase{1, 300, 3, 3, 64, 128}}) {
+    check_window<double>(c);
+    check_window<float>(c);
+  }
+}
+
+struct GcaCase {
+  Index B, rows_per_sequence, H, Hkv, M, E, N, d, Kc;
+};
+
+template <class T>
+void check_gca(const GcaCase& c) {
+  const Index Z = c.B * c.rows_per_sequence;
+  SCOPED_TRACE(::testing::Message() << "Z" << Z << " H" << c.H << "/" << c.Hkv << " M" << c.M << " N" << c.N << " d" << c.d
+                                    << " Kc" << c.Kc);
+  const Tensor<T> q = uniform<T>({Z, c.H, c.M, c.d}, 5), k = uniform<T>({c.B, c.E, c.N, c.Hkv, c.d}, 6);
+  const Tensor<T> v = uniform<T>({c.B, c.E, c.N, c.Hkv, c.d}, 7), seed = uniform<T>({Z, c.H, c.M, c.d}, 8);
+  // Retrieved chunks, with empty slots (−1) and a zero weight among them.
+  IndexTensor index = IndexTensor::empty({Z, c.Kc});
+  Tensor<T> weight = uniform<T>({Z, c.Kc}, 9, T(0.05), T(1));
+  for (Index z = 0; z < Z; ++z)
+    for (Index i = 0; i < c.Kc; ++i) index(z, i) = static_cast<std::int32_t>((z * 7 + i * 3) % (c.E + 1)) - 1;
+  if (Z * c.Kc > 2) weight(0, c.Kc - 1) = T(0);
+  const T scale = T(1) / std::sqrt(T(c.d));
+  struct Result {
+    Tensor<T> out, dq, dk, dv, dw;
+  };
+  auto run = [&](Device device) {
+    const Var<T> vq = variable(q.to(device)), vk = variable(k.to(device)), vv = variable(v.to(device));
+    const Var<T> vw = variable(weight.to(device));
+    const Var<T> out = gca(vq, vk, vv, index, vw, scale);
+    backward(out, seed.to(device));
+    Result r{out.value().clone(), vq.grad().clone(), vk.grad().clone(), vv.grad().clone(), vw.grad().clone()};
+    tape().reset();
+    return r;
+  };
+  const Result cpu = run(Device::cpu), gpu = run(Device::cuda);
+  expect_near_scaled(cpu.out, gpu.out, value_tol<T>(), "out");
+  expect_near_scaled(cpu.dq, gpu.dq, grad_tol<T>(), "dq");
+  expect_near_scaled(cpu.dk, gpu.dk, grad_tol<T>(), "dk");
+  expect_near_scaled(cpu.dv, gpu.dv, grad_tol<T>(), "dv");
+  expect_near_scaled(cpu.dw, gpu.dw, grad_tol<T>(), "dweight");
+}
+
+TEST_F(Gpu, GcaMatchesCpu) {
+  for (const GcaCase& c : {GcaCase{2, 3, 4, 2, 5, 4, 37, 40, 3}, GcaCase{1, 2, 2, 2, 64, 3, 64, 64, 1},
+                           GcaCase{3, 2, 6, 3, 7, 5, 65, 16, 4}}) {
+    check_gca<double>(c);
+    check_gca<float>(c);
+  }
+}
+
+// An index already on the GPU (as the retrieval makes it) gives the same result, and a bad index
+// there is reported with the CPU's message.
+TEST_F(Gpu, GcaTakesADeviceIndexAndChecksIt) {
+  const Tensor<float> q = uniform<float>({2, 2, 3, 8}, 1).to(Device::cuda);
+  const Tensor<float> k = uniform<float>({1, 3, 4, 2, 8}, 2).to(Device::cuda), v = k;
+  const Tensor<float> w = Tensor<float>::full({2, 2}, 0.5f).to(Device::cuda);
+  IndexTensor index = IndexTensor::from({2, 2}, {0, 2, 1, -1});
+  const std::vector<float> a = gca(constant(q), constant(k), constant(v), index, constant(w), 0.3f).value().to_vector();
+  const std::vector<float> b =
+      gca(constant(q), constant(k), constant(v), index.to(Device::cuda), constant(w), 0.3f).value().to_vector();
+  EXPECT_EQ(a, b);
+  index(1, 1) = 3;
+  try {
+    gca(constant(q), constant(k), constant(v), index.to(Device::cuda), constant(w), 0.3f);
+    ADD_FAILURE() << "a chunk outside the memory was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("outside the memory of 3 chunks"), std::string::npos) << e.what();
+  }
+  tape().reset();
+}
+
+}  // namespace
