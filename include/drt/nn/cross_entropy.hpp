@@ -7,6 +7,10 @@
 // the backward writes (softmax − onehot)·g/count straight into the logits' gradient. Positions
 // with the ignored target (padding) contribute nothing; if every target is ignored the loss and
 // the gradient are 0 rather than 0/0.
+//
+// On the device (logits on the GPU): the targets are checked on the host (a device IndexTensor is
+// copied back for that), then copied over once; the kernels (drt/cuda/nn/cross_entropy.cuh) keep
+// lse and the per-position losses in T, sum the losses in double and leave the loss on the device.
 #pragma once
 
 #include <cmath>
@@ -15,10 +19,39 @@
 #include "drt/core/reduce.hpp"
 #include "drt/nn/softmax.hpp"
 
+#if defined(__CUDACC__)
+#include "drt/cuda/nn/cross_entropy.cuh"
+#endif
+
 namespace drt {
+namespace detail {
+
+// The device path of cross_entropy, after the host has checked the targets and counted them.
+template <class T>
+Var<T> cross_entropy_on_device(const Var<T>& logits, const IndexTensor& host_targets, int ignore_index, Index count) {
+  const Device device = logits.device();
+  const IndexTensor targets = host_targets.to(device, step_arena());  // row-major, as the kernels read it
+  const Index rows = targets.numel();
+  Tensor<T> lse = Tensor<T>::empty(Shape{rows}, step_arena(), device);
+  Tensor<T> row_loss = Tensor<T>::empty(Shape{rows}, step_arena(), device);
+  Tensor<T> loss = Tensor<T>::empty(Shape{}, step_arena(), device);
+  DRT_ON_DEVICE("cross_entropy",
+                cuda::cross_entropy_forward(logits.value(), targets, ignore_index, count, lse, row_loss, loss));
+  Var<T> out = make_output(loss, {&logits});
+  if (out.requires_grad())
+    record_backward(out, [logits, targets, ignore_index, count, lse, out] {
+      DRT_ON_DEVICE("cross_entropy", cuda::cross_entropy_backward(logits.value(), targets, ignore_index, count, lse,
+                                                                   out.grad(), logits.node()->grad_buffer()));
+    });
+  return out;
+}
+
+}  // namespace detail
 
 template <class T>
-Var<T> cross_entropy(const Var<T>& logits, const IndexTensor& targets, int ignore_index = -100) {
+Var<T> cross_entropy(const Var<T>& logits, const IndexTensor& target_indices, int ignore_index = -100) {
+  // The checks below read the targets on the host: a device IndexTensor is copied back first.
+  const IndexTensor targets = target_indices.on_host() ? target_indices : target_indices.to(Device::cpu);
   DRT_CHECK(logits.rank() >= 1, "cross_entropy: logits need a vocabulary axis, got shape ", logits.shape().str());
   const int vocab_axis = logits.rank() - 1;
   const Shape expected = detail::reduced_shape(logits.shape(), vocab_axis, false);
@@ -36,6 +69,7 @@ Var<T> cross_entropy(const Var<T>& logits, const IndexTensor& targets, int ignor
               "); the vocabulary size V is ", V, " and ignore_index is ", ignore_index);
     ++count;
   }
+  if (!logits.value().on_host()) return detail::cross_entropy_on_device(logits, targets, ignore_index, count);
 
   constexpr T minus_inf = -std::numeric_limits<T>::infinity();
   const Tensor<T>& x = logits.value();

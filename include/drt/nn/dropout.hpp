@@ -3,7 +3,8 @@
 // Shapes: x (...) → (...). The element at row-major logical index i is kept iff
 // uniform01(seed, i) >= p, and kept values are scaled by 1/(1 − p) so the expectation is unchanged.
 // The mask is a pure function of (seed, i): the backward recomputes it instead of storing it,
-// and it is the same on every thread count and device.
+// and it is the same on every thread count and device: the GPU (drt/cuda/nn/dropout.cuh) computes
+// the same counter-based draw in each thread, so its masks equal the CPU's bit for bit.
 #pragma once
 
 #include <cstdint>
@@ -12,6 +13,10 @@
 #include "drt/core/random.hpp"
 #include "drt/nn/lanes.hpp"
 
+#if defined(__CUDACC__)
+#include "drt/cuda/nn/dropout.cuh"
+#endif
+
 namespace drt {
 namespace detail {
 
@@ -19,6 +24,10 @@ namespace detail {
 template <class T>
 void apply_dropout_mask(const Tensor<T>& src, const Tensor<T>& dst, double p, T scale, std::uint64_t seed,
                         bool accumulate) {
+  if (!src.on_host()) {
+    DRT_ON_DEVICE("dropout", cuda::dropout_apply(src, dst, p, scale, seed, accumulate));
+    return;
+  }
   const Index n = row_length(src.shape()), ss = row_step(src), ds = row_step(dst);
   parallel_for_lanes(row_count(src.shape()), src.numel(), [&](Index row) {
     const T* in = src.data() + row_offset(src, row);
@@ -40,7 +49,7 @@ Var<T> dropout(const Var<T>& x, T p, std::uint64_t seed, bool training = true) {
   DRT_CHECK(p >= T(0) && p < T(1), "dropout: p must be in [0, 1), got ", p);
   if (!training || p == T(0)) return x;
   const T scale = T(1) / (T(1) - p);
-  Tensor<T> y = Tensor<T>::empty(x.shape(), step_arena());
+  Tensor<T> y = Tensor<T>::empty(x.shape(), step_arena(), x.device());
   detail::apply_dropout_mask(x.value(), y, static_cast<double>(p), scale, seed, false);
   Var<T> out = make_output(y, {&x});
   if (out.requires_grad())

@@ -5,6 +5,7 @@
 // lane n of an input and lane n of an output of the same shape are the same logical elements.
 // Ops find the first element of lane n in each of their tensors with lane_offset and step along
 // the axis with that tensor's own stride: every view (transposed, sliced) works without a copy.
+// Device kernels walk lanes the same way, numbered the same (drt/cuda/nn/common.cuh, `Lanes`).
 #pragma once
 
 #include "drt/core/expr.hpp"

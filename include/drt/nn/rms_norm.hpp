@@ -4,6 +4,7 @@
 //
 // The forward keeps r = 1/sqrt(mean(x²) + eps) per row (one number per row) for the backward:
 //   x̂ = x·r,  dγ = Σ_rows g ⊙ x̂,  dx = r · (g⊙γ − x̂ · mean(g⊙γ⊙x̂)).
+// On the device the same formulas run in drt/cuda/nn/rms_norm.cuh (dγ deterministic, no atomics).
 #pragma once
 
 #include <algorithm>
@@ -11,6 +12,10 @@
 
 #include "drt/autodiff/var.hpp"
 #include "drt/nn/lanes.hpp"
+
+#if defined(__CUDACC__)
+#include "drt/cuda/nn/rms_norm.cuh"
+#endif
 
 namespace drt {
 
@@ -20,21 +25,27 @@ Var<T> rms_norm(const Var<T>& x, const Var<T>& gamma, T eps) {
             x.shape().str(), " does not match gamma of shape ", gamma.shape().str(),
             " (gamma must be (D) with D the input's last extent)");
   DRT_CHECK(eps >= T(0), "rms_norm: eps must be non-negative, got ", eps);
+  DRT_CHECK(x.device() == gamma.device(), "rms_norm: the input lives on ", device_name(x.device()), " but gamma on ",
+            device_name(gamma.device()));
   const Tensor<T>& xv = x.value();
   const Tensor<T>& gv = gamma.value();
   const Index D = xv.size(-1), rows = detail::row_count(xv.shape());
-  Tensor<T> y = Tensor<T>::empty(xv.shape(), step_arena());
-  Tensor<T> inv_rms = Tensor<T>::empty(Shape{rows}, step_arena());
+  Tensor<T> y = Tensor<T>::empty(xv.shape(), step_arena(), xv.device());
+  Tensor<T> inv_rms = Tensor<T>::empty(Shape{rows}, step_arena(), xv.device());
   const Index xs = detail::row_step(xv), gs = gv.strides()[0];
-  detail::parallel_for_lanes(rows, xv.numel(), [&](Index row) {
-    const T* in = xv.data() + detail::row_offset(xv, row);
-    T* out = y.data() + row * D;
-    T squares = T(0);
-    for (Index j = 0; j < D; ++j) squares += in[j * xs] * in[j * xs];
-    const T r = T(1) / std::sqrt((D ? squares / T(D) : T(0)) + eps);
-    inv_rms.data()[row] = r;
-    for (Index j = 0; j < D; ++j) out[j] = in[j * xs] * r * gv.data()[j * gs];
-  });
+  if (!xv.on_host()) {
+    DRT_ON_DEVICE("rms_norm", cuda::rms_norm_forward(xv, gv, eps, y, inv_rms));
+  } else {
+    detail::parallel_for_lanes(rows, xv.numel(), [&](Index row) {
+      const T* in = xv.data() + detail::row_offset(xv, row);
+      T* out = y.data() + row * D;
+      T squares = T(0);
+      for (Index j = 0; j < D; ++j) squares += in[j * xs] * in[j * xs];
+      const T r = T(1) / std::sqrt((D ? squares / T(D) : T(0)) + eps);
+      inv_rms.data()[row] = r;
+      for (Index j = 0; j < D; ++j) out[j] = in[j * xs] * r * gv.data()[j * gs];
+    });
+  }
 
   Var<T> out = make_output(y, {&x, &gamma});
   if (out.requires_grad())
@@ -42,6 +53,14 @@ Var<T> rms_norm(const Var<T>& x, const Var<T>& gamma, T eps) {
       const Tensor<T>& xv = x.value();
       const Tensor<T>& gv = gamma.value();
       const Tensor<T>& g = out.grad();
+      if (!xv.on_host()) {
+        if (x.requires_grad())
+          DRT_ON_DEVICE("rms_norm", cuda::rms_norm_backward_x(xv, gv, g, inv_rms, x.node()->grad_buffer()));
+        if (gamma.requires_grad())
+          DRT_ON_DEVICE("rms_norm",
+                        cuda::rms_norm_backward_gamma(xv, g, inv_rms, gamma.node()->grad_buffer(), step_arena()));
+        return;
+      }
       const Index D = xv.size(-1), rows = inv_rms.numel();
       const Index xs = detail::row_step(xv), gs = gv.strides()[0], os = detail::row_step(g);
       const T* r = inv_rms.data();

@@ -7,12 +7,18 @@
 //   out_{i+d/2} = x_{i+d/2} cos + x_i sin
 // A rotation is orthogonal, so the backward is the inverse rotation (the angle negated).
 // The angles are computed in double: p·freq loses digits in float at long positions.
+// On the device the frequencies still come from the host (the same std::pow); the cos/sin tables
+// and the rotations are kernels (drt/cuda/nn/rope.cuh).
 #pragma once
 
 #include <cmath>
 
 #include "drt/autodiff/var.hpp"
 #include "drt/nn/lanes.hpp"
+
+#if defined(__CUDACC__)
+#include "drt/cuda/nn/rope.cuh"
+#endif
 
 namespace drt {
 namespace detail {
@@ -43,6 +49,29 @@ void rotate_pairs(const Tensor<T>& in, const Tensor<T>& out, const T* cos_table,
   });
 }
 
+// rope on a device tensor: the frequencies as the CPU computes them, the tables and the rotation
+// on the device; the backward rotates by the negated angle with the same tables.
+template <class T>
+Var<T> rope_on_device(const Var<T>& x, T theta, Index position_offset) {
+  const Index S = x.size(-2), d = x.size(-1), half = d / 2;
+  const Device device = x.device();
+  Tensor<double> freq = Tensor<double>::empty(Shape{half}, step_arena());
+  for (Index i = 0; i < half; ++i)
+    freq.data()[i] = std::pow(static_cast<double>(theta), -2.0 * static_cast<double>(i) / static_cast<double>(d));
+  const Tensor<double> device_freq = freq.to(device, step_arena());
+  const Tensor<T> cos_table = Tensor<T>::empty(Shape{S, half}, step_arena(), device);
+  const Tensor<T> sin_table = Tensor<T>::empty(Shape{S, half}, step_arena(), device);
+  Tensor<T> y = Tensor<T>::empty(x.shape(), step_arena(), device);
+  DRT_ON_DEVICE("rope", cuda::rope_tables(device_freq, S, position_offset, cos_table, sin_table));
+  DRT_ON_DEVICE("rope", cuda::rope_rotate(x.value(), y, cos_table, sin_table, T(1), false));
+  Var<T> out = make_output(y, {&x});
+  if (out.requires_grad())
+    record_backward(out, [x, cos_table, sin_table, out] {
+      DRT_ON_DEVICE("rope", cuda::rope_rotate(out.grad(), x.node()->grad_buffer(), cos_table, sin_table, T(-1), true));
+    });
+  return out;
+}
+
 }  // namespace detail
 
 template <class T>
@@ -51,6 +80,7 @@ Var<T> rope(const Var<T>& x, T theta = T(10000), Index position_offset = 0) {
   const Index S = x.size(-2), d = x.size(-1), half = d / 2;
   DRT_CHECK(d % 2 == 0, "rope: the last extent d = ", d, " of shape ", x.shape().str(), " must be even");
   DRT_CHECK(theta > T(0), "rope: theta must be positive, got ", theta);
+  if (!x.value().on_host()) return detail::rope_on_device(x, theta, position_offset);
 
   T* cos_table = step_arena()->allocate_array<T>(static_cast<std::size_t>(S * half));
   T* sin_table = step_arena()->allocate_array<T>(static_cast<std::size_t>(S * half));

@@ -6,6 +6,8 @@
 // −inf entries (masked positions) get probability exactly 0 (log-probability −inf) and zero
 // gradient. A lane that is entirely −inf (a fully masked row) gives all zeros from softmax and
 // all −inf from log_softmax, with zero gradient: never NaN.
+//
+// Device tensors run the same rules in drt/cuda/nn/softmax.cuh (one warp or block per lane).
 #pragma once
 
 #include <cmath>
@@ -13,6 +15,10 @@
 
 #include "drt/autodiff/var.hpp"
 #include "drt/nn/lanes.hpp"
+
+#if defined(__CUDACC__)
+#include "drt/cuda/nn/softmax.cuh"
+#endif
 
 namespace drt {
 namespace detail {
@@ -40,6 +46,11 @@ T lane_logsumexp(const T* x, Index n, Index step) {
 template <class T>
 Tensor<T> softmax(const Tensor<T>& x, int axis = -1, Arena* arena = nullptr) {
   const int a = x.shape().normalize_axis(axis);
+  if (!x.on_host()) {
+    Tensor<T> y = Tensor<T>::empty(x.shape(), arena, x.device());
+    DRT_ON_DEVICE("softmax", cuda::softmax_forward(x, a, y));
+    return y;
+  }
   Tensor<T> y = Tensor<T>::empty(x.shape(), arena);
   const Index n = x.shape()[a], xs = x.strides()[a], ys = y.strides()[a];
   detail::parallel_for_lanes(detail::lane_count(x.shape(), a), x.numel(), [&](Index lane) {
@@ -61,6 +72,11 @@ Tensor<T> softmax(const Tensor<T>& x, int axis = -1, Arena* arena = nullptr) {
 template <class T>
 Tensor<T> log_softmax(const Tensor<T>& x, int axis = -1, Arena* arena = nullptr) {
   const int a = x.shape().normalize_axis(axis);
+  if (!x.on_host()) {
+    Tensor<T> y = Tensor<T>::empty(x.shape(), arena, x.device());
+    DRT_ON_DEVICE("log_softmax", cuda::log_softmax_forward(x, a, y));
+    return y;
+  }
   Tensor<T> y = Tensor<T>::empty(x.shape(), arena);
   const Index n = x.shape()[a], xs = x.strides()[a], ys = y.strides()[a];
   detail::parallel_for_lanes(detail::lane_count(x.shape(), a), x.numel(), [&](Index lane) {
@@ -84,6 +100,10 @@ Var<T> softmax(const Var<T>& x, int axis = -1) {
       const Tensor<T>& y = out.value();
       const Tensor<T>& g = out.grad();
       const Tensor<T>& dx = x.node()->grad_buffer();
+      if (!y.on_host()) {
+        DRT_ON_DEVICE("softmax", cuda::softmax_backward(y, g, dx, a));
+        return;
+      }
       const Index n = y.shape()[a], ys = y.strides()[a], gs = g.strides()[a], ds = dx.strides()[a];
       detail::parallel_for_lanes(detail::lane_count(y.shape(), a), y.numel(), [&](Index lane) {
         const T* py = y.data() + detail::lane_offset(y, a, lane);
@@ -109,6 +129,10 @@ Var<T> log_softmax(const Var<T>& x, int axis = -1) {
       const Tensor<T>& y = out.value();
       const Tensor<T>& g = out.grad();
       const Tensor<T>& dx = x.node()->grad_buffer();
+      if (!y.on_host()) {
+        DRT_ON_DEVICE("log_softmax", cuda::log_softmax_backward(y, g, dx, a));
+        return;
+      }
       const Index n = y.shape()[a], ys = y.strides()[a], gs = g.strides()[a], ds = dx.strides()[a];
       detail::parallel_for_lanes(detail::lane_count(y.shape(), a), y.numel(), [&](Index lane) {
         const T* py = y.data() + detail::lane_offset(y, a, lane);

@@ -6,11 +6,17 @@
 //
 // swiglu is fused: one pass forward, and one pass backward that produces both gradients
 //   d gate = g · up · σ(gate)·(1 + gate·(1 − σ(gate))),   d up = g · silu(gate).
+// On the device the expressions are fused kernels already; the two-gradient pass is
+// drt/cuda/nn/swiglu.cuh.
 #pragma once
 
 #include "drt/autodiff/elementwise.hpp"
 #include "drt/autodiff/matmul.hpp"
 #include "drt/nn/lanes.hpp"
+
+#if defined(__CUDACC__)
+#include "drt/cuda/nn/swiglu.cuh"
+#endif
 
 namespace drt {
 
@@ -31,6 +37,10 @@ Var<T> swiglu(const Var<T>& gate, const Var<T>& up) {
       }
       const Tensor<T>& da = gate.node()->grad_buffer();
       const Tensor<T>& db = up.node()->grad_buffer();
+      if (!a.on_host()) {
+        DRT_ON_DEVICE("swiglu", cuda::swiglu_backward(a, b, g, da, db));
+        return;
+      }
       const Index n = detail::row_length(a.shape());
       const Index as = detail::row_step(a), bs = detail::row_step(b), gs = detail::row_step(g);
       const Index das = detail::row_step(da), dbs = detail::row_step(db);

@@ -7,6 +7,9 @@
 // Each lane keeps a binary heap of its current k best positions, worst at the root, directly in
 // its own slots of the output index tensor: no scratch memory, O(A log k) per lane, and the final
 // heap sort leaves the slots best-first.
+//
+// On the device (drt/cuda/nn/topk.cuh) the indices come back on the device and are the CPU's
+// exactly: the order (value, then lower index) is total, so the k best are unique.
 #pragma once
 
 #include <cstdint>
@@ -16,6 +19,10 @@
 #include "drt/autodiff/var.hpp"
 #include "drt/core/reduce.hpp"
 #include "drt/nn/lanes.hpp"
+
+#if defined(__CUDACC__)
+#include "drt/cuda/nn/topk.cuh"
+#endif
 
 namespace drt {
 
@@ -98,6 +105,11 @@ IndexTensor topk_indices(const Tensor<T>& x, int k, int axis = -1, Arena* arena 
             x.shape().str());
   DRT_CHECK(n <= std::numeric_limits<std::int32_t>::max(), "topk: axis ", a, " of shape ", x.shape().str(),
             " is too long for 32-bit indices");
+  if (!x.on_host()) {
+    IndexTensor idx = IndexTensor::empty(detail::with_extent(x.shape(), a, k), arena, x.device());
+    DRT_ON_DEVICE("topk", cuda::topk_select(x, k, a, idx));
+    return idx;
+  }
   IndexTensor idx = IndexTensor::empty(detail::with_extent(x.shape(), a, k), arena);
   const Index xs = x.strides()[a], is = idx.strides()[a];
   detail::parallel_for_lanes(detail::lane_count(x.shape(), a), x.numel(), [&](Index lane) {
@@ -114,19 +126,27 @@ TopK<T> topk(const Var<T>& x, int k, int axis = -1) {
   const int a = x.shape().normalize_axis(axis);
   const Tensor<T>& xv = x.value();
   IndexTensor idx = topk_indices(xv, k, a, step_arena());
-  Tensor<T> values = Tensor<T>::empty(idx.shape(), step_arena());
+  Tensor<T> values = Tensor<T>::empty(idx.shape(), step_arena(), xv.device());
   const Index xs = xv.strides()[a], is = idx.strides()[a], vs = values.strides()[a];
-  detail::parallel_for_lanes(detail::lane_count(idx.shape(), a), idx.numel(), [&](Index lane) {
-    const T* in = xv.data() + detail::lane_offset(xv, a, lane);
-    const std::int32_t* pi = idx.data() + detail::lane_offset(idx, a, lane);
-    T* pv = values.data() + detail::lane_offset(values, a, lane);
-    for (Index p = 0; p < k; ++p) pv[p * vs] = in[pi[p * is] * xs];
-  });
+  if (!xv.on_host()) {
+    DRT_ON_DEVICE("topk", cuda::topk_values(xv, idx, a, values));
+  } else {
+    detail::parallel_for_lanes(detail::lane_count(idx.shape(), a), idx.numel(), [&](Index lane) {
+      const T* in = xv.data() + detail::lane_offset(xv, a, lane);
+      const std::int32_t* pi = idx.data() + detail::lane_offset(idx, a, lane);
+      T* pv = values.data() + detail::lane_offset(values, a, lane);
+      for (Index p = 0; p < k; ++p) pv[p * vs] = in[pi[p * is] * xs];
+    });
+  }
   Var<T> out = make_output(values, {&x});
   if (out.requires_grad())
     record_backward(out, [x, idx, a, k, out] {
       const Tensor<T>& g = out.grad();
       const Tensor<T>& dx = x.node()->grad_buffer();
+      if (!g.on_host()) {
+        DRT_ON_DEVICE("topk", cuda::topk_backward(g, idx, a, dx));
+        return;
+      }
       const Index gs = g.strides()[a], ds = dx.strides()[a], is = idx.strides()[a];
       // Lanes touch disjoint parts of dx, and a lane's k positions are distinct: no races.
       detail::parallel_for_lanes(detail::lane_count(idx.shape(), a), idx.numel(), [&](Index lane) {
