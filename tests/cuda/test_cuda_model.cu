@@ -78,7 +78,8 @@ std::pair<Tensor<T>, T> forward_backward(const Model& model, const IndexTensor& 
   const IndexTensor targets = shift_targets(tokens, model.config().enc_chunk_size);
   const Var<T> loss = cross_entropy(logits, targets);
   backward(loss);
-  const Tensor<T> values = logits.value().to(Device::cpu);
+  // A copy: on the CPU the logits live in the tape's arena, which reset() recycles.
+  const Tensor<T> values = Tensor<T>::from(logits.shape(), logits.value().to_vector());
   const T l = loss.item();
   tape().reset();
   return {values, l};
