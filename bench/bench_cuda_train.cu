@@ -7,7 +7,9 @@
 //
 // A step is what `drt train` does: forward, backward, clip at 1.0, AdamW (fp32 throughout for
 // now: bf16 mixed precision is still to come). The first step (allocations, cuBLAS heuristics)
-// is not timed.
+// is not timed. Then the same steps again with the phases timed apart (a synchronisation after
+// each: forward, backward, clip + AdamW), and once more with cuBLAS in TF32 mode, to show where
+// the time goes.
 #include <cublas_v2.h>
 
 #include <chrono>
@@ -63,15 +65,27 @@ int main(int argc, char** argv) {
                 static_cast<long long>(model.parameter_count()), static_cast<long long>(batch),
                 static_cast<long long>(seq_len));
 
+    double phase_seconds[3] = {0, 0, 0};  // forward, backward, optimiser
+    bool timing_phases = false;
+    auto phase_done = [&](int phase, Clock::time_point& t) {
+      if (!timing_phases) return;
+      cuda::synchronize();
+      phase_seconds[phase] += seconds_since(t);
+      t = Clock::now();
+    };
     auto step = [&](std::uint64_t seed) {
+      auto t = Clock::now();
       const IndexTensor tokens = random_tokens(batch, seq_len, c.vocab_size, seed);
       const Var<float> loss = model.loss(tokens, ForwardOptions{.training = true, .noise_seed = seed});
-      backward(loss);
       const float l = loss.item();
+      phase_done(0, t);
+      backward(loss);
       tape().reset();
+      phase_done(1, t);
       clip_grad_norm(params, 1.0);
       opt.step(1e-4);
       opt.zero_grad();
+      phase_done(2, t);
       return l;
     };
     const auto w0 = Clock::now();
@@ -94,6 +108,21 @@ int main(int argc, char** argv) {
     if (peak > 0) std::printf("MFU vs dense bf16 peak (%.0f TFLOP/s): %.1f%%\n", peak / 1e12, 100 * model_flops / peak);
     std::printf("peak device memory in use %.2f GiB (allocator), cudaMalloc calls %lld\n",
                 double(mem.peak_bytes_in_use) / double(1 << 30), static_cast<long long>(mem.malloc_calls));
+
+    timing_phases = true;
+    for (int s = 1; s <= steps; ++s) step(std::uint64_t(s));
+    std::printf("phases per step (synchronised): forward %.3f s, backward %.3f s, clip + AdamW %.3f s\n",
+                phase_seconds[0] / steps, phase_seconds[1] / steps, phase_seconds[2] / steps);
+    timing_phases = false;
+    cuda::set_math_mode(cuda::MathMode::tf32);
+    step(0);
+    cuda::synchronize();
+    const auto t1 = Clock::now();
+    for (int s = 1; s <= steps; ++s) step(std::uint64_t(s));
+    cuda::synchronize();
+    const double tf32_seconds = seconds_since(t1) / steps;
+    std::printf("with TF32 GEMMs: step %.3f s   %.0f tokens/s   (%.2fx the fp32 step)\n", tf32_seconds,
+                double(batch * seq_len) / tf32_seconds, seconds / tf32_seconds);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_cuda_train: %s\n", e.what());
     return 1;
