@@ -19,7 +19,8 @@
 namespace drt {
 
 // SplitMix64 finaliser applied to (seed, counter): a strong 64-bit mix, cheap enough per element.
-inline std::uint64_t random_bits(std::uint64_t seed, std::uint64_t counter) {
+// Host and device (the GPU's dropout and Gumbel kernels draw exactly these bits).
+DRT_HOST_DEVICE inline std::uint64_t random_bits(std::uint64_t seed, std::uint64_t counter) {
   std::uint64_t z = seed * 0x9E3779B97F4A7C15ull + counter + 0x632BE59BD9B4E019ull;
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
   z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;

@@ -85,13 +85,7 @@ class SlidingWindowLM {
   }
 
   // Moves every parameter and buffer to `device` (see DrtModel::move_to).
-  void move_to(Device device) {
-    Parameter<T>& head = lm_head_ ? *lm_head_ : *embed_tokens_;
-    padded_head_.unpad(head);
-    for (const auto& p : named_parameters()) p.parameter->move_to(device);
-    for (const auto& [name, buffer] : named_buffers()) *buffer = buffer->to(device);
-    if (device != Device::cpu) padded_head_.pad(head);
-  }
+  void move_to(Device device) { move_model_to(*this, lm_head_ ? *lm_head_ : *embed_tokens_, padded_head_, device); }
   Device device() const { return embed_tokens_->device(); }
 
   // Mean next-token cross-entropy over the batch's targets that are not −100 (one global mean,

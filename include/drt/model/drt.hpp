@@ -76,13 +76,7 @@ class DrtModel {
 
   // Moves every parameter and buffer to `device`; the model then runs there through the same
   // code. On a GPU the LM head is padded to a multiple of 64 rows, invisibly (padded_vocab.hpp).
-  void move_to(Device device) {
-    Parameter<T>& head = lm_head_ ? *lm_head_ : *embed_tokens_;
-    padded_head_.unpad(head);
-    for (const auto& p : named_parameters()) p.parameter->move_to(device);
-    for (const auto& [name, buffer] : named_buffers()) *buffer = buffer->to(device);
-    if (device != Device::cpu) padded_head_.pad(head);
-  }
+  void move_to(Device device) { move_model_to(*this, lm_head_ ? *lm_head_ : *embed_tokens_, padded_head_, device); }
   Device device() const { return embed_tokens_->device(); }
 
   // Mean next-token cross-entropy over the targets that are not −100 (spec §2.3, §8). `labels`

@@ -54,4 +54,14 @@ class PaddedVocab {
   Index rows_ = 0;
 };
 
+// Moves every parameter and buffer of `model` to `device` (the Parameters keep their addresses),
+// with `head`, one of them, padded on a GPU: what DrtModel::move_to and SlidingWindowLM::move_to do.
+template <class Model, class T>
+void move_model_to(const Model& model, Parameter<T>& head, PaddedVocab<T>& padding, Device device) {
+  padding.unpad(head);
+  for (const auto& p : model.named_parameters()) p.parameter->move_to(device);
+  for (const auto& [name, buffer] : model.named_buffers()) *buffer = buffer->to(device);
+  if (device != Device::cpu) padding.pad(head);
+}
+
 }  // namespace drt

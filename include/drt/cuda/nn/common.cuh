@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <limits>
 
+#include "drt/core/random.hpp"
 #include "drt/core/tensor.hpp"
 #include "drt/cuda/error.cuh"
 
@@ -138,20 +139,11 @@ template <class T>
 inline constexpr T kMinusInf = -std::numeric_limits<T>::infinity();
 
 // ---- counter-based random numbers: drt/core/random.hpp, bit for bit ----------------------------
-// The CPU's generator is a pure function of (seed, counter) (a SplitMix64-style mix), so each
-// device thread computes its own element: no state, no host round trip. Integer arithmetic and
+// The CPU's generator is a pure function of (seed, counter) (drt::random_bits, host-device), so
+// each device thread computes its own element: no state, no host round trip. Integer arithmetic and
 // the exact double steps of uniform01 give the same bits as the CPU; only standard_gumbel's two
 // logarithms go through CUDA's log (within 1 ulp, glibc's within 0.52 ulp), so fp64 Gumbel noise
 // can differ from the CPU's in the last bit (fp32 noise, rounded from it, practically never).
-
-__host__ __device__ inline std::uint64_t random_bits(std::uint64_t seed, std::uint64_t counter) {
-  std::uint64_t z = seed * 0x9E3779B97F4A7C15ull + counter + 0x632BE59BD9B4E019ull;
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  z ^= z >> 31;
-  z = (z ^ (z >> 33)) * 0xFF51AFD7ED558CCDull;
-  return z ^ (z >> 33);
-}
 
 // Uniform in (0, 1): (53 random bits + 0.5)·2⁻⁵³, the same IEEE operations as the CPU.
 __device__ inline double uniform01(std::uint64_t seed, std::uint64_t counter) {
