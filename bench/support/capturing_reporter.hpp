@@ -29,7 +29,9 @@ class CapturingReporter : public benchmark::ConsoleReporter {
     }
   }
   // Google Benchmark 1.8 replaced `error_occurred` with `skipped` (the GPU machine has a newer one).
-  static bool failed(const Run& r) {
+  // A template, so that the branch for the other version is never compiled.
+  template <class R>
+  static bool failed(const R& r) {
     if constexpr (requires { r.error_occurred; }) return r.error_occurred;
     else return bool(r.skipped);
   }
