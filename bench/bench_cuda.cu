@@ -5,7 +5,8 @@
 //     (what an eager library does), reported in effective GB/s (16 bytes of traffic per element
 //     for the fused kernel: three reads and one write);
 //   * a 4096³ fp32 GEMM: drt::gemm on device tensors against cublasGemmEx called directly with the
-//     same arguments, in exact fp32 and in TF32 (the ratio should be ~1: drt adds host work only).
+//     same arguments, in exact fp32, TF32 and bf16 (the ratio should be ~1 in fp32 and TF32, where
+//     drt adds host work only; in bf16 drt also rounds both operands into bf16 copies).
 //
 // Times are taken with CUDA events around each iteration (manual time), so host overhead that
 // overlaps the GPU's work does not count, and launch latency is included once per iteration.
@@ -17,6 +18,7 @@
 #include <cmath>
 #include <cstdio>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -100,6 +102,9 @@ void chain_op_by_op(benchmark::State& state) {
 struct Gemm {
   Tensor<float> A = device_uniform({kGemm, kGemm}, 4), B = device_uniform({kGemm, kGemm}, 5);
   Tensor<float> C = Tensor<float>::empty({kGemm, kGemm}, nullptr, Device::cuda);
+  // bf16 copies of A and B for the cuBLAS baseline (drt makes its own on every call).
+  std::shared_ptr<void> A16 = cuda::detail::bf16_copy(A.data(), A.numel());
+  std::shared_ptr<void> B16 = cuda::detail::bf16_copy(B.data(), B.numel());
 };
 constexpr double kGemmFlops = 2.0 * double(kGemm) * kGemm * kGemm;
 Gemm& gemm_operands() {
@@ -107,24 +112,28 @@ Gemm& gemm_operands() {
   return g;
 }
 
-void gemm_drt(benchmark::State& state, cuda::MathMode mode) {
+// drt::gemm under the precision switch; in bf16 that includes rounding both operands to bf16.
+void gemm_drt(benchmark::State& state, Precision precision) {
   Gemm& g = gemm_operands();
-  cuda::set_math_mode(mode);
+  MatmulPrecisionScope scope(precision);
   time_on_gpu(state, [&] { drt::gemm(g.A, g.B, g.C); });
-  cuda::set_math_mode(cuda::MathMode::exact_fp32);
   state.counters["TFLOP/s"] = per_second(kGemmFlops * 1e-12);
 }
 
-// The same product straight through cuBLAS (row-major C = A·B as column-major Cᵀ = Bᵀ·Aᵀ).
-void gemm_cublas(benchmark::State& state, cuda::MathMode mode) {
+// The same product straight through cuBLAS (row-major C = A·B as column-major Cᵀ = Bᵀ·Aᵀ), on
+// operands already in the input type.
+void gemm_cublas(benchmark::State& state, Precision precision) {
   Gemm& g = gemm_operands();
-  const cublasComputeType_t compute = mode == cuda::MathMode::tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+  const bool bf16 = precision == Precision::bf16;
+  const cublasComputeType_t compute = precision == Precision::tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+  const cudaDataType_t in = bf16 ? CUDA_R_16BF : CUDA_R_32F;
+  const void* a = bf16 ? g.A16.get() : g.A.data();
+  const void* b = bf16 ? g.B16.get() : g.B.data();
   const float alpha = 1, beta = 0;
   const int n = int(kGemm);
   time_on_gpu(state, [&] {
-    DRT_CUBLAS_CHECK(cublasGemmEx(cuda::blas_handle(), CUBLAS_OP_N, CUBLAS_OP_N, n, n, n, &alpha, g.B.data(), CUDA_R_32F,
-                                  n, g.A.data(), CUDA_R_32F, n, &beta, g.C.data(), CUDA_R_32F, n, compute,
-                                  CUBLAS_GEMM_DEFAULT));
+    DRT_CUBLAS_CHECK(cublasGemmEx(cuda::blas_handle(), CUBLAS_OP_N, CUBLAS_OP_N, n, n, n, &alpha, b, in, n, a, in, n,
+                                  &beta, g.C.data(), CUDA_R_32F, n, compute, CUBLAS_GEMM_DEFAULT));
   });
   state.counters["TFLOP/s"] = per_second(kGemmFlops * 1e-12);
 }
@@ -133,10 +142,11 @@ void register_benchmarks() {
   auto manual = [](benchmark::internal::Benchmark* b) { b->UseManualTime()->Unit(benchmark::kMicrosecond); };
   manual(benchmark::RegisterBenchmark("chain_16M/fused", chain_fused));
   manual(benchmark::RegisterBenchmark("chain_16M/op_by_op", chain_op_by_op));
-  manual(benchmark::RegisterBenchmark("gemm4096/fp32/drt", gemm_drt, cuda::MathMode::exact_fp32));
-  manual(benchmark::RegisterBenchmark("gemm4096/fp32/cublas", gemm_cublas, cuda::MathMode::exact_fp32));
-  manual(benchmark::RegisterBenchmark("gemm4096/tf32/drt", gemm_drt, cuda::MathMode::tf32));
-  manual(benchmark::RegisterBenchmark("gemm4096/tf32/cublas", gemm_cublas, cuda::MathMode::tf32));
+  for (Precision p : {Precision::fp32, Precision::tf32, Precision::bf16}) {
+    const std::string name = std::string("gemm4096/") + precision_name(p);
+    manual(benchmark::RegisterBenchmark((name + "/drt").c_str(), gemm_drt, p));
+    manual(benchmark::RegisterBenchmark((name + "/cublas").c_str(), gemm_cublas, p));
+  }
 }
 
 // Keeps each repetition's counters (the shared support/capturing_reporter.hpp reads a field that
@@ -174,7 +184,10 @@ void print_summary(const RatioReporter& r) {
   print_ratio(r, "chain 16M: fused / op-by-op (speed-up)", "chain_16M/fused", "chain_16M/op_by_op", "GB/s");
   print_ratio(r, "GEMM 4096^3 fp32: drt / cuBLAS direct", "gemm4096/fp32/drt", "gemm4096/fp32/cublas", "TFLOP/s");
   print_ratio(r, "GEMM 4096^3 tf32: drt / cuBLAS direct", "gemm4096/tf32/drt", "gemm4096/tf32/cublas", "TFLOP/s");
+  print_ratio(r, "GEMM 4096^3 bf16: drt (rounding included) / cuBLAS on bf16 operands", "gemm4096/bf16/drt",
+              "gemm4096/bf16/cublas", "TFLOP/s");
   print_ratio(r, "GEMM 4096^3: drt tf32 / drt fp32", "gemm4096/tf32/drt", "gemm4096/fp32/drt", "TFLOP/s");
+  print_ratio(r, "GEMM 4096^3: drt bf16 / drt fp32", "gemm4096/bf16/drt", "gemm4096/fp32/drt", "TFLOP/s");
 }
 
 }  // namespace

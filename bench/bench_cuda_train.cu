@@ -1,14 +1,16 @@
 // bench_cuda_train — whole-model training steps on the GPU: tokens/s, model FLOPs utilisation and
-// peak device memory, beside cuBLAS's own fp32 GEMM speed measured in the same run (the ratio
-// says how much of the GPU's fp32 matrix speed a whole DRT step turns into model FLOPs).
+// peak device memory, beside cuBLAS's own GEMM speed in the same precision, measured in the same
+// run (the ratio says how much of the GPU's matrix speed a whole DRT step turns into model FLOPs).
 //
-//   bench_cuda_train [config.json [batch [seq_len [steps]]]]
-//   default: tests/data/config_63.json (the paper's 146M DRT), batch 1, 16,380 tokens, 5 steps
+//   bench_cuda_train [--config FILE] [--batch B] [--micro-batch b] [--seq-len T] [--steps N]
+//                    [--precision fp32|tf32|bf16] [--phases]
+//   default: tests/data/config_63.json (the paper's 146M DRT), batch 1, 16,380 tokens, 5 steps, fp32
 //
-// A step is what `drt train` does: forward, backward, clip at 1.0, AdamW (fp32 throughout for
-// now: bf16 mixed precision is still to come). The first step (allocations, cuBLAS heuristics)
-// is not timed. Then the same steps again with the phases timed apart (a synchronisation after
-// each: forward, backward, clip + AdamW), and once more with cuBLAS in TF32 mode, to show where
+// A step is what `drt train` does: forward and backward of B sequences (as B/b micro-batches of
+// b sequences whose gradients add up, when --micro-batch is given), clip at 1.0, AdamW. The
+// precision switch (drt/core/precision.hpp) sets how the GEMMs compute; everything stored stays
+// fp32. The first step (allocations, cuBLAS heuristics) is not timed. --phases times the same
+// steps again with a synchronisation after forward, backward and clip + AdamW, to show where
 // the time goes.
 #include <cublas_v2.h>
 
@@ -27,8 +29,8 @@ using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
-// cuBLAS fp32 GEMM (exact fp32 mode, as drt's default) at n³, FLOP/s.
-double cublas_fp32_flops(Index n) {
+// cuBLAS GEMM through drt::gemm at n³ in the current precision, FLOP/s.
+double gemm_flops_per_second(Index n) {
   const Tensor<float> a = random_uniform<float>({n, n}, 1, -1.f, 1.f).to(Device::cuda);
   const Tensor<float> b = random_uniform<float>({n, n}, 2, -1.f, 1.f).to(Device::cuda);
   const Tensor<float> c = Tensor<float>::empty({n, n}, nullptr, Device::cuda);
@@ -47,23 +49,55 @@ IndexTensor random_tokens(Index B, Index T, int vocab, std::uint64_t seed) {
   return t;
 }
 
+struct Options {
+  std::string config = DRT_SOURCE_DIR "/tests/data/config_63.json";
+  Index batch = 1, micro_batch = 0, seq_len = 16380;
+  int steps = 5;
+  Precision precision = Precision::fp32;
+  bool phases = false;
+};
+
+Options parse(int argc, char** argv) {
+  Options o;
+  for (int i = 1; i < argc; ++i) {
+    const std::string flag = argv[i];
+    if (flag == "--phases") {
+      o.phases = true;
+      continue;
+    }
+    DRT_CHECK(i + 1 < argc, "bench_cuda_train: ", flag, " needs a value");
+    const std::string value = argv[++i];
+    if (flag == "--config") o.config = value;
+    else if (flag == "--batch") o.batch = std::stol(value);
+    else if (flag == "--micro-batch") o.micro_batch = std::stol(value);
+    else if (flag == "--seq-len") o.seq_len = std::stol(value);
+    else if (flag == "--steps") o.steps = std::stoi(value);
+    else if (flag == "--precision") o.precision = parse_precision(value, "--precision");
+    else throw Error("bench_cuda_train: unknown flag " + flag);
+  }
+  if (o.micro_batch == 0) o.micro_batch = o.batch;
+  DRT_CHECK(o.batch > 0 && o.micro_batch > 0 && o.batch % o.micro_batch == 0, "bench_cuda_train: --batch ", o.batch,
+            " must be a positive multiple of --micro-batch ", o.micro_batch);
+  return o;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  const std::string config_path = argc > 1 ? argv[1] : DRT_SOURCE_DIR "/tests/data/config_63.json";
-  const Index batch = argc > 2 ? std::stol(argv[2]) : 1;
-  const Index seq_len = argc > 3 ? std::stol(argv[3]) : 16380;
-  const int steps = argc > 4 ? std::stoi(argv[4]) : 5;
   try {
+    const Options o = parse(argc, argv);
     std::printf("device %s\n", cuda::device_description().c_str());
-    const ModelConfig c = ModelConfig::load(config_path);
+    set_matmul_precision(o.precision);
+    const ModelConfig c = ModelConfig::load(o.config);
     DrtModel<float> model(c, 0);
     model.move_to(Device::cuda);
     const auto params = parameter_pointers(model.named_parameters());
     AdamW<float> opt(params, AdamWConfig{.lr = 1e-4, .weight_decay = 0.01});
-    std::printf("model %s: %lld parameters, batch %lld x %lld tokens, fp32\n", config_path.c_str(),
-                static_cast<long long>(model.parameter_count()), static_cast<long long>(batch),
-                static_cast<long long>(seq_len));
+    const Index accum = o.batch / o.micro_batch;
+    std::printf("model %s: %lld parameters; batch %lld x %lld tokens (%lld micro-batch%s of %lld); GEMMs in %s\n",
+                o.config.c_str(), static_cast<long long>(model.parameter_count()), static_cast<long long>(o.batch),
+                static_cast<long long>(o.seq_len), static_cast<long long>(accum), accum > 1 ? "es" : "",
+                static_cast<long long>(o.micro_batch), precision_name(o.precision));
 
     double phase_seconds[3] = {0, 0, 0};  // forward, backward, optimiser
     bool timing_phases = false;
@@ -75,18 +109,21 @@ int main(int argc, char** argv) {
     };
     auto step = [&](std::uint64_t seed) {
       auto t = Clock::now();
-      const IndexTensor tokens = random_tokens(batch, seq_len, c.vocab_size, seed);
-      const Var<float> loss = model.loss(tokens, ForwardOptions{.training = true, .noise_seed = seed});
-      const float l = loss.item();
-      phase_done(0, t);
-      backward(loss);
-      tape().reset();
-      phase_done(1, t);
+      float loss_sum = 0;
+      for (Index a = 0; a < accum; ++a) {
+        const IndexTensor tokens = random_tokens(o.micro_batch, o.seq_len, c.vocab_size, seed * 1000 + a);
+        const Var<float> loss = model.loss(tokens, ForwardOptions{.training = true, .noise_seed = seed * 1000 + a});
+        loss_sum += loss.item();
+        phase_done(0, t);
+        backward(accum > 1 ? loss * (1.0f / float(accum)) : loss);
+        tape().reset();
+        phase_done(1, t);
+      }
       clip_grad_norm(params, 1.0);
       opt.step(1e-4);
       opt.zero_grad();
       phase_done(2, t);
-      return l;
+      return loss_sum / float(accum);
     };
     const auto w0 = Clock::now();
     const float first_loss = step(0);
@@ -94,35 +131,29 @@ int main(int argc, char** argv) {
     std::printf("warm-up step %.2f s, loss %.4f\n", seconds_since(w0), double(first_loss));
 
     const auto t0 = Clock::now();
-    for (int s = 1; s <= steps; ++s) step(std::uint64_t(s));
+    float last_loss = 0;
+    for (int s = 1; s <= o.steps; ++s) last_loss = step(std::uint64_t(s));
     cuda::synchronize();
-    const double seconds = seconds_since(t0) / steps;
-    const double tokens_per_second = double(batch * seq_len) / seconds;
-    const double model_flops = tokens_per_second * drt_training_flops_per_token(c);
-    const double gemm_flops = cublas_fp32_flops(4096);
+    const double seconds = seconds_since(t0) / o.steps;
+    const double tokens = double(o.batch * o.seq_len);
+    const double model_flops = drt_training_flops_per_token(c) * tokens / seconds;
+    const auto mem = cuda::allocator_stats();
+    const double gemm_flops = gemm_flops_per_second(4096);
     const double peak = cuda::peak_bf16_flops();
-    const cuda::AllocatorStats mem = cuda::allocator_stats();
-    std::printf("step %.3f s   %.0f tokens/s   model %.1f TFLOP/s\n", seconds, tokens_per_second, model_flops / 1e12);
-    std::printf("cuBLAS fp32 GEMM 4096^3 in this run: %.1f TFLOP/s   ratio model/GEMM %.2f\n", gemm_flops / 1e12,
-                model_flops / gemm_flops);
+    std::printf("step %.3f s   %.0f tokens/s   model %.1f TFLOP/s   loss %.4f\n", seconds, tokens / seconds,
+                model_flops / 1e12, double(last_loss));
+    std::printf("cuBLAS %s GEMM 4096^3 in this run: %.1f TFLOP/s   ratio model/GEMM %.3f\n",
+                precision_name(o.precision), gemm_flops / 1e12, model_flops / gemm_flops);
     if (peak > 0) std::printf("MFU vs dense bf16 peak (%.0f TFLOP/s): %.1f%%\n", peak / 1e12, 100 * model_flops / peak);
     std::printf("peak device memory in use %.2f GiB (allocator), cudaMalloc calls %lld\n",
                 double(mem.peak_bytes_in_use) / double(1 << 30), static_cast<long long>(mem.malloc_calls));
 
-    timing_phases = true;
-    for (int s = 1; s <= steps; ++s) step(std::uint64_t(s));
-    std::printf("phases per step (synchronised): forward %.3f s, backward %.3f s, clip + AdamW %.3f s\n",
-                phase_seconds[0] / steps, phase_seconds[1] / steps, phase_seconds[2] / steps);
-    timing_phases = false;
-    cuda::set_math_mode(cuda::MathMode::tf32);
-    step(0);
-    cuda::synchronize();
-    const auto t1 = Clock::now();
-    for (int s = 1; s <= steps; ++s) step(std::uint64_t(s));
-    cuda::synchronize();
-    const double tf32_seconds = seconds_since(t1) / steps;
-    std::printf("with TF32 GEMMs: step %.3f s   %.0f tokens/s   (%.2fx the fp32 step)\n", tf32_seconds,
-                double(batch * seq_len) / tf32_seconds, seconds / tf32_seconds);
+    if (o.phases) {
+      timing_phases = true;
+      for (int s = 1; s <= o.steps; ++s) step(std::uint64_t(s));
+      std::printf("phases per step (synchronised): forward %.3f s, backward %.3f s, clip + AdamW %.3f s\n",
+                  phase_seconds[0] / o.steps, phase_seconds[1] / o.steps, phase_seconds[2] / o.steps);
+    }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_cuda_train: %s\n", e.what());
     return 1;

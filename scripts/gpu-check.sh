@@ -27,11 +27,16 @@ echo "---- ctest -L gpu"
 ctest --test-dir "$build_dir" -L gpu --output-on-failure --timeout 600
 status=$?
 
+bench() {
+  echo "---- $*"
+  "$build_dir/bench/$1" "${@:2}" || true
+}
 if [[ -z "${GPU_CHECK_SKIP_BENCH:-}" ]]; then
-  for f in bench/*.cu; do
-    name="$(basename "${f%.cu}")"
-    echo "---- $name"
-    "$build_dir/bench/$name" || true
-  done
+  bench bench_cuda
+  bench bench_cuda_attention                        # window attention and GCA at the DRT training shapes
+  bench bench_cuda_train --phases                   # config_63, fp32, 1 x 16,380 tokens
+  # The paper-size run of issue 6: config_63 with bf16 GEMMs at 16,380 tokens x batch 4 (four
+  # micro-batches of one sequence; see include/drt/cuda/README.md for why).
+  bench bench_cuda_train --precision bf16 --batch 4 --micro-batch 1 --phases
 fi
 exit $status

@@ -1,4 +1,6 @@
 // Gradient checks of the elementwise, reduction and matmul ops, and tape behaviour.
+#include <cmath>
+
 #include <drt/core.hpp>
 
 #include "support/gradcheck.hpp"
@@ -64,6 +66,60 @@ TEST(Matmul, MatchesNaiveProductOnLargeShapes) {
       worst = std::max(worst, std::abs(ref - double(c(i, j))));
     }
   EXPECT_LT(worst, 1e-4);
+}
+
+// Rounding to an operand precision: round to nearest, ties to even, at the 8th (bf16) or 11th
+// (tf32) significant bit; exactly representable values, ±inf and NaN pass through.
+TEST(MatmulPrecision, RoundsOperandsToNearestEven) {
+  const float ulp_bf16 = std::ldexp(1.0f, -7);  // spacing of bf16 values in [1, 2)
+  EXPECT_EQ(round_to_precision(1.0f + ulp_bf16 / 2, Precision::bf16), 1.0f);  // tie → even (1.0)
+  EXPECT_EQ(round_to_precision(1.0f + 3 * ulp_bf16 / 2, Precision::bf16), 1.0f + 2 * ulp_bf16);  // tie → even
+  EXPECT_EQ(round_to_precision(1.0f + 0.6f * ulp_bf16, Precision::bf16), 1.0f + ulp_bf16);
+  EXPECT_EQ(round_to_precision(-1.0f - 0.4f * ulp_bf16, Precision::bf16), -1.0f);
+  const float ulp_tf32 = std::ldexp(1.0f, -10);
+  EXPECT_EQ(round_to_precision(1.0f + 0.6f * ulp_tf32, Precision::tf32), 1.0f + ulp_tf32);
+  EXPECT_EQ(round_to_precision(1.0f + 0.6f * ulp_tf32, Precision::bf16), 1.0f);
+  EXPECT_EQ(round_to_precision(0.1f, Precision::fp32), 0.1f);
+  EXPECT_EQ(round_to_precision(0.375f, Precision::bf16), 0.375f);
+  EXPECT_TRUE(std::isinf(round_to_precision(INFINITY, Precision::bf16)));
+  EXPECT_TRUE(std::isnan(round_to_precision(NAN, Precision::bf16)));
+  EXPECT_EQ(parse_precision("bf16", "x"), Precision::bf16);
+  try {
+    parse_precision("fp16", "run.json: key 'precision'");
+    FAIL() << "fp16 is not a precision drt has";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("run.json: key 'precision': unknown precision 'fp16'"), std::string::npos)
+        << e.what();
+  }
+}
+
+// Under the switch a float product is the exact product of the rounded operands (the CPU's
+// emulation of a tensor core); the switch is scoped, and doubles never see it.
+TEST(MatmulPrecision, Bf16ProductIsTheProductOfRoundedOperands) {
+  const auto a = random_uniform<float>({33, 70}, 3, -1, 1), b = random_uniform<float>({70, 21}, 4, -1, 1);
+  auto rounded = [](const Tensor<float>& t, Precision p) {
+    Tensor<float> r = t.clone();
+    for (Index i = 0; i < r.numel(); ++i) r.data()[i] = round_to_precision(r.data()[i], p);
+    return r;
+  };
+  const Tensor<float> exact = matmul(a, b);
+  for (Precision p : {Precision::bf16, Precision::tf32}) {
+    const Tensor<float> expected = matmul(rounded(a, p), rounded(b, p));
+    Tensor<float> got, got_t;
+    {
+      MatmulPrecisionScope scope(p);
+      got = matmul(a, b);
+      got_t = matmul(a.transpose(0, 1).contiguous().transpose(0, 1), b);  // a transposed view, rounded too
+    }
+    EXPECT_EQ(matmul_precision(), Precision::fp32);
+    EXPECT_EQ(got.to_vector(), expected.to_vector()) << precision_name(p);
+    EXPECT_EQ(got_t.to_vector(), expected.to_vector()) << precision_name(p);
+    EXPECT_NE(got.to_vector(), exact.to_vector()) << precision_name(p) << " rounded nothing";
+  }
+  const auto ad = random_uniform<double>({8, 9}, 5, -1, 1), bd = random_uniform<double>({9, 4}, 6, -1, 1);
+  const Tensor<double> exact_d = matmul(ad, bd);
+  MatmulPrecisionScope scope(Precision::bf16);
+  EXPECT_EQ(matmul(ad, bd).to_vector(), exact_d.to_vector());
 }
 
 TEST(Matmul, ShapeMismatchNamesBothShapes) {

@@ -472,6 +472,53 @@ TEST(Trainer, ResumeReproducesTheUninterruptedRunExactly) {
   EXPECT_NE(noisy, clean);
 }
 
+// "precision": "bf16" rounds every float GEMM's operands to bf16 (fp32 sums, fp32 storage). The
+// run trains like the fp32 run, within bf16 noise, and is not silently the fp32 run; the switch
+// is restored when train() returns; resuming with another precision is allowed and says so.
+TEST(Trainer, Bf16GemmsTrainLikeFp32AndMayResumeInAnotherPrecision) {
+  TempDir dir("bf16");
+  json j = tiny_run();
+  j["steps"] = 12;
+  j["out_dir"] = "fp32";
+  Trainer fp32(RunConfig::load(write_run(dir, j, "fp32.json")));
+  j["precision"] = "bf16";
+  j["out_dir"] = "bf16";
+  const std::string bf16_run = write_run(dir, j, "bf16.json");
+  Trainer bf16(RunConfig::load(bf16_run));
+  EXPECT_EQ(bf16.run().to_json()["precision"], "bf16");
+  std::ostringstream log_fp32, log_bf16;
+  const std::vector<StepRecord> a = fp32.train(log_fp32);
+  TrainOptions stop_at_8;
+  stop_at_8.stop_at = 8;
+  const std::vector<StepRecord> b = bf16.train(log_bf16, stop_at_8);
+  EXPECT_EQ(matmul_precision(), Precision::fp32);
+  EXPECT_NE(log_bf16.str().find("(bf16 GEMMs)"), std::string::npos) << log_bf16.str();
+  EXPECT_NE(log_fp32.str().find("(fp32 GEMMs)"), std::string::npos) << log_fp32.str();
+  ASSERT_EQ(b.size(), 8u);
+  bool any_different = false;
+  for (std::size_t i = 0; i < b.size(); ++i) {
+    any_different |= a[i].loss != b[i].loss;
+    // bf16 operands carry 8 significant bits (relative error 2^-9): the loss of the same weights
+    // moves by well under 1%; after a few updates the two runs drift apart a little more.
+    EXPECT_NEAR(a[i].loss, b[i].loss, 0.02 * a[i].loss) << "step " << i + 1;
+  }
+  EXPECT_TRUE(any_different) << "bf16 GEMMs gave exactly the fp32 losses";
+  EXPECT_LT(b.back().loss, b.front().loss - 0.3);
+  // Resume the bf16 run with fp32 GEMMs: allowed (precision is not a trajectory key), with a note.
+  j["precision"] = "fp32";
+  Trainer resumed(RunConfig::load(write_run(dir, j, "bf16.json")));
+  resumed.resume();
+  std::ostringstream log;
+  EXPECT_EQ(resumed.train(log).size(), 4u);
+  EXPECT_NE(log.str().find("note: the checkpoint was trained with bf16 GEMMs and this run uses fp32"), std::string::npos)
+      << log.str();
+  // A bad value names the key and the choices.
+  j["precision"] = "fp16";
+  const std::string message = load_error(j);
+  EXPECT_NE(message.find("'precision'"), std::string::npos) << message;
+  EXPECT_NE(message.find("\"bf16\""), std::string::npos) << message;
+}
+
 // The weights file of a checkpoint is an ordinary model file: the reference's names, loadable
 // with load_weights; the optimiser state reads back into another AdamW exactly.
 TEST(Checkpoint, FilesHoldTheModelAndTheOptimiserUnderReferenceNames) {

@@ -7,6 +7,7 @@
 #include "drt/core/tensor.hpp"    // defines: Tensor<T>, IndexTensor
 #include "drt/core/expr.hpp"      // defines: lazy + - * /, exp, log, ..., select, eval
 #include "drt/core/reduce.hpp"    // defines: sum, mean, max along an axis; add_sum_to
+#include "drt/core/precision.hpp" // defines: Precision, set_matmul_precision, MatmulPrecisionScope
 #include "drt/core/matmul.hpp"    // defines: gemm, matmul
 #include "drt/core/random.hpp"    // defines: Generator, fill_uniform, fill_normal, ...
 #include "drt/core/indexing.hpp"  // defines: concat, index_select, gather, scatter_add (raw)

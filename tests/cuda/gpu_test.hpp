@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -43,6 +44,15 @@ void expect_close(const Tensor<T>& cpu, const Tensor<T>& gpu, double atol, doubl
   EXPECT_LT(where, 0) << what << ": element " << where << " cpu " << (where >= 0 ? double(a[where]) : 0.0)
                       << " gpu " << (where >= 0 ? double(b[where]) : 0.0) << " (|diff| " << worst << ")";
 }
+// The largest |a - b| over two host tensors of the same shape.
+template <class T>
+double max_abs_difference(const Tensor<T>& a, const Tensor<T>& b) {
+  const std::vector<T> x = a.to_vector(), y = b.to_vector();
+  double worst = 0;
+  for (std::size_t i = 0; i < x.size() && i < y.size(); ++i) worst = std::max(worst, std::abs(double(x[i]) - double(y[i])));
+  return worst;
+}
+
 template <class T>
 void expect_equal(const Tensor<T>& cpu, const Tensor<T>& gpu, const char* what) {
   expect_close(cpu, gpu, 0.0, 0.0, what);

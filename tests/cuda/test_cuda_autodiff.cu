@@ -467,7 +467,7 @@ TYPED_TEST(GpuOps, EmbeddingMatchesTheHostAndSkipsThePaddingRow) {
 
 TYPED_TEST(GpuOps, MatmulBackwardMatchesTheHost) {
   using T = TypeParam;
-  cuda::set_math_mode(cuda::MathMode::exact_fp32);
+  ASSERT_EQ(matmul_precision(), Precision::fp32);
   const Index M = 19, K = 45, N = 33;
   const Tensor<T> A = uniform<T>({M, K}, 100), B = uniform<T>({K, N}, 101);
   const Tensor<T> Ab = uniform<T>({3, 2, M, K}, 102), Bb = uniform<T>({3, 2, K, N}, 103);

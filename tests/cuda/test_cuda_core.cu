@@ -179,7 +179,7 @@ TEST_F(Gpu, SumAndMaxMatchCpu) {
 // ---- GEMM ----------------------------------------------------------------------------------------
 
 TEST_F(Gpu, MatmulMatchesCpuExactFp32) {
-  cuda::set_math_mode(cuda::MathMode::exact_fp32);
+  ASSERT_EQ(matmul_precision(), Precision::fp32);
   const Index M = 67, K = 45, N = 33;
   const Tensor<float> A = uniform<float>({M, K}, 40), B = uniform<float>({K, N}, 41);
   const Tensor<float> dA = cuda::to_device(A), dB = cuda::to_device(B);
@@ -215,12 +215,51 @@ TEST_F(Gpu, MatmulMatchesCpuExactFp32) {
 TEST_F(Gpu, MatmulTf32IsClose) {
   const Index M = 256, K = 512, N = 128;
   const Tensor<float> A = uniform<float>({M, K}, 50), B = uniform<float>({K, N}, 51);
-  cuda::set_math_mode(cuda::MathMode::tf32);
-  const Tensor<float> d = drt::matmul(cuda::to_device(A), cuda::to_device(B));
-  cuda::set_math_mode(cuda::MathMode::exact_fp32);
+  Tensor<float> d;
+  {
+    MatmulPrecisionScope tf32(Precision::tf32);
+    d = drt::matmul(cuda::to_device(A), cuda::to_device(B));
+  }
   // TF32 keeps 10 mantissa bits of each input (relative error ≤ 2^-11 each): each product is off
   // by ≤ 2^-10·|a·b| ≤ 1e-3, and K such errors of random sign add up to about 1e-3·√K.
   expect_close(drt::matmul(A, B), d, 1e-3 * std::sqrt(double(K)) * 3, 0, "tf32");
+}
+
+// bf16 operands, fp32 sums: the GPU must compute what the CPU's emulation computes (the same
+// rounded operands; only the order of the fp32 sums differs), and differ from the exact fp32
+// product by what bf16 rounding explains.
+TEST_F(Gpu, MatmulBf16MatchesTheCpuEmulation) {
+  const Index M = 67, K = 300, N = 45;
+  const Tensor<float> A = uniform<float>({M, K}, 52), B = uniform<float>({K, N}, 53);
+  const Tensor<float> dA = cuda::to_device(A), dB = cuda::to_device(B);
+  const Tensor<float> exact = drt::matmul(A, B);
+  MatmulPrecisionScope bf16(Precision::bf16);
+  // Same rounded operands: only fp32 summation order differs (as in the exact fp32 test).
+  const double tol = 2e-6 * K;
+  expect_close(drt::matmul(A, B), drt::matmul(dA, dB), tol, 0, "2-D");
+  const Tensor<float> At = cuda::to_device(A.transpose(0, 1).contiguous()).transpose(0, 1);
+  expect_close(drt::matmul(A, B), drt::matmul(At, dB), tol, 0, "Aᵀ view");
+  // A column slice of a wider A (its span has gaps that the bf16 copy must step over correctly).
+  const Tensor<float> wide = uniform<float>({M, K + 9}, 54);
+  expect_close(drt::matmul(wide.slice(1, 4, 4 + K), B), drt::matmul(cuda::to_device(wide).slice(1, 4, 4 + K), dB), tol,
+               0, "sliced A");
+  // Batched with a shared B, and gemm accumulating (beta = 1) into an fp32 C.
+  const Tensor<float> Ab = uniform<float>({3, M, K}, 55);
+  expect_close(drt::matmul(Ab, B), drt::matmul(cuda::to_device(Ab), dB), tol, 0, "batched, shared B");
+  Tensor<float> C = uniform<float>({M, N}, 56);
+  Tensor<float> dC = cuda::to_device(C);
+  drt::gemm(A, B, C, 1.0f, 1.0f);
+  drt::gemm(dA, dB, dC, 1.0f, 1.0f);
+  expect_close(C, dC, tol, 0, "gemm beta 1");
+  // Against the exact product: bf16 keeps 8 significant bits (relative error ≤ 2^-9 per operand),
+  // so each product is off by ≤ 2^-8·|a·b| ≈ 4e-3 for |a|,|b| ≤ 1; K errors of random sign add up
+  // to about 4e-3·√K. The rounding must also be visible: bf16 is not silently fp32.
+  const Tensor<float> d = drt::matmul(dA, dB);
+  expect_close(exact, d, 4e-3 * std::sqrt(double(K)) * 3, 0, "bf16 vs exact fp32");
+  EXPECT_GT(max_abs_difference(exact, d.to(Device::cpu)), 1e-4) << "bf16 products equal the exact ones";
+  // doubles ignore the switch.
+  const Tensor<double> Ad = uniform<double>({M, K}, 57), Bd = uniform<double>({K, N}, 58);
+  expect_close(drt::matmul(Ad, Bd), drt::matmul(cuda::to_device(Ad), cuda::to_device(Bd)), 1e-13 * K, 0, "double");
 }
 
 // ---- the allocator ---------------------------------------------------------------------------------

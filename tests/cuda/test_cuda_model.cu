@@ -229,9 +229,13 @@ nlohmann::json small_run(const std::string& out_dir, int steps) {
       {"data", {{"kind", "toy"}, {"task", "count"}, {"symbols", 16}}}};
 }
 
-std::vector<double> train_losses(const TempDir& dir, Device device, int steps, std::string* log_text = nullptr) {
-  const std::string run_path = dir / (std::string("run_") + device_name(device) + ".json");
-  std::ofstream(run_path) << small_run(dir / device_name(device), steps).dump(2);
+std::vector<double> train_losses(const TempDir& dir, Device device, int steps, std::string* log_text = nullptr,
+                                 const std::string& precision = "fp32") {
+  const std::string name = std::string(device_name(device)) + "_" + precision;
+  const std::string run_path = dir / ("run_" + name + ".json");
+  nlohmann::json run = small_run(dir / name, steps);
+  run["precision"] = precision;
+  std::ofstream(run_path) << run.dump(2);
   train::Trainer trainer(train::RunConfig::load(run_path), device);
   std::ostringstream log;
   train::TrainOptions options;
@@ -259,6 +263,31 @@ TEST_F(Gpu, TrainingOnTheGpuFollowsTheCpuLossCurve) {
   EXPECT_NE(gpu_log.find("mfu "), std::string::npos) << gpu_log;
   std::printf("loss at steps 1, 10, 30, 60: cpu %.4f %.4f %.4f %.4f, gpu %.4f %.4f %.4f %.4f\n", cpu[0], cpu[9], cpu[29],
               cpu[59], gpu[0], gpu[9], gpu[29], gpu[59]);
+}
+
+// With bf16 GEMMs the GPU run follows the CPU's bf16 emulation (the same rounded operands; only
+// the order of fp32 sums differs, and occasionally an activation rounds to the neighbouring bf16
+// value), and both stay within bf16 noise of the fp32 curve.
+TEST_F(Gpu, Bf16TrainingOnTheGpuFollowsTheCpuEmulationAndTheFp32Curve) {
+  TempDir dir("curve_bf16");
+  constexpr int kSteps = 60;
+  std::string gpu_log;
+  const std::vector<double> cpu = train_losses(dir, Device::cpu, kSteps, nullptr, "bf16");
+  const std::vector<double> gpu = train_losses(dir, Device::cuda, kSteps, &gpu_log, "bf16");
+  const std::vector<double> gpu_fp32 = train_losses(dir, Device::cuda, kSteps, nullptr, "fp32");
+  ASSERT_EQ(gpu.size(), std::size_t(kSteps));
+  for (int s = 0; s < 5; ++s) EXPECT_NEAR(gpu[s], cpu[s], 2e-3 * cpu[s]) << "step " << s + 1;
+  bool any_different = false;
+  for (int s = 0; s < kSteps; ++s) {
+    EXPECT_NEAR(gpu[s], cpu[s], 3e-2 * cpu[s]) << "step " << s + 1;
+    EXPECT_NEAR(gpu[s], gpu_fp32[s], 5e-2 * gpu_fp32[s]) << "step " << s + 1;
+    any_different |= gpu[s] != gpu_fp32[s];
+  }
+  EXPECT_TRUE(any_different) << "bf16 GEMMs gave exactly the fp32 curve";
+  EXPECT_LT(gpu.back(), 0.8 * gpu.front()) << "the bf16 GPU run did not learn";
+  EXPECT_NE(gpu_log.find("(bf16 GEMMs)"), std::string::npos) << gpu_log;
+  std::printf("bf16 loss at steps 1, 10, 30, 60: cpu %.4f %.4f %.4f %.4f, gpu %.4f %.4f %.4f %.4f (gpu fp32 %.4f)\n",
+              cpu[0], cpu[9], cpu[29], cpu[59], gpu[0], gpu[9], gpu[29], gpu[59], gpu_fp32[59]);
 }
 
 // After a warm-up step, training steps of the same shapes take all their device memory from the

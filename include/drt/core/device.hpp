@@ -19,6 +19,7 @@
 #include <type_traits>
 
 #include "drt/core/error.hpp"
+#include "drt/core/precision.hpp"
 #include "drt/core/shape.hpp"
 
 // Marks the elementwise function objects of expr.hpp callable from device code too. Empty for
@@ -92,6 +93,7 @@ struct GemmArgs {
   void* c;
   Index ldc, batch_stride_c;
   double alpha, beta;
+  Precision precision;  // of float operands (drt/core/precision.hpp); doubles are always exact
 };
 
 // Reduction of `lanes` independent runs of n elements: run l starts at the offset given by

@@ -20,6 +20,7 @@
 
 #include "drt/core/memory.hpp"
 #include "drt/core/parallel.hpp"
+#include "drt/core/precision.hpp"
 #include "drt/core/tensor.hpp"
 
 namespace drt {
@@ -147,7 +148,21 @@ void gemm_on_device(const Tensor<T>& A, Index stride_a, const Tensor<T>& B, Inde
   g.b = B.data(), g.b_row_major = lb.row_major, g.ldb = lb.leading, g.batch_stride_b = stride_b;
   g.c = C.data(), g.ldc = std::max<Index>(C.strides()[0], g.N), g.batch_stride_c = stride_c;
   g.alpha = alpha, g.beta = beta;
+  g.precision = matmul_precision();
   device_backend(C.device()).gemm(dtype_of<T>(), g);
+}
+
+template <class T>
+void gemm_host(const Tensor<T>& A, const Tensor<T>& B, const Tensor<T>& C, T alpha, T beta, int threads);
+
+// A row-major copy of the 2-D float matrix m, every element rounded to precision p: what a
+// tensor core multiplies (see drt/core/precision.hpp).
+inline Tensor<float> rounded_operand(const Tensor<float>& m, Precision p) {
+  Tensor<float> r = Tensor<float>::empty(m.shape());
+  const Index rows = m.shape()[0], cols = m.shape()[1], s0 = m.strides()[0], s1 = m.strides()[1];
+  for (Index i = 0; i < rows; ++i)
+    for (Index j = 0; j < cols; ++j) r.data()[i * cols + j] = round_to_precision(m.data()[i * s0 + j * s1], p);
+  return r;
 }
 
 }  // namespace detail
@@ -169,6 +184,22 @@ void gemm(const Tensor<T>& A, const Tensor<T>& B, const Tensor<T>& C, T alpha = 
             " must be a row-major view (stride 1 along columns)");
   if (M == 0 || N == 0) return;
   if (!C.on_host() || !A.on_host() || !B.on_host()) return detail::gemm_on_device(A, 0, B, 0, C, 0, 1, alpha, beta);
+  if constexpr (std::is_same_v<T, float>) {
+    if (matmul_precision() != Precision::fp32) {
+      // Emulate tensor-core operands: round copies, then the same fp32 product.
+      const Tensor<float> Ar = detail::rounded_operand(A, matmul_precision());
+      const Tensor<float> Br = detail::rounded_operand(B, matmul_precision());
+      return detail::gemm_host(Ar, Br, C, alpha, beta, threads);
+    }
+  }
+  detail::gemm_host(A, B, C, alpha, beta, threads);
+}
+
+namespace detail {
+// The host part of gemm() above, after its checks: C = alpha·A·B + beta·C.
+template <class T>
+void gemm_host(const Tensor<T>& A, const Tensor<T>& B, const Tensor<T>& C, T alpha, T beta, int threads) {
+  const Index M = A.shape()[0], K = A.shape()[1], N = B.shape()[1];
   const Index ldc = std::max<Index>(C.strides()[0], N);
   T* c = C.data();
   if (beta == T(0)) {
@@ -178,14 +209,14 @@ void gemm(const Tensor<T>& A, const Tensor<T>& B, const Tensor<T>& C, T alpha = 
       for (Index j = 0; j < N; ++j) c[i * ldc + j] *= beta;
   }
   if (K == 0) return;
-  const detail::MatrixLayout la = detail::layout_of(A), lb = detail::layout_of(B);
+  const MatrixLayout la = layout_of(A), lb = layout_of(B);
   const T* a = A.data();
   const T* b = B.data();
 
   int nt = threads > 0 ? threads : available_threads();
   if (double(M) * double(N) * double(K) < 64.0 * 64.0 * 64.0) nt = 1;  // too small to share
   if (nt <= 1) {
-    detail::gemm_single(M, N, K, a, la, b, lb, c, ldc, alpha);
+    gemm_single(M, N, K, a, la, b, lb, c, ldc, alpha);
     return;
   }
   // Split the larger output dimension into one contiguous band per thread.
@@ -212,6 +243,7 @@ void gemm(const Tensor<T>& A, const Tensor<T>& B, const Tensor<T>& C, T alpha = 
     }
   }
 }
+}  // namespace detail
 
 // Matrix product with batching: (..., M, K) · (..., K, N) or (..., M, K) · (K, N).
 // Batch axes must match exactly (no broadcasting beyond a shared 2-D B). Operands that are

@@ -6,17 +6,23 @@
 // cuBLAS is column-major, and a row-major matrix is its transpose in column-major: so we ask
 // cuBLAS for Cᵀ = Bᵀ·Aᵀ, which needs no copy whichever way A and B are laid out.
 //
-// Precision: fp32 products run exactly in fp32 by default (the tests compare with the CPU);
-// `set_math_mode(MathMode::tf32)` lets cuBLAS use TF32 tensor cores (about 8× faster on an
-// H100/H200, with a 10-bit mantissa for the inputs). fp64 is always exact.
+// Precision (drt/core/precision.hpp, one switch for the whole process): float products run exactly
+// in fp32 by default, which the tests compare with the CPU. `tf32` lets cuBLAS use TF32 tensor
+// cores. `bf16` rounds both operands into bf16 copies (one fused cast kernel each, buffers from
+// the caching allocator) and runs a bf16 × bf16 → fp32 product with fp32 accumulation: the
+// tensor cores' fastest mode that keeps an fp32 result. doubles are always exact.
 #pragma once
 
 #include <cublas_v2.h>
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <climits>
+#include <memory>
 
 #include "drt/core/device.hpp"
+#include "drt/cuda/copy.cuh"
 #include "drt/cuda/error.cuh"
 
 #define DRT_CUBLAS_CHECK(call)                                                                       \
@@ -28,18 +34,6 @@
   } while (0)
 
 namespace drt::cuda {
-
-enum class MathMode { exact_fp32, tf32 };
-
-namespace detail {
-inline MathMode& math_mode_slot() {
-  static MathMode mode = MathMode::exact_fp32;
-  return mode;
-}
-}  // namespace detail
-
-inline void set_math_mode(MathMode mode) { detail::math_mode_slot() = mode; }
-inline MathMode math_mode() { return detail::math_mode_slot(); }
 
 // The process's cuBLAS handle (created on first use, on the default stream; never destroyed,
 // for the same reason as the allocator).
@@ -59,15 +53,52 @@ inline int as_int(Index v, const char* what) {
 }
 }  // namespace detail
 
+namespace detail {
+// Elements that a (batched) operand's storage spans, from its first element to its last.
+inline Index operand_span(Index rows, Index cols, bool row_major, Index ld, Index batch, Index batch_stride) {
+  const Index matrix = row_major ? (rows - 1) * ld + cols : (cols - 1) * ld + rows;
+  return (batch - 1) * batch_stride + matrix;
+}
+
+__global__ void round_to_bf16_kernel(const float* src, __nv_bfloat16* dst, Index n) {
+  const Index step = Index(gridDim.x) * blockDim.x;
+  for (Index i = Index(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += step) dst[i] = __float2bfloat16_rn(src[i]);
+}
+
+// A bf16 copy of n floats, element for element, so that the operand's strides stay valid.
+inline std::shared_ptr<void> bf16_copy(const void* src, Index n) {
+  std::shared_ptr<void> copy = device_scratch(static_cast<std::size_t>(n) * sizeof(__nv_bfloat16));
+  const int threads = 256;
+  const Index blocks = std::min<Index>((n + threads - 1) / threads, 65536);
+  round_to_bf16_kernel<<<static_cast<unsigned>(blocks), threads>>>(static_cast<const float*>(src),
+                                                                    static_cast<__nv_bfloat16*>(copy.get()), n);
+  DRT_CUDA_CHECK_LAUNCH();
+  return copy;
+}
+}  // namespace detail
+
 // The backend's entry point (see GemmArgs in drt/core/device.hpp).
 inline void gemm(DType type, const GemmArgs& g) {
   DRT_CHECK(type == DType::f32 || type == DType::f64, "device gemm: only float and double are supported");
   if (g.M == 0 || g.N == 0 || g.batch == 0) return;
   const bool f32 = type == DType::f32;
-  const cudaDataType_t data = f32 ? CUDA_R_32F : CUDA_R_64F;
+  const bool bf16 = f32 && g.precision == Precision::bf16;
+  const cudaDataType_t out_type = f32 ? CUDA_R_32F : CUDA_R_64F;
+  const cudaDataType_t in_type = bf16 ? CUDA_R_16BF : out_type;
   const cublasComputeType_t compute = !f32 ? CUBLAS_COMPUTE_64F
-                                      : math_mode() == MathMode::tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32
-                                                                      : CUBLAS_COMPUTE_32F;
+                                      : g.precision == Precision::tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32
+                                                                       : CUBLAS_COMPUTE_32F;
+  // Operands as cuBLAS reads them: the float storage itself, or its bf16 copy (kept alive to the
+  // end of this call; the stream orders the GEMM before the buffer's next user).
+  const void* a = g.a;
+  const void* b = g.b;
+  std::shared_ptr<void> a_bf16, b_bf16;
+  if (bf16 && g.K > 0) {
+    a_bf16 = detail::bf16_copy(g.a, detail::operand_span(g.M, g.K, g.a_row_major, g.lda, g.batch, g.batch_stride_a));
+    b_bf16 = detail::bf16_copy(g.b, detail::operand_span(g.K, g.N, g.b_row_major, g.ldb, g.batch, g.batch_stride_b));
+    a = a_bf16.get();
+    b = b_bf16.get();
+  }
   // Cᵀ (N×M) = op(B's storage) · op(A's storage): row-major storage already is the transpose.
   const cublasOperation_t op_b = g.b_row_major ? CUBLAS_OP_N : CUBLAS_OP_T;
   const cublasOperation_t op_a = g.a_row_major ? CUBLAS_OP_N : CUBLAS_OP_T;
@@ -78,12 +109,13 @@ inline void gemm(DType type, const GemmArgs& g) {
   const void* beta = f32 ? static_cast<const void*>(&beta32) : static_cast<const void*>(&g.beta);
   cublasHandle_t h = blas_handle();
   if (g.batch == 1) {
-    DRT_CUBLAS_CHECK(cublasGemmEx(h, op_b, op_a, m, n, k, alpha, g.b, data, ldb, g.a, data, lda, beta, g.c, data, ldc,
-                                  compute, CUBLAS_GEMM_DEFAULT));
+    DRT_CUBLAS_CHECK(cublasGemmEx(h, op_b, op_a, m, n, k, alpha, b, in_type, ldb, a, in_type, lda, beta, g.c, out_type,
+                                  ldc, compute, CUBLAS_GEMM_DEFAULT));
   } else {
-    DRT_CUBLAS_CHECK(cublasGemmStridedBatchedEx(h, op_b, op_a, m, n, k, alpha, g.b, data, ldb, g.batch_stride_b, g.a,
-                                                data, lda, g.batch_stride_a, beta, g.c, data, ldc, g.batch_stride_c,
-                                                detail::as_int(g.batch, "batch"), compute, CUBLAS_GEMM_DEFAULT));
+    DRT_CUBLAS_CHECK(cublasGemmStridedBatchedEx(h, op_b, op_a, m, n, k, alpha, b, in_type, ldb, g.batch_stride_b, a,
+                                                in_type, lda, g.batch_stride_a, beta, g.c, out_type, ldc,
+                                                g.batch_stride_c, detail::as_int(g.batch, "batch"), compute,
+                                                CUBLAS_GEMM_DEFAULT));
   }
 }
 

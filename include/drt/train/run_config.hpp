@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "drt/core/error.hpp"
+#include "drt/core/precision.hpp"
 #include "drt/data/batch.hpp"
 #include "drt/data/corpus.hpp"
 #include "drt/data/mqar.hpp"
@@ -329,6 +330,9 @@ struct RunConfig {
   std::string out_dir;           // resolved against the run file's folder
   DataConfig data;
   int threads = 0;               // 0: OpenMP's default (OMP_NUM_THREADS or every core)
+  // How float GEMMs compute (drt/core/precision.hpp): "fp32", "tf32" or "bf16" (bf16 operands,
+  // fp32 sums; weights, optimiser state and activations stay fp32).
+  Precision precision = Precision::fp32;
 
   // Sequences × tokens that one optimiser step consumes.
   std::int64_t tokens_per_step() const { return batch_size * grad_accum * seq_len; }
@@ -336,7 +340,7 @@ struct RunConfig {
   static std::vector<std::string> keys() {
     return {"model_type", "model", "model_config", "seed", "optimizer", "schedule", "clip_norm", "batch_size",
             "seq_len", "grad_accum", "steps", "log_every", "eval_every", "eval_batches", "checkpoint_every", "out_dir",
-            "data", "threads"};
+            "data", "threads", "precision"};
   }
 
   // `base_dir`: the folder that relative paths (model_config, out_dir) are relative to.
@@ -419,6 +423,8 @@ struct RunConfig {
     s.check(!out.empty(), "out_dir", "must not be empty");
     r.out_dir = resolve(base_dir, out);
     r.threads = static_cast<int>(s.integer_in("threads", r.threads, 0, 4096));
+    r.precision = parse_precision(s.choice("precision", precision_name(r.precision), {"fp32", "tf32", "bf16"}),
+                                  file + ": key 'precision'");
 
     r.data = DataConfig::from_json(s.object("data"), file, base_dir);
     if (r.data.kind == "toy") {
@@ -457,12 +463,13 @@ struct RunConfig {
             {"checkpoint_every", checkpoint_every},
             {"out_dir", out_dir},
             {"data", data.to_json()},
-            {"threads", threads}};
+            {"threads", threads},
+            {"precision", precision_name(precision)}};
   }
 
   // The keys that decide the numbers a run computes. A checkpoint may only be resumed by a run
   // that agrees on all of them; the others (steps, logging, evaluation, checkpoint cadence,
-  // out_dir, threads) may change between the interrupted run and its continuation.
+  // out_dir, threads, precision) may change between the interrupted run and its continuation.
   static std::vector<std::string> trajectory_keys() {
     return {"model_type", "model", "seed", "optimizer", "schedule", "clip_norm", "batch_size", "seq_len", "grad_accum", "data"};
   }

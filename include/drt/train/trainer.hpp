@@ -211,6 +211,9 @@ class Trainer {
     auto file = [&](const char* name) { return (*found / name).string(); };
     const nlohmann::json saved_run = detail::parse_json_file(file(checkpoint_files::run), "checkpoint's run file");
     check_same_trajectory(saved_run, file(checkpoint_files::run));
+    saved_precision_ = saved_run.contains("precision") && saved_run["precision"].is_string()
+                           ? saved_run["precision"].get<std::string>()
+                           : "fp32";
     const TrainState state =
         TrainState::from_json(detail::parse_json_file(file(checkpoint_files::state), "checkpoint state"), file(checkpoint_files::state));
     DRT_CHECK(state.seed == run_.seed, file(checkpoint_files::state), ": seed ", state.seed, " differs from run.json's ", run_.seed);
@@ -228,6 +231,7 @@ class Trainer {
   std::vector<StepRecord> train(std::ostream& log, const TrainOptions& options = {}) {
     const std::int64_t stop = options.stop_at > 0 ? options.stop_at : run_.steps;
     const bool fresh = state_.step == 0 && !resumed_;
+    const MatmulPrecisionScope precision(run_.precision);  // restored when training returns
     if (fresh) {
       // Never overwrite a checkpoint by starting afresh: it may be days of training.
       const auto existing = find_checkpoint(run_.out_dir);
@@ -238,11 +242,14 @@ class Trainer {
     }
     if (fresh) {
       log << "model " << model_->describe() << ", " << model_->parameter_count() << " parameters, on "
-          << device_name(device_) << "; data " << train_source_->describe() << "\n"
+          << device_name(device_) << " (" << precision_name(run_.precision) << " GEMMs); data " << train_source_->describe() << "\n"
           << "batch " << run_.batch_size << " x " << run_.grad_accum << " x " << run_.seq_len << " tokens = "
           << run_.tokens_per_step() << " tokens per step, " << run_.steps << " steps\n";
     } else {
       log << "resuming at step " << state_.step << " from " << checkpoint_path(run_.out_dir).string() << "\n";
+      if (saved_precision_ != precision_name(run_.precision))
+        log << "note: the checkpoint was trained with " << saved_precision_ << " GEMMs and this run uses "
+            << precision_name(run_.precision) << "\n";
       if (state_.threads > 0 && state_.threads != thread_slots())
         log << "note: the checkpoint was written with " << state_.threads << " threads and this run has "
             << thread_slots() << ": the steps from here equal the uninterrupted run's only up to float rounding "
@@ -471,6 +478,7 @@ class Trainer {
   std::unique_ptr<data::BatchSource> train_source_, eval_source_;
   TrainState state_;
   bool resumed_ = false;
+  std::string saved_precision_ = "fp32";  // the resumed checkpoint's run.json "precision"
   Clock::time_point session_start_;
   double session_train_seconds_ = 0, interval_train_seconds_ = 0;
   std::int64_t session_steps_ = 0;

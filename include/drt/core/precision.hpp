@@ -1,0 +1,92 @@
+// drt/core/precision.hpp — one switch for how float matrix products compute: fp32, tf32 or bf16.
+//
+// drt keeps every float it *stores* in fp32: parameters (the master weights), gradients, the
+// optimiser's moments, activations, the loss and the softmax statistics of attention. What the
+// switch changes is the arithmetic of float GEMMs, which hold almost all of a model's FLOPs:
+//
+//   fp32  exact fp32 products (the default, and what the tests compare everything against)
+//   tf32  operands rounded to TF32 (10-bit mantissa), products summed in fp32
+//   bf16  operands rounded to bf16 (7-bit mantissa), products summed in fp32
+//
+// On a GPU, tf32 and bf16 run on tensor cores: bf16 operands are rounded into bf16 copies
+// (weights and activations alike) and cuBLAS multiplies them with fp32 accumulation and an
+// fp32 result. On the CPU the same rounding is emulated on copies of the operands, so a CPU run
+// with the switch on computes what the GPU computes (up to the order of the fp32 sums) — slower,
+// not faster, but it lets a test or a user see the effect of bf16 on their model anywhere.
+//
+// double GEMMs are always exact: finite-difference gradient checks never see the switch.
+//
+// Why only GEMMs? Elementwise ops, norms, softmax and the loss are memory-bound: bf16 inputs
+// would save bandwidth but not arithmetic, and fp32 there is what keeps mixed-precision training
+// stable (the reference trains the same way under torch.autocast, which also keeps softmax,
+// norms and the loss in fp32).
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <string>
+
+#include "drt/core/error.hpp"
+
+namespace drt {
+
+enum class Precision : std::uint8_t { fp32, tf32, bf16 };
+
+inline const char* precision_name(Precision p) {
+  switch (p) {
+    case Precision::fp32: return "fp32";
+    case Precision::tf32: return "tf32";
+    case Precision::bf16: return "bf16";
+  }
+  return "?";
+}
+
+// "fp32" | "tf32" | "bf16"; anything else is an error naming `where` (a file, a flag).
+inline Precision parse_precision(const std::string& text, const std::string& where) {
+  if (text == "fp32") return Precision::fp32;
+  if (text == "tf32") return Precision::tf32;
+  if (text == "bf16") return Precision::bf16;
+  throw Error(detail::concat(where, ": unknown precision '", text, "' (expected fp32, tf32 or bf16)"));
+}
+
+namespace detail {
+inline Precision& matmul_precision_slot() {
+  static Precision precision = Precision::fp32;
+  return precision;
+}
+}  // namespace detail
+
+// The process-wide switch (like torch.backends.cuda.matmul.allow_tf32; set it before training,
+// not from several threads at once).
+inline void set_matmul_precision(Precision p) { detail::matmul_precision_slot() = p; }
+inline Precision matmul_precision() { return detail::matmul_precision_slot(); }
+
+// Sets the switch for one scope and restores the previous setting when it ends.
+class MatmulPrecisionScope {
+ public:
+  explicit MatmulPrecisionScope(Precision p) : previous_(matmul_precision()) { set_matmul_precision(p); }
+  ~MatmulPrecisionScope() { set_matmul_precision(previous_); }
+  MatmulPrecisionScope(const MatmulPrecisionScope&) = delete;
+  MatmulPrecisionScope& operator=(const MatmulPrecisionScope&) = delete;
+
+ private:
+  Precision previous_;
+};
+
+// x rounded to the operand precision p (round to nearest, ties to even; NaN and ±inf kept).
+// bf16 keeps the top 16 bits of a float, tf32 the top 19.
+inline float round_to_precision(float x, Precision p) {
+  if (p == Precision::fp32 || !std::isfinite(x)) return x;
+  const int dropped_bits = p == Precision::bf16 ? 16 : 13;
+  std::uint32_t bits;
+  std::memcpy(&bits, &x, 4);
+  const std::uint32_t half = (1u << (dropped_bits - 1)) - 1;
+  const std::uint32_t lowest_kept = (bits >> dropped_bits) & 1u;
+  bits = (bits + half + lowest_kept) & ~((1u << dropped_bits) - 1u);
+  float y;
+  std::memcpy(&y, &bits, 4);
+  return y;
+}
+
+}  // namespace drt
