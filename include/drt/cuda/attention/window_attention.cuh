@@ -5,15 +5,21 @@
 // query t of head h sees keys j ∈ [t − W, t] of kv head h / (H / Hkv) with score
 // scale·⟨q_t, k_j⟩ − slope_h·(t − j).
 //
-// One warp per query row (forward, dQ) or per key row (dK, dV), lanes splitting d. The forward
-// is an online softmax over the window (running max, running sum, rescaled accumulator), so it
-// needs no scratch; the backward recomputes probabilities from lse as flash attention does. dK
-// and dV walk, for each key, the queries that can see it, so no two warps write the same row and
-// no atomics are needed: the result is the same on every run. Correct, not fast: the tensor-core
-// kernels are the next issue.
+// Two versions, each an online softmax over the window (running max, running sum, rescaled
+// accumulator) with a backward that recomputes probabilities from lse as flash attention does;
+// dK and dV walk, for each key, the queries that can see it, so no two threads write the same
+// row and no atomics are needed: the result is the same on every run.
+//   version 1 (any d ≤ 256, float or double): one warp per query row (forward, dQ) or key row
+//     (dK, dV), lanes splitting d: simple, about 1 TFLOP/s.
+//   version 2 (float, d ≤ 64; what DRT uses): one thread per row, tiles of 64 keys (or queries)
+//     staged in shared memory (drt/cuda/attention/tiles.cuh).
+// Both are fp32 CUDA-core kernels; tensor cores are the next issue.
 #pragma once
 
+#include <type_traits>
+
 #include "drt/core/tensor.hpp"
+#include "drt/cuda/attention/tiles.cuh"
 #include "drt/cuda/attention/warp_math.cuh"
 #include "drt/cuda/error.cuh"
 
@@ -114,6 +120,152 @@ __global__ void window_dkv_kernel(const T* q, const T* k, const T* v, const T* s
   }
 }
 
+// ---- version 2: tiled, one thread per row ------------------------------------------------------
+// Grid (⌈T/64⌉, H, B) for the query-side kernels, (⌈T/64⌉, Hkv, B) for the key side; 64 threads.
+
+// Query t = t0 + threadIdx.x; key tiles cover [t0 − W, t0 + 63]; each thread masks its own window.
+__global__ void __launch_bounds__(tiles::kTile) window_forward_tiled(const float* q, const float* k, const float* v,
+                                                                     const float* slopes, WindowShape s, float scale,
+                                                                     float* out, float* lse) {
+  using namespace tiles;
+  __shared__ Tile keys, values;
+  const int t0 = blockIdx.x * kTile, h = blockIdx.y, b = blockIdx.z, g = h / s.heads_per_kv;
+  const int t = t0 + threadIdx.x;
+  const bool active = t < s.T;
+  const long long row = (static_cast<long long>(b) * s.T + t) * s.H + h;
+  float qr[kTileD];
+  load_row(qr, q + (active ? row : 0) * s.d, s.d, scale);
+  const float slope = slopes[h];
+  OnlineSoftmax softmax;
+  const int first = t0 > s.W ? t0 - s.W : 0, last = min(s.T - 1, t0 + kTile - 1);
+  for (int j0 = first; j0 <= last; j0 += kTile) {
+    __syncthreads();
+    auto key_row = [&](const float* base) {
+      return [=](int r) -> const float* {
+        const int j = j0 + r;
+        return j <= last ? base + ((static_cast<long long>(b) * s.T + j) * s.Hkv + g) * s.d : nullptr;
+      };
+    };
+    stage(keys, s.d, key_row(k));
+    stage(values, s.d, key_row(v));
+    __syncthreads();
+    if (!active) continue;
+    softmax.add_tile(qr, keys, values, min(kTile, last - j0 + 1), [&](int r) {
+      const int j = j0 + r;
+      return (j <= t && j >= t - s.W) ? -slope * float(t - j) : -INFINITY;
+    });
+  }
+  if (!active) return;
+  const float inv = 1.0f / softmax.sum;
+  for (int c = 0; c < s.d; ++c) out[row * s.d + c] = softmax.acc[c] * inv;
+  lse[(static_cast<long long>(b) * s.H + h) * s.T + t] = softmax.max + logf(softmax.sum);
+}
+
+// dQ_t += scale · Σ_j P_tj (⟨dO_t, v_j⟩ − δ_t) k_j, one thread per query, key tiles as forward.
+__global__ void __launch_bounds__(tiles::kTile) window_dq_tiled(const float* q, const float* k, const float* v,
+                                                                const float* slopes, WindowShape s, float scale,
+                                                                const float* lse, const float* delta, const float* dout,
+                                                                float* dq) {
+  using namespace tiles;
+  __shared__ Tile keys, values;
+  const int t0 = blockIdx.x * kTile, h = blockIdx.y, b = blockIdx.z, g = h / s.heads_per_kv;
+  const int t = t0 + threadIdx.x;
+  const bool active = t < s.T;
+  const long long row = (static_cast<long long>(b) * s.T + t) * s.H + h;
+  const long long stat = (static_cast<long long>(b) * s.H + h) * s.T + (active ? t : 0);
+  float qr[kTileD], dor[kTileD], acc[kTileD] = {};
+  load_row(qr, q + (active ? row : 0) * s.d, s.d, scale);
+  load_row(dor, dout + (active ? row : 0) * s.d, s.d);
+  const float slope = slopes[h], row_lse = lse[stat], row_delta = delta[stat];
+  const int first = t0 > s.W ? t0 - s.W : 0, last = min(s.T - 1, t0 + kTile - 1);
+  for (int j0 = first; j0 <= last; j0 += kTile) {
+    __syncthreads();
+    auto key_row = [&](const float* base) {
+      return [=](int r) -> const float* {
+        const int j = j0 + r;
+        return j <= last ? base + ((static_cast<long long>(b) * s.T + j) * s.Hkv + g) * s.d : nullptr;
+      };
+    };
+    stage(keys, s.d, key_row(k));
+    stage(values, s.d, key_row(v));
+    __syncthreads();
+    if (!active) continue;
+    // Every thread walks the same rows in step (a shared row is then one broadcast read) and
+    // skips the keys outside its window.
+    const int rows = min(kTile, last - j0 + 1);
+    for (int r = 0; r < rows; ++r) {
+      const int j = j0 + r;
+      if (j > t || j < t - s.W) continue;
+      const float p = expf(dot(qr, keys.row[r]) - slope * float(t - j) - row_lse);
+      axpy(acc, p * (dot(dor, values.row[r]) - row_delta), keys.row[r]);
+    }
+  }
+  if (!active) return;
+  for (int c = 0; c < s.d; ++c) dq[row * s.d + c] += scale * acc[c];
+}
+
+// For key j = j0 + threadIdx.x of kv head g: over the heads of its group and the queries
+// t ∈ [j, j + W] (staged 64 at a time with their lse and δ):
+//   want_dv: dV_j += Σ P_tj dO_t            (registers: k_j, dV_j)
+//   else:    dK_j += scale · Σ dS_tj q_t     (registers: k_j, v_j, dK_j)
+// Two launches rather than one keeps each under ~200 registers.
+template <bool want_dv>
+__global__ void __launch_bounds__(tiles::kTile) window_dkv_tiled(const float* q, const float* k, const float* v,
+                                                                 const float* slopes, WindowShape s, float scale,
+                                                                 const float* lse, const float* delta,
+                                                                 const float* dout, float* grad) {
+  using namespace tiles;
+  __shared__ Tile queries, douts;
+  __shared__ float tile_lse[kTile], tile_delta[kTile];
+  const int j0 = blockIdx.x * kTile, g = blockIdx.y, b = blockIdx.z;
+  const int j = j0 + threadIdx.x;
+  const bool active = j < s.T;
+  const long long key = (static_cast<long long>(b) * s.T + (active ? j : 0)) * s.Hkv + g;
+  float kr[kTileD], vr[kTileD], acc[kTileD] = {};
+  load_row(kr, k + key * s.d, s.d, scale);  // pre-scaled: ⟨q, k·scale⟩ is the score
+  if (!want_dv) load_row(vr, v + key * s.d, s.d);
+  const int last = min(s.T - 1, j0 + kTile - 1 + s.W);
+  for (int h = g * s.heads_per_kv; h < (g + 1) * s.heads_per_kv; ++h) {
+    const float slope = slopes[h];
+    for (int t0 = j0; t0 <= last; t0 += kTile) {
+      __syncthreads();
+      auto query_row = [&](const float* base) {
+        return [=](int r) -> const float* {
+          const int t = t0 + r;
+          return t <= last ? base + ((static_cast<long long>(b) * s.T + t) * s.H + h) * s.d : nullptr;
+        };
+      };
+      stage(queries, s.d, query_row(q));
+      stage(douts, s.d, query_row(dout));
+      if (threadIdx.x < kTile) {
+        const int t = t0 + threadIdx.x;
+        const long long stat = (static_cast<long long>(b) * s.H + h) * s.T + t;
+        tile_lse[threadIdx.x] = t <= last ? lse[stat] : 0.0f;
+        tile_delta[threadIdx.x] = t <= last ? delta[stat] : 0.0f;
+      }
+      __syncthreads();
+      if (!active) continue;
+      const int rows = min(kTile, last - t0 + 1);
+      for (int r = 0; r < rows; ++r) {  // in step across threads, as in window_dq_tiled
+        const int t = t0 + r;
+        if (t < j || t > j + s.W) continue;
+        const float p = expf(dot(kr, queries.row[r]) - slope * float(t - j) - tile_lse[r]);
+        if (want_dv) axpy(acc, p, douts.row[r]);
+        else axpy(acc, p * (dot(vr, douts.row[r]) - tile_delta[r]), queries.row[r]);
+      }
+    }
+  }
+  if (!active) return;
+  const float factor = want_dv ? 1.0f : scale;
+  for (int c = 0; c < s.d; ++c) grad[key * s.d + c] += factor * acc[c];
+}
+
+inline bool use_tiled(const WindowShape& s) { return s.d <= tiles::kTileD; }
+inline dim3 tiled_grid(const WindowShape& s, int heads) {
+  return dim3(static_cast<unsigned>((s.T + tiles::kTile - 1) / tiles::kTile), static_cast<unsigned>(heads),
+              static_cast<unsigned>(s.B));
+}
+
 inline WindowShape window_shape(const Shape& q, const Shape& k, Index window) {
   DRT_CHECK(q[3] <= kMaxHeadDim, "window_attention on the GPU: head width ", q[3], " is above ", kMaxHeadDim);
   return {int(q[0]), int(q[1]), int(q[2]), int(k[2]), int(q[3]), int(window), int(q[2] / k[2])};
@@ -128,6 +280,14 @@ void window_attention_forward(const Tensor<T>& q, const Tensor<T>& k, const Tens
   const attention::WindowShape s = attention::window_shape(q.shape(), k.shape(), window);
   const long long rows = static_cast<long long>(s.B) * s.T * s.H;
   if (rows == 0) return;
+  if constexpr (std::is_same_v<T, float>) {
+    if (attention::use_tiled(s)) {
+      attention::window_forward_tiled<<<attention::tiled_grid(s, s.H), attention::tiles::kTile>>>(
+          q.data(), k.data(), v.data(), slopes.data(), s, scale, out.data(), lse.data());
+      DRT_CUDA_CHECK_LAUNCH();
+      return;
+    }
+  }
   attention::window_forward_kernel<T><<<attention::warp_grid(rows), attention::kWarpBlockThreads>>>(
       q.data(), k.data(), v.data(), slopes.data(), s, scale, out.data(), lse.data());
   DRT_CUDA_CHECK_LAUNCH();
@@ -145,6 +305,26 @@ void window_attention_backward(const Tensor<T>& q, const Tensor<T>& k, const Ten
   attention::window_delta_kernel<T><<<attention::warp_grid(rows), attention::kWarpBlockThreads>>>(out.data(), dout.data(), s,
                                                                                          delta.data());
   DRT_CUDA_CHECK_LAUNCH();
+  if constexpr (std::is_same_v<T, float>) {
+    if (attention::use_tiled(s)) {
+      if (dq) {
+        attention::window_dq_tiled<<<attention::tiled_grid(s, s.H), attention::tiles::kTile>>>(
+            q.data(), k.data(), v.data(), slopes.data(), s, scale, lse.data(), delta.data(), dout.data(), dq->data());
+        DRT_CUDA_CHECK_LAUNCH();
+      }
+      if (dk) {
+        attention::window_dkv_tiled<false><<<attention::tiled_grid(s, s.Hkv), attention::tiles::kTile>>>(
+            q.data(), k.data(), v.data(), slopes.data(), s, scale, lse.data(), delta.data(), dout.data(), dk->data());
+        DRT_CUDA_CHECK_LAUNCH();
+      }
+      if (dv) {
+        attention::window_dkv_tiled<true><<<attention::tiled_grid(s, s.Hkv), attention::tiles::kTile>>>(
+            q.data(), k.data(), v.data(), slopes.data(), s, scale, lse.data(), delta.data(), dout.data(), dv->data());
+        DRT_CUDA_CHECK_LAUNCH();
+      }
+      return;
+    }
+  }
   if (dq) {
     attention::window_dq_kernel<T><<<attention::warp_grid(rows), attention::kWarpBlockThreads>>>(
         q.data(), k.data(), v.data(), slopes.data(), s, scale, lse.data(), delta.data(), dout.data(), dq->data());
