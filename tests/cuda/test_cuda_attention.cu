@@ -65,7 +65,9 @@ void check_window(const WindowCase& c) {
 
 TEST_F(Gpu, WindowAttentionMatchesCpu) {
   for (const WindowCase& c : {WindowCase{2, 150, 4, 2, 40, 17}, WindowCase{1, 70, 2, 2, 64, 0},
-                              WindowCase{2, 90, 4, 1, 33, 200}, WindowCase{1, 300, 3, 3, 64, 128}}) {
+                              WindowCase{2, 90, 4, 1, 33, 200}, WindowCase{1, 300, 3, 3, 64, 128},
+                              WindowCase{1, 100, 2, 1, 80, 30}}) {
+    // float with d ≤ 64 takes the tiled kernels (version 2); d = 80 and double take version 1.
     check_window<double>(c);
     check_window<float>(c);
   }
@@ -112,6 +114,7 @@ void check_gca(const GcaCase& c) {
 TEST_F(Gpu, GcaMatchesCpu) {
   for (const GcaCase& c : {GcaCase{2, 3, 4, 2, 5, 4, 37, 40, 3}, GcaCase{1, 2, 2, 2, 64, 3, 64, 64, 1},
                            GcaCase{3, 2, 6, 3, 7, 5, 65, 16, 4}}) {
+    // float with M, N, d ≤ 64 takes the tiled kernels (version 2); N = 65 and double take version 1.
     check_gca<double>(c);
     check_gca<float>(c);
   }

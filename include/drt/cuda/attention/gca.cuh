@@ -4,19 +4,24 @@
 // Shapes: q (Z, H, M, d), k and v (B, E, N, Hkv, d), index (Z, Kc) int32 (−1 = empty slot),
 // weight (Z, Kc), out (Z, H, M, d), lse (Z, H, Kc, M) (−inf for a skipped slot).
 //
-// One warp per query (z, h, m), lanes splitting d, an online softmax per retrieved chunk,
-// chunks read in place through `index`. The backward:
+// Version 1 (any shape, float or double): one warp per query (z, h, m), lanes splitting d, an
+// online softmax per retrieved chunk, chunks read in place through `index`. The backward:
 //   1. per query: recompute o_i, δ_i = ⟨dO, o_i⟩, dQ += scale·Σ_i w_i Σ_n P (⟨dO, v_n⟩ − δ_i) k_n;
 //   2. per (z, i): dW[z, i] += Σ_{h,m} δ (one thread; H·M terms);
 //   3. per key (z, h, i, n) of a retrieved chunk: its dK/dV contribution summed over the M
 //      queries, then added to the chunk memory with atomics (several rows retrieve the same
 //      chunk), so fp32 dK/dV may differ in the last bits between runs.
-// Correct, not fast: the tensor-core kernels are the next issue.
+// Version 2 (float, M, N, d ≤ 64; DRT's shapes): the same passes with one thread per query (or
+// per key) and the retrieved chunk (or the row's queries) staged in shared memory as a tile
+// (drt/cuda/attention/tiles.cuh); blocks per (z, h) or per (z, i, h). Both are fp32 CUDA-core
+// kernels; tensor cores are the next issue.
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "drt/core/tensor.hpp"
+#include "drt/cuda/attention/tiles.cuh"
 #include "drt/cuda/attention/warp_math.cuh"
 #include "drt/cuda/error.cuh"
 
@@ -158,6 +163,145 @@ __global__ void gca_key_backward_kernel(const T* q, const T* k, const T* v, cons
   }
 }
 
+// ---- version 2: tiled, one thread per row ------------------------------------------------------
+
+// Stages rows n < N of chunk e (sequence b, kv head g) of the memory `base`.
+__device__ inline void stage_chunk(tiles::Tile& tile, const float* base, const GcaShape& s, int b, int e, int g) {
+  tiles::stage(tile, s.d, [&](int n) -> const float* { return n < s.N ? base + gca_key_row(s, b, e, n, g) * s.d : nullptr; });
+}
+
+// Grid (Z, H), 64 threads: thread m is query (z, h, m).
+__global__ void __launch_bounds__(tiles::kTile) gca_forward_tiled(const float* q, const float* k, const float* v,
+                                                                  const std::int32_t* index, const float* weight,
+                                                                  GcaShape s, float scale, float* out, float* lse) {
+  using namespace tiles;
+  __shared__ Tile keys, values;
+  const int z = blockIdx.x, h = blockIdx.y, m = threadIdx.x;
+  const int b = z / s.rows_per_sequence, g = h / s.heads_per_kv;
+  const bool active = m < s.M;
+  const long long query = (static_cast<long long>(z) * s.H + h) * s.M + (active ? m : 0);
+  float qr[kTileD], total[kTileD] = {};
+  load_row(qr, q + query * s.d, s.d, scale);
+  for (int i = 0; i < s.Kc; ++i) {
+    const int e = index[z * s.Kc + i];
+    const float w = weight[z * s.Kc + i];
+    float* lse_slot = lse + ((static_cast<long long>(z) * s.H + h) * s.Kc + i) * s.M + m;
+    if (e < 0 || w == 0.0f) {  // skipped, as on the CPU (the same for the whole block)
+      if (active) *lse_slot = -INFINITY;
+      continue;
+    }
+    __syncthreads();
+    stage_chunk(keys, k, s, b, e, g);
+    stage_chunk(values, v, s, b, e, g);
+    __syncthreads();
+    if (!active) continue;
+    OnlineSoftmax softmax;
+    softmax.add_tile(qr, keys, values, s.N, [](int) { return 0.0f; });
+    const float norm = w / softmax.sum;
+#pragma unroll
+    for (int c = 0; c < kTileD; ++c) total[c] += norm * softmax.acc[c];
+    *lse_slot = softmax.max + logf(softmax.sum);
+  }
+  if (!active) return;
+  #pragma unroll
+  for (int c = 0; c < tiles::kTileD; ++c)
+    if (c < s.d) out[query * s.d + c] = total[c];
+}
+
+// Pass 1: δ (Z, H, Kc, M) and dQ. Grid (Z, H), thread m. δ_i = ⟨dO, o_i⟩ = Σ_n P_n ⟨dO, v_n⟩ is
+// summed first (a scalar: no o_i in registers), then dQ += w_i Σ_n P_n (⟨dO, v_n⟩ − δ_i) k_n.
+__global__ void __launch_bounds__(tiles::kTile) gca_query_backward_tiled(const float* q, const float* k,
+                                                                         const float* v, const std::int32_t* index,
+                                                                         const float* weight, GcaShape s, float scale,
+                                                                         const float* lse, const float* dout,
+                                                                         float* delta, float* dq) {
+  using namespace tiles;
+  __shared__ Tile keys, values;
+  const int z = blockIdx.x, h = blockIdx.y, m = threadIdx.x;
+  const int b = z / s.rows_per_sequence, g = h / s.heads_per_kv;
+  const bool active = m < s.M;
+  const long long query = (static_cast<long long>(z) * s.H + h) * s.M + (active ? m : 0);
+  float qr[kTileD], dor[kTileD], acc[kTileD] = {};
+  load_row(qr, q + query * s.d, s.d, scale);
+  load_row(dor, dout + query * s.d, s.d);
+  for (int i = 0; i < s.Kc; ++i) {
+    const int e = index[z * s.Kc + i];
+    const float w = weight[z * s.Kc + i];
+    const long long stat = ((static_cast<long long>(z) * s.H + h) * s.Kc + i) * s.M + m;
+    if (e < 0 || w == 0.0f) {
+      if (active) delta[stat] = 0.0f;
+      continue;
+    }
+    __syncthreads();
+    stage_chunk(keys, k, s, b, e, g);
+    stage_chunk(values, v, s, b, e, g);
+    __syncthreads();
+    if (!active) continue;
+    const float row_lse = lse[stat];
+    float slot_delta = 0.0f;
+    for (int n = 0; n < s.N; ++n)
+      slot_delta += expf(dot(qr, keys.row[n]) - row_lse) * dot(dor, values.row[n]);
+    delta[stat] = slot_delta;
+    if (!dq) continue;
+    for (int n = 0; n < s.N; ++n) {
+      const float p = expf(dot(qr, keys.row[n]) - row_lse);
+      axpy(acc, w * p * (dot(dor, values.row[n]) - slot_delta), keys.row[n]);
+    }
+  }
+  if (!active || !dq) return;
+  #pragma unroll
+  for (int c = 0; c < tiles::kTileD; ++c)
+    if (c < s.d) dq[query * s.d + c] += scale * acc[c];
+}
+
+// Pass 3: grid (Z, Kc, H), thread n is key n of the chunk that (z, i) retrieved, kv head g; the
+// row's M queries (and their dO, lse, δ) are staged. Atomics add into the chunk memory.
+//   want_dv: dV_n += Σ_m w P_mn dO_m           (registers: k_n, dV_n)
+//   else:    dK_n += scale · Σ_m dS_mn q_m       (registers: k_n, v_n, dK_n)
+template <bool want_dv>
+__global__ void __launch_bounds__(tiles::kTile) gca_key_backward_tiled(const float* q, const float* k, const float* v,
+                                                                       const std::int32_t* index, const float* weight,
+                                                                       GcaShape s, float scale, const float* lse,
+                                                                       const float* delta, const float* dout,
+                                                                       float* grad) {
+  using namespace tiles;
+  __shared__ Tile queries, douts;
+  __shared__ float tile_lse[kTile], tile_delta[kTile];
+  const int z = blockIdx.x, i = blockIdx.y, h = blockIdx.z, n = threadIdx.x;
+  const int e = index[z * s.Kc + i];
+  const float w = weight[z * s.Kc + i];
+  if (e < 0 || w == 0.0f) return;  // the whole block: no gradient for a skipped slot
+  const int b = z / s.rows_per_sequence, g = h / s.heads_per_kv;
+  const bool active = n < s.N;
+  const long long key = gca_key_row(s, b, e, active ? n : 0, g);
+  const long long first_query = (static_cast<long long>(z) * s.H + h) * s.M;
+  const long long first_stat = ((static_cast<long long>(z) * s.H + h) * s.Kc + i) * s.M;
+  stage(queries, s.d, [&](int r) -> const float* { return r < s.M ? q + (first_query + r) * s.d : nullptr; });
+  stage(douts, s.d, [&](int r) -> const float* { return r < s.M ? dout + (first_query + r) * s.d : nullptr; });
+  if (threadIdx.x < kTile) {
+    tile_lse[threadIdx.x] = threadIdx.x < s.M ? lse[first_stat + threadIdx.x] : 0.0f;
+    tile_delta[threadIdx.x] = threadIdx.x < s.M ? delta[first_stat + threadIdx.x] : 0.0f;
+  }
+  __syncthreads();
+  if (!active) return;
+  float kr[kTileD], vr[kTileD], acc[kTileD] = {};
+  load_row(kr, k + key * s.d, s.d, scale);
+  if (!want_dv) load_row(vr, v + key * s.d, s.d);
+  for (int r = 0; r < s.M; ++r) {
+    const float wp = w * expf(dot(kr, queries.row[r]) - tile_lse[r]);
+    if (want_dv) axpy(acc, wp, douts.row[r]);
+    else axpy(acc, wp * (dot(vr, douts.row[r]) - tile_delta[r]), queries.row[r]);
+  }
+  const float factor = want_dv ? 1.0f : scale;
+  #pragma unroll
+  for (int c = 0; c < tiles::kTileD; ++c)
+    if (c < s.d) atomicAdd(grad + key * s.d + c, factor * acc[c]);
+}
+
+inline bool use_tiled(const GcaShape& s) {
+  return s.M <= tiles::kTile && s.N <= tiles::kTile && s.d <= tiles::kTileD;
+}
+
 inline GcaShape gca_shape(const Shape& q, const Shape& k, const Shape& index) {
   DRT_CHECK(q[3] <= kMaxHeadDim, "gca on the GPU: head width ", q[3], " is above ", kMaxHeadDim);
   GcaShape s{int(q[0]), int(q[1]), int(q[2]), int(q[3]), int(k[0]), int(k[1]), int(k[2]), int(k[3]), int(index[1]), 0, 0};
@@ -175,6 +319,14 @@ void gca_forward(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, con
   const attention::GcaShape s = attention::gca_shape(q.shape(), k.shape(), index.shape());
   const long long queries = static_cast<long long>(s.Z) * s.H * s.M;
   if (queries == 0) return;
+  if constexpr (std::is_same_v<T, float>) {
+    if (attention::use_tiled(s)) {
+      attention::gca_forward_tiled<<<dim3(unsigned(s.Z), unsigned(s.H)), attention::tiles::kTile>>>(
+          q.data(), k.data(), v.data(), index.data(), weight.data(), s, scale, out.data(), lse.data());
+      DRT_CUDA_CHECK_LAUNCH();
+      return;
+    }
+  }
   attention::gca_forward_kernel<T><<<attention::warp_grid(queries), attention::kWarpBlockThreads>>>(
       q.data(), k.data(), v.data(), index.data(), weight.data(), s, scale, out.data(), lse.data());
   DRT_CUDA_CHECK_LAUNCH();
@@ -189,15 +341,43 @@ void gca_backward(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, co
   const long long queries = static_cast<long long>(s.Z) * s.H * s.M;
   if (queries == 0 || s.Kc == 0) return;
   const Tensor<T> delta = Tensor<T>::empty(lse.shape(), nullptr, q.device());
-  attention::gca_query_backward_kernel<T><<<attention::warp_grid(queries), attention::kWarpBlockThreads>>>(
-      q.data(), k.data(), v.data(), index.data(), weight.data(), s, scale, lse.data(), dout.data(), delta.data(),
-      dq ? dq->data() : nullptr);
+  bool tiled = false;
+  if constexpr (std::is_same_v<T, float>) tiled = attention::use_tiled(s);
+  if (tiled) {
+    if constexpr (std::is_same_v<T, float>) {
+      attention::gca_query_backward_tiled<<<dim3(unsigned(s.Z), unsigned(s.H)), attention::tiles::kTile>>>(
+          q.data(), k.data(), v.data(), index.data(), weight.data(), s, scale, lse.data(), dout.data(), delta.data(),
+          dq ? dq->data() : nullptr);
+    }
+  } else {
+    attention::gca_query_backward_kernel<T><<<attention::warp_grid(queries), attention::kWarpBlockThreads>>>(
+        q.data(), k.data(), v.data(), index.data(), weight.data(), s, scale, lse.data(), dout.data(), delta.data(),
+        dq ? dq->data() : nullptr);
+  }
   DRT_CUDA_CHECK_LAUNCH();
   if (dweight) {
     const long long slots = static_cast<long long>(s.Z) * s.Kc;
     attention::gca_weight_backward_kernel<T><<<static_cast<unsigned>((slots + 127) / 128), 128>>>(delta.data(), s,
                                                                                                 dweight->data());
     DRT_CUDA_CHECK_LAUNCH();
+  }
+  if constexpr (std::is_same_v<T, float>) {
+    if (tiled) {
+      const dim3 grid(unsigned(s.Z), unsigned(s.Kc), unsigned(s.H));
+      if (dk) {
+        attention::gca_key_backward_tiled<false><<<grid, attention::tiles::kTile>>>(
+            q.data(), k.data(), v.data(), index.data(), weight.data(), s, scale, lse.data(), delta.data(), dout.data(),
+            dk->data());
+        DRT_CUDA_CHECK_LAUNCH();
+      }
+      if (dv) {
+        attention::gca_key_backward_tiled<true><<<grid, attention::tiles::kTile>>>(
+            q.data(), k.data(), v.data(), index.data(), weight.data(), s, scale, lse.data(), delta.data(), dout.data(),
+            dv->data());
+        DRT_CUDA_CHECK_LAUNCH();
+      }
+      return;
+    }
   }
   if (dk || dv) {
     const long long keys = queries / s.M * s.Kc * s.N;

@@ -157,7 +157,9 @@ __global__ void __launch_bounds__(tiles::kTile) window_forward_tiled(const float
   }
   if (!active) return;
   const float inv = 1.0f / softmax.sum;
-  for (int c = 0; c < s.d; ++c) out[row * s.d + c] = softmax.acc[c] * inv;
+  #pragma unroll
+  for (int c = 0; c < tiles::kTileD; ++c)
+    if (c < s.d) out[row * s.d + c] = softmax.acc[c] * inv;
   lse[(static_cast<long long>(b) * s.H + h) * s.T + t] = softmax.max + logf(softmax.sum);
 }
 
@@ -201,7 +203,9 @@ __global__ void __launch_bounds__(tiles::kTile) window_dq_tiled(const float* q, 
     }
   }
   if (!active) return;
-  for (int c = 0; c < s.d; ++c) dq[row * s.d + c] += scale * acc[c];
+  #pragma unroll
+  for (int c = 0; c < tiles::kTileD; ++c)
+    if (c < s.d) dq[row * s.d + c] += scale * acc[c];
 }
 
 // For key j = j0 + threadIdx.x of kv head g: over the heads of its group and the queries
@@ -257,7 +261,9 @@ __global__ void __launch_bounds__(tiles::kTile) window_dkv_tiled(const float* q,
   }
   if (!active) return;
   const float factor = want_dv ? 1.0f : scale;
-  for (int c = 0; c < s.d; ++c) grad[key * s.d + c] += factor * acc[c];
+  #pragma unroll
+  for (int c = 0; c < tiles::kTileD; ++c)
+    if (c < s.d) grad[key * s.d + c] += factor * acc[c];
 }
 
 inline bool use_tiled(const WindowShape& s) { return s.d <= tiles::kTileD; }
