@@ -3,7 +3,7 @@
 // run (the ratio says how much of the GPU's matrix speed a whole DRT step turns into model FLOPs).
 //
 //   bench_cuda_train [--config FILE] [--batch B] [--micro-batch b] [--seq-len T] [--steps N]
-//                    [--precision fp32|tf32|bf16] [--phases]
+//                    [--precision fp32|tf32|bf16] [--phases] [--profile]
 //   default: tests/data/config_63.json (the paper's 146M DRT), batch 1, 16,380 tokens, 5 steps, fp32
 //
 // A step is what `drt train` does: forward and backward of B sequences (as B/b micro-batches of
@@ -11,7 +11,8 @@
 // precision switch (drt/core/precision.hpp) sets how the GEMMs compute; everything stored stays
 // fp32. The first step (allocations, cuBLAS heuristics) is not timed. --phases times the same
 // steps again with a synchronisation after forward, backward and clip + AdamW, to show where
-// the time goes.
+// the time goes; --profile times one more step's backward op by op (drt/autodiff/profile.hpp)
+// and prints the ops that take the most.
 #include <cublas_v2.h>
 
 #include <chrono>
@@ -55,14 +56,15 @@ struct Options {
   int steps = 5;
   Precision precision = Precision::fp32;
   bool phases = false;
+  bool profile = false;
 };
 
 Options parse(int argc, char** argv) {
   Options o;
   for (int i = 1; i < argc; ++i) {
     const std::string flag = argv[i];
-    if (flag == "--phases") {
-      o.phases = true;
+    if (flag == "--phases" || flag == "--profile") {
+      (flag == "--phases" ? o.phases : o.profile) = true;
       continue;
     }
     DRT_CHECK(i + 1 < argc, "bench_cuda_train: ", flag, " needs a value");
@@ -153,6 +155,13 @@ int main(int argc, char** argv) {
       for (int s = 1; s <= o.steps; ++s) step(std::uint64_t(s));
       std::printf("phases per step (synchronised): forward %.3f s, backward %.3f s, clip + AdamW %.3f s\n",
                   phase_seconds[0] / o.steps, phase_seconds[1] / o.steps, phase_seconds[2] / o.steps);
+    }
+    if (o.profile) {
+      BackwardProfile profile([] { cuda::synchronize(); });
+      tape().set_backward_observer(&profile);
+      step(std::uint64_t(o.steps + 1));
+      tape().set_backward_observer(nullptr);
+      std::printf("backward of one step, op by op (synchronised after each):\n%s", profile.table(25).c_str());
     }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_cuda_train: %s\n", e.what());

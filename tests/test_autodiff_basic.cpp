@@ -158,3 +158,27 @@ TEST(Tape, NoGradScopeRecordsNothing) {
   EXPECT_EQ(tape().size(), 2u);  // one record per op, not per element
   tape().reset();
 }
+
+TEST(Tape, BackwardProfileChargesEachRecordToTheOpThatMadeIt) {
+  Parameter<double> a(rand({8, 8}, 1)), b(rand({8, 8}, 2));
+  Var<double> loss = sum_all(exp(matmul(a, b)));
+  const std::size_t records = tape().size();
+  int waits = 0;
+  BackwardProfile profile([&] { ++waits; });
+  tape().set_backward_observer(&profile);
+  backward(loss);
+  tape().set_backward_observer(nullptr);
+  tape().reset();
+  EXPECT_EQ(waits, int(2 * records));  // before and after every record
+  long calls = 0;
+  bool saw_matmul = false;
+  for (const auto& e : profile.entries()) {
+    calls += e.calls;
+    EXPECT_GE(e.seconds, 0.0);
+    saw_matmul = saw_matmul || e.op.find("matmul") != std::string::npos;
+    EXPECT_EQ(e.op.find("lambda"), std::string::npos) << e.op;  // named after the op, not the closure
+  }
+  EXPECT_EQ(calls, long(records));
+  EXPECT_TRUE(saw_matmul) << profile.table(10);
+  EXPECT_NE(profile.table(10).find("total of"), std::string::npos);
+}

@@ -19,3 +19,4 @@
 #include "drt/autodiff/matmul.hpp"       // defines: differentiable matmul, linear
 #include "drt/autodiff/view.hpp"         // defines: differentiable reshape, permute, transpose, slice, (un)squeeze, broadcast_to, contiguous, concat
 #include "drt/autodiff/indexing.hpp"     // defines: differentiable index_select, gather, scatter_add, embedding
+#include "drt/autodiff/profile.hpp"      // defines: BackwardObserver, BackwardProfile (time per op in backward)
