@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # On a machine with an NVIDIA GPU (and nvcc): builds every CUDA target, runs the gpu-labelled
-# tests, then the GPU benchmarks and a short training run of drt-gpu. Everything goes to stdout;
+# tests, then the GPU benchmarks (with PyTorch's flash attention as the attention baseline where
+# python3 has torch). Everything goes to stdout;
 # the exit status is the tests' (benchmarks run even when a test fails, so that one call to a
 # scarce GPU machine gives the whole picture).
 #
@@ -34,6 +35,8 @@ bench() {
 if [[ -z "${GPU_CHECK_SKIP_BENCH:-}" ]]; then
   bench bench_cuda
   bench bench_cuda_attention                        # window attention and GCA at the DRT training shapes
+  echo "---- python3 bench/sdpa_baseline.py (PyTorch flash attention on the same work)"
+  python3 bench/sdpa_baseline.py || echo "(no PyTorch with CUDA here: no SDPA baseline)"
   bench bench_cuda_train --phases                   # config_63, fp32, 1 x 16,380 tokens
   # The paper-size run of issue 6: config_63 with bf16 GEMMs at 16,380 tokens x batch 4 (four
   # micro-batches of one sequence; see include/drt/cuda/README.md for why).
