@@ -10,8 +10,9 @@
 // FLOPs as flash attention counts them: forward 4·d per (query, key) pair (QKᵀ and PV), backward
 // 2.5× the forward (recomputing P, then dV, dP, dQ, dK).
 //
-// These are version 1 of the kernels (warp per row, fp32 CUDA cores): the baseline that issue
-// 7's tensor-core kernels are measured against.
+// The plain lines run in the default fp32 precision (version 2 of the kernels: tiled, fp32 CUDA
+// cores); "GCA v3 (bf16 mma)" runs GCA with matmul_precision() = bf16, which takes version 3
+// (bf16 tensor cores, fp32 accumulators) at this shape. FLOPs are counted the same way for both.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -101,8 +102,12 @@ int main(int argc, char** argv) {
         for (Index i = 0; i < Kc; ++i) index(z, i) = static_cast<std::int32_t>((z % rows * 5 + i * 31) % E);
       const IndexTensor device_index = index.to(Device::cuda);
       const double flops = 4.0 * double(Z * H * M) * double(Kc * N) * double(d);
-      report("GCA", time_op(reps, {Z, H, M, d}, [&] { return gca(q, k, v, device_index, w, scale); }), flops, batch == 4 ? 0.809 : 0,
-             5.78);
+      auto run_gca = [&] { return gca(q, k, v, device_index, w, scale); };
+      report("GCA", time_op(reps, {Z, H, M, d}, run_gca), flops, batch == 4 ? 0.809 : 0, 5.78);
+      {
+        MatmulPrecisionScope bf16(Precision::bf16);
+        report("GCA v3 (bf16 mma)", time_op(reps, {Z, H, M, d}, run_gca), flops, batch == 4 ? 0.809 : 0, 5.78);
+      }
     }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_cuda_attention: %s\n", e.what());

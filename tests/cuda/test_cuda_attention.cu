@@ -120,6 +120,72 @@ TEST_F(Gpu, GcaMatchesCpu) {
   }
 }
 
+// Version 3 (bf16 tensor cores, taken in bf16 mode at M = N = d = 64) against the CPU op in
+// double on the SAME bf16-rounded q, k, v (and dO): what is left is the rounding version 3 does
+// inside. P is rounded to bf16 before P·V, so each term of o = Σ_n P_n v_n / Σ_n P_n carries a
+// relative error of at most 2^-9 (bf16's unit roundoff): |Δo| ≤ 2^-9 · Σ_n P_n |v_n| / Σ_n P_n
+// ≤ 2^-9 · max|v| — about 0.2% of max|v|, and the errors of 64 terms partly cancel. The fp32 sums
+// (64 products, softmax in fp32) add ~1e-6. With outputs that average over a chunk a few
+// times smaller than max|v|, the worst case is ~1% of max|out| and the expected error ~0.05%:
+// 2e-2 relative to each tensor's largest magnitude bounds the first and still catches any
+// fragment-layout mistake (those move whole probabilities, errors of order max|out| itself).
+// Relative to the tensor's own largest magnitude, with no floor at 1: outputs here are ~0.1–0.5.
+void expect_near_relative_to_max(const Tensor<double>& cpu, const Tensor<float>& gpu, double tol,
+                                 const std::string& what) {
+  double largest = 0;
+  for (double v : cpu.to_vector()) largest = std::max(largest, std::abs(v));
+  ASSERT_GT(largest, 0.0) << what;
+  expect_close(cpu.cast<float>(), gpu, tol * largest, 0.0, what.c_str());
+}
+
+Tensor<float> rounded_to_bf16(Tensor<float> t) {
+  float* x = t.data();
+  for (Index i = 0; i < t.numel(); ++i) x[i] = round_to_precision(x[i], Precision::bf16);
+  return t;
+}
+
+constexpr double kBf16Tol = 2e-2;
+
+TEST_F(Gpu, GcaBf16TensorCoresMatchCpu) {
+  // DRT's shape with small Z: M = N = d = 64, grouped heads (H 4 over Hkv 2), 2 sequences.
+  const Index B = 2, rows = 3, Z = B * rows, H = 4, Hkv = 2, M = 64, E = 5, N = 64, d = 64, Kc = 3;
+  const Tensor<float> q = rounded_to_bf16(uniform<float>({Z, H, M, d}, 15));
+  const Tensor<float> k = rounded_to_bf16(uniform<float>({B, E, N, Hkv, d}, 16));
+  const Tensor<float> v = rounded_to_bf16(uniform<float>({B, E, N, Hkv, d}, 17));
+  IndexTensor index = IndexTensor::empty({Z, Kc});
+  Tensor<float> weight = uniform<float>({Z, Kc}, 19, 0.05f, 1.0f);
+  for (Index z = 0; z < Z; ++z)
+    for (Index i = 0; i < Kc; ++i) index(z, i) = static_cast<std::int32_t>((z * 7 + i * 3) % (E + 1)) - 1;
+  ASSERT_EQ(index(0, 0), -1);  // an empty slot ...
+  weight(1, 1) = 0.0f;         // ... and a zero weight on a filled one
+  ASSERT_GE(index(1, 1), 0);
+  // 4× the usual 1/√d: peaked softmaxes, so a P applied to the wrong keys shows (near-uniform
+  // probabilities would hide it).
+  const float scale = 0.5f;
+
+  const cuda::attention::GcaShape shape = cuda::attention::gca_shape(q.shape(), k.shape(), index.shape());
+  EXPECT_EQ(cuda::attention::gca_version<float>(shape, Precision::bf16), 3);
+  EXPECT_EQ(cuda::attention::gca_version<float>(shape, Precision::fp32), 2);
+  EXPECT_EQ(cuda::attention::gca_version<float>(shape, Precision::tf32), 2);
+  EXPECT_EQ(cuda::attention::gca_version<double>(shape, Precision::bf16), 1);
+
+  const Var<double> cpu_out = gca(constant(q.cast<double>()), constant(k.cast<double>()), constant(v.cast<double>()),
+                                  index, constant(weight.cast<double>()), double(scale));
+  auto gpu_forward = [&](Precision p) {
+    MatmulPrecisionScope scope(p);
+    return gca(constant(q.to(Device::cuda)), constant(k.to(Device::cuda)), constant(v.to(Device::cuda)), index,
+               constant(weight.to(Device::cuda)), scale)
+        .value()
+        .clone();
+  };
+  const Tensor<float> out = gpu_forward(Precision::bf16);
+  expect_near_relative_to_max(cpu_out.value(), out, kBf16Tol, "out");
+  // And it was version 3 that ran: version 2 (fp32) on the same inputs differs by far more than
+  // fp32 rounding (the bf16 P).
+  EXPECT_GT(max_abs_difference(out.to(Device::cpu), gpu_forward(Precision::fp32).to(Device::cpu)), 1e-5);
+  tape().reset();
+}
+
 // An index already on the GPU (as the retrieval makes it) gives the same result, and a bad index
 // there is reported with the CPU's message.
 TEST_F(Gpu, GcaTakesADeviceIndexAndChecksIt) {

@@ -14,13 +14,22 @@
 // Version 2 (float, M, N, d ≤ 64; DRT's shapes): the same passes with one thread per query (or
 // per key) and the retrieved chunk (or the row's queries) staged in shared memory as a tile
 // (drt/cuda/attention/tiles.cuh); blocks per (z, h) or per (z, i, h). Both are fp32 CUDA-core
-// kernels; tensor cores are the next issue.
+// kernels.
+// Version 3 (float, M = N = d = 64, and matmul_precision() == bf16): the products on bf16 tensor
+// cores (mma.sync, drt/cuda/attention/mma.cuh) with fp32 accumulators and an fp32 softmax; one
+// block of four warps per (z, h), each warp owning 16 queries. q, k, v (and dO) are rounded to
+// bf16 as they are staged, as cuBLAS's operands are in bf16 mode; so are P (before P·V) and, in
+// the backward, P and dS (before the products that consume them). Everything stored stays fp32.
+// gca_version() says which version a call takes.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <type_traits>
 
+#include "drt/core/precision.hpp"
 #include "drt/core/tensor.hpp"
+#include "drt/cuda/attention/mma.cuh"
 #include "drt/cuda/attention/tiles.cuh"
 #include "drt/cuda/attention/warp_math.cuh"
 #include "drt/cuda/error.cuh"
@@ -298,6 +307,111 @@ __global__ void __launch_bounds__(tiles::kTile) gca_key_backward_tiled(const flo
     if (c < s.d) atomicAdd(grad + key * s.d + c, factor * acc[c]);
 }
 
+// ---- version 3: bf16 tensor cores (mma.sync), M = N = d = 64 ------------------------------------
+
+inline constexpr int kMmaSize = 64;               // M = N = d: one 64×64 tile per chunk, per row's queries
+inline constexpr int kMmaWarps = 4;               // warp w owns queries 16w..16w+15
+inline constexpr int kMmaThreads = kMmaWarps * kWarp;
+inline constexpr float kLog2e = 1.4426950408889634f;
+inline constexpr float kLn2 = 0.6931471805599453f;
+
+// Stages the 64 keys (or values) of chunk e of sequence b, kv head g as bf16.
+__device__ inline void stage_chunk_bf16(mma::BfTile& tile, const float* base, const GcaShape& s, int b, int e, int g) {
+  mma::stage_bf16(tile, [&](int n) { return base + gca_key_row(s, b, e, n, g) * kMmaSize; });
+}
+
+// Where this lane's accumulator entries sit in a warp's 16×64 block (mma.cuh): rows
+// row0 + group and row0 + group + 8 (entries [j][0..1] and [j][2..3]), columns 8j + 2·pair and
+// 8j + 2·pair + 1.
+struct FragmentPlace {
+  int row0, group, pair;
+  __device__ FragmentPlace() : row0(threadIdx.x / kWarp * 16), group(threadIdx.x % kWarp / 4), pair(threadIdx.x % 4) {}
+  __device__ int row(int half) const { return row0 + group + 8 * half; }  // half 0: entries 0, 1; half 1: 2, 3
+  __device__ int col(int j) const { return 8 * j + 2 * pair; }
+};
+
+// Grid (Z, H), kMmaThreads threads: warp w computes queries 16w..16w+15 of (z, h) over all Kc
+// chunks. One block per (z, h), not per (z, h, chunk): the output then sums over chunks in
+// registers and is written once, with no second pass or atomics, and Z·H blocks (12,432 at the
+// DRT shape) already fill the GPU many times over. Per chunk, all in registers:
+//   S = scale·Q Kᵀ (fp32), P = exp(S − max) (fp32; one 64-key tile, so no online rescale),
+//   O_i = bf16(P)·V, out += w / Σ_n P · O_i, lse = max + log Σ_n P.
+// Shared memory: Q, K, V as bf16 tiles (3 × 9,216 bytes).
+__global__ void __launch_bounds__(kMmaThreads) gca_forward_mma(const float* q, const float* k, const float* v,
+                                                               const std::int32_t* index, const float* weight,
+                                                               GcaShape s, float scale, float* out, float* lse) {
+  using namespace mma;
+  __shared__ BfTile queries, keys, values;
+  const int z = blockIdx.x, h = blockIdx.y;
+  const int b = z / s.rows_per_sequence, kv = h / s.heads_per_kv;
+  const FragmentPlace at;
+  const long long first_query = (static_cast<long long>(z) * s.H + h) * kMmaSize;
+  stage_bf16(queries, [&](int r) { return q + (first_query + r) * kMmaSize; });
+  __syncthreads();
+  std::uint32_t qa[4][4];  // this warp's 16 queries as A fragments, for every chunk
+  load_a_rows(qa, queries, at.row0);
+  const float to_log2 = scale * kLog2e;  // softmax in base 2: exp2f is one instruction
+  Accumulator16x64 total;
+  total.zero();
+  for (int i = 0; i < s.Kc; ++i) {
+    const int e = index[z * s.Kc + i];
+    const float w = weight[z * s.Kc + i];
+    float* lse_slot = lse + ((static_cast<long long>(z) * s.H + h) * s.Kc + i) * kMmaSize;
+    if (e < 0 || w == 0.0f) {  // skipped, as on the CPU (the same for the whole block)
+      if (threadIdx.x < kMmaSize) lse_slot[threadIdx.x] = -INFINITY;
+      continue;
+    }
+    __syncthreads();  // every warp is done with the previous chunk's tiles
+    stage_chunk_bf16(keys, k, s, b, e, kv);
+    stage_chunk_bf16(values, v, s, b, e, kv);
+    __syncthreads();
+    Accumulator16x64 p;
+    p.zero();
+    multiply_by_transposed(p, qa, keys);
+    float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        p.c[j][u] *= to_log2;
+        row_max[u / 2] = fmaxf(row_max[u / 2], p.c[j][u]);
+      }
+    row_max[0] = group_max(row_max[0]);
+    row_max[1] = group_max(row_max[1]);
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        p.c[j][u] = exp2f(p.c[j][u] - row_max[u / 2]);
+        row_sum[u / 2] += p.c[j][u];
+      }
+    row_sum[0] = group_sum(row_sum[0]);
+    row_sum[1] = group_sum(row_sum[1]);
+    std::uint32_t pa[4][4];
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) a_from_accumulators(pa[kk], p, kk);
+    Accumulator16x64 o;
+    o.zero();
+    multiply(o, pa, values);
+    const float norm[2] = {w / row_sum[0], w / row_sum[1]};
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+#pragma unroll
+      for (int u = 0; u < 4; ++u) total.c[j][u] += norm[u / 2] * o.c[j][u];
+    if (at.pair == 0) {
+      lse_slot[at.row(0)] = row_max[0] * kLn2 + logf(row_sum[0]);
+      lse_slot[at.row(1)] = row_max[1] * kLn2 + logf(row_sum[1]);
+    }
+  }
+  float* out_rows = out + first_query * kMmaSize;
+#pragma unroll
+  for (int j = 0; j < 8; ++j)
+#pragma unroll
+    for (int half = 0; half < 2; ++half)
+      *reinterpret_cast<float2*>(out_rows + at.row(half) * kMmaSize + at.col(j)) =
+          make_float2(total.c[j][2 * half], total.c[j][2 * half + 1]);
+}
+
 inline bool use_tiled(const GcaShape& s) {
   return s.M <= tiles::kTile && s.N <= tiles::kTile && s.d <= tiles::kTileD;
 }
@@ -310,6 +424,19 @@ inline GcaShape gca_shape(const Shape& q, const Shape& k, const Shape& index) {
   return s;
 }
 
+inline bool aligned_to(const void* p, std::size_t bytes) { return reinterpret_cast<std::uintptr_t>(p) % bytes == 0; }
+
+// The version a call takes: 3 (bf16 tensor cores) for float at M = N = d = 64 when the precision
+// switch says bf16 and the tensors allow 16-byte vector access; 2 (tiled fp32) for other float
+// shapes with M, N, d ≤ 64; 1 for everything else (double, larger shapes).
+template <class T>
+int gca_version(const GcaShape& s, Precision precision, bool vector_aligned = true) {
+  if (!std::is_same_v<T, float>) return 1;
+  if (precision == Precision::bf16 && vector_aligned && s.M == kMmaSize && s.N == kMmaSize && s.d == kMmaSize)
+    return 3;
+  return use_tiled(s) ? 2 : 1;
+}
+
 }  // namespace attention
 
 // Writes out (Z, H, M, d) and lse (Z, H, Kc, M); everything contiguous and on the GPU.
@@ -319,8 +446,17 @@ void gca_forward(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, con
   const attention::GcaShape s = attention::gca_shape(q.shape(), k.shape(), index.shape());
   const long long queries = static_cast<long long>(s.Z) * s.H * s.M;
   if (queries == 0) return;
+  const bool aligned = attention::aligned_to(q.data(), 16) && attention::aligned_to(k.data(), 16) &&
+                       attention::aligned_to(v.data(), 16) && attention::aligned_to(out.data(), 16);
+  const int version = attention::gca_version<T>(s, matmul_precision(), aligned);
   if constexpr (std::is_same_v<T, float>) {
-    if (attention::use_tiled(s)) {
+    if (version == 3) {
+      attention::gca_forward_mma<<<dim3(unsigned(s.Z), unsigned(s.H)), attention::kMmaThreads>>>(
+          q.data(), k.data(), v.data(), index.data(), weight.data(), s, scale, out.data(), lse.data());
+      DRT_CUDA_CHECK_LAUNCH();
+      return;
+    }
+    if (version == 2) {
       attention::gca_forward_tiled<<<dim3(unsigned(s.Z), unsigned(s.H)), attention::tiles::kTile>>>(
           q.data(), k.data(), v.data(), index.data(), weight.data(), s, scale, out.data(), lse.data());
       DRT_CUDA_CHECK_LAUNCH();
