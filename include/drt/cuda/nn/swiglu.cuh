@@ -4,6 +4,10 @@
 // Shapes: gate a, up b, gradient g, and the two gradient buffers da, db: all the same shape, any
 // strides. One thread per element, the CPU's formula:
 //   s = 1/(1 + exp(−a)),  da += g·b·s·(1 + a·(1 − s)),  db += g·a·s.
+// When all five are contiguous (the model's case) the flat kernel walks plain offsets: the
+// strided one spends its time in the 64-bit divisions that turn an element number into five
+// offsets (measured in bench_cuda_train --profile: 3.6 ms per call on 16,380 × 3,072 elements,
+// 13.6% of config_63's backward, for what is a 1 GB memory pass).
 #pragma once
 
 #include "drt/cuda/nn/common.cuh"
@@ -23,6 +27,16 @@ __global__ void __launch_bounds__(kBlock)
   }
 }
 
+template <class T>
+__global__ void __launch_bounds__(kBlock)
+    swiglu_backward_flat_kernel(const T* a, const T* b, const T* g, T* da, T* db, Index total) {
+  for (Index e = Index(blockIdx.x) * kBlock + threadIdx.x; e < total; e += Index(gridDim.x) * kBlock) {
+    const T z = a[e], s = T(1) / (T(1) + dev_exp(-z)), gj = g[e];
+    da[e] += gj * b[e] * s * (T(1) + z * (T(1) - s));
+    db[e] += gj * z * s;
+  }
+}
+
 }  // namespace nn_detail
 
 // da += d(silu(a)·b)/da · g,  db += silu(a) · g.
@@ -32,6 +46,12 @@ void swiglu_backward(const Tensor<T>& a, const Tensor<T>& b, const Tensor<T>& g,
   using namespace nn_detail;
   const Index total = a.numel(), n = a.rank() ? a.shape()[a.rank() - 1] : 1;
   if (total == 0) return;
+  if (a.is_contiguous() && b.is_contiguous() && g.is_contiguous() && da.is_contiguous() && db.is_contiguous()) {
+    swiglu_backward_flat_kernel<<<element_blocks(total), kBlock>>>(a.data(), b.data(), g.data(), da.data(), db.data(),
+                                                                   total);
+    DRT_CUDA_CHECK_LAUNCH();
+    return;
+  }
   swiglu_backward_kernel<<<element_blocks(total), kBlock>>>(a.data(), rows_of(a), b.data(), rows_of(b), g.data(),
                                                             rows_of(g), da.data(), rows_of(da), db.data(), rows_of(db),
                                                             n, total);
