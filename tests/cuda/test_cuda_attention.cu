@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <string>
+#include <vector>
 
 #include <drt/attention/gca.hpp>
 #include <drt/attention/window_attention.hpp>
@@ -130,12 +131,21 @@ TEST_F(Gpu, GcaMatchesCpu) {
 // 2e-2 relative to each tensor's largest magnitude bounds the first and still catches any
 // fragment-layout mistake (those move whole probabilities, errors of order max|out| itself).
 // Relative to the tensor's own largest magnitude, with no floor at 1: outputs here are ~0.1–0.5.
-void expect_near_relative_to_max(const Tensor<double>& cpu, const Tensor<float>& gpu, double tol,
+// Both on the host (the GPU result copied back and widened).
+void expect_near_relative_to_max(const Tensor<double>& cpu, const Tensor<double>& gpu, double tol,
                                  const std::string& what) {
-  double largest = 0;
-  for (double v : cpu.to_vector()) largest = std::max(largest, std::abs(v));
+  ASSERT_EQ(cpu.shape(), gpu.shape()) << what;
+  const std::vector<double> a = cpu.to_vector(), b = gpu.to_vector();
+  double largest = 0, worst = 0;
+  std::size_t where = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    largest = std::max(largest, std::abs(a[i]));
+    const double diff = std::isnan(b[i]) ? INFINITY : std::abs(a[i] - b[i]);
+    if (diff > worst) worst = diff, where = i;
+  }
   ASSERT_GT(largest, 0.0) << what;
-  expect_close(cpu.cast<float>(), gpu, tol * largest, 0.0, what.c_str());
+  EXPECT_LE(worst, tol * largest) << what << ": element " << where << " cpu " << a[where] << " gpu " << b[where]
+                                  << " (largest |cpu| " << largest << ")";
 }
 
 Tensor<float> rounded_to_bf16(Tensor<float> t) {
@@ -169,21 +179,44 @@ TEST_F(Gpu, GcaBf16TensorCoresMatchCpu) {
   EXPECT_EQ(cuda::attention::gca_version<float>(shape, Precision::tf32), 2);
   EXPECT_EQ(cuda::attention::gca_version<double>(shape, Precision::bf16), 1);
 
-  const Var<double> cpu_out = gca(constant(q.cast<double>()), constant(k.cast<double>()), constant(v.cast<double>()),
-                                  index, constant(weight.cast<double>()), double(scale));
-  auto gpu_forward = [&](Precision p) {
-    MatmulPrecisionScope scope(p);
-    return gca(constant(q.to(Device::cuda)), constant(k.to(Device::cuda)), constant(v.to(Device::cuda)), index,
-               constant(weight.to(Device::cuda)), scale)
-        .value()
-        .clone();
+  const Tensor<float> seed = rounded_to_bf16(uniform<float>({Z, H, M, d}, 18));  // dO
+  struct Result {
+    Tensor<double> out, dq, dk, dv, dw;
   };
-  const Tensor<float> out = gpu_forward(Precision::bf16);
-  expect_near_relative_to_max(cpu_out.value(), out, kBf16Tol, "out");
+  // Device::cpu: the CPU op in double. Device::cuda: float on the GPU, under precision p.
+  auto run = [&](Device device, Precision p) {
+    MatmulPrecisionScope scope(p);
+    Result r;
+    if (device == Device::cpu) {
+      const Var<double> vq = variable(q.cast<double>()), vk = variable(k.cast<double>()), vv = variable(v.cast<double>());
+      const Var<double> vw = variable(weight.cast<double>());
+      const Var<double> out = gca(vq, vk, vv, index, vw, double(scale));
+      backward(out, seed.cast<double>());
+      r = {out.value().clone(), vq.grad().clone(), vk.grad().clone(), vv.grad().clone(), vw.grad().clone()};
+    } else {
+      const Var<float> vq = variable(q.to(device)), vk = variable(k.to(device)), vv = variable(v.to(device));
+      const Var<float> vw = variable(weight.to(device));
+      const Var<float> out = gca(vq, vk, vv, index, vw, scale);
+      backward(out, seed.to(device));
+      auto host = [](const Tensor<float>& t) { return t.to(Device::cpu).cast<double>(); };
+      r = {host(out.value()), host(vq.grad()), host(vk.grad()), host(vv.grad()), host(vw.grad())};
+    }
+    tape().reset();
+    return r;
+  };
+  const Result cpu = run(Device::cpu, Precision::fp32), gpu = run(Device::cuda, Precision::bf16);
+  expect_near_relative_to_max(cpu.out, gpu.out, kBf16Tol, "out");
+  expect_near_relative_to_max(cpu.dq, gpu.dq, kBf16Tol, "dq");
+  expect_near_relative_to_max(cpu.dk, gpu.dk, kBf16Tol, "dk");
+  expect_near_relative_to_max(cpu.dv, gpu.dv, kBf16Tol, "dv");
+  expect_near_relative_to_max(cpu.dw, gpu.dw, kBf16Tol, "dweight");
   // And it was version 3 that ran: version 2 (fp32) on the same inputs differs by far more than
-  // fp32 rounding (the bf16 P).
-  EXPECT_GT(max_abs_difference(out.to(Device::cpu), gpu_forward(Precision::fp32).to(Device::cpu)), 1e-5);
-  tape().reset();
+  // fp32 rounding (the bf16 P and dS), forward and backward.
+  const Result fp32 = run(Device::cuda, Precision::fp32);
+  EXPECT_GT(max_abs_difference(gpu.out, fp32.out), 1e-5);
+  EXPECT_GT(max_abs_difference(gpu.dq, fp32.dq), 1e-5);
+  EXPECT_GT(max_abs_difference(gpu.dk, fp32.dk), 1e-5);
+  EXPECT_GT(max_abs_difference(gpu.dv, fp32.dv), 1e-5);
 }
 
 // An index already on the GPU (as the retrieval makes it) gives the same result, and a bad index

@@ -309,15 +309,19 @@ __global__ void __launch_bounds__(tiles::kTile) gca_key_backward_tiled(const flo
 
 // ---- version 3: bf16 tensor cores (mma.sync), M = N = d = 64 ------------------------------------
 
-inline constexpr int kMmaSize = 64;               // M = N = d: one 64×64 tile per chunk, per row's queries
-inline constexpr int kMmaWarps = 4;               // warp w owns queries 16w..16w+15
-inline constexpr int kMmaThreads = kMmaWarps * kWarp;
+namespace gca_mma {  // version 3's constants and helpers (the window kernels have their own)
+
+using namespace mma;
+
+inline constexpr int kSize = 64;               // M = N = d: one 64×64 tile per chunk, per row's queries
+inline constexpr int kWarps = 4;               // warp w owns queries 16w..16w+15
+inline constexpr int kThreads = kWarps * kWarp;
 inline constexpr float kLog2e = 1.4426950408889634f;
 inline constexpr float kLn2 = 0.6931471805599453f;
 
 // Stages the 64 keys (or values) of chunk e of sequence b, kv head g as bf16.
 __device__ inline void stage_chunk_bf16(mma::BfTile& tile, const float* base, const GcaShape& s, int b, int e, int g) {
-  mma::stage_bf16(tile, [&](int n) { return base + gca_key_row(s, b, e, n, g) * kMmaSize; });
+  mma::stage_bf16(tile, [&](int n) { return base + gca_key_row(s, b, e, n, g) * kSize; });
 }
 
 // Where this lane's accumulator entries sit in a warp's 16×64 block (mma.cuh): rows
@@ -330,23 +334,25 @@ struct FragmentPlace {
   __device__ int col(int j) const { return 8 * j + 2 * pair; }
 };
 
-// Grid (Z, H), kMmaThreads threads: warp w computes queries 16w..16w+15 of (z, h) over all Kc
+}  // namespace gca_mma
+
+// Grid (Z, H), kThreads threads: warp w computes queries 16w..16w+15 of (z, h) over all Kc
 // chunks. One block per (z, h), not per (z, h, chunk): the output then sums over chunks in
 // registers and is written once, with no second pass or atomics, and Z·H blocks (12,432 at the
 // DRT shape) already fill the GPU many times over. Per chunk, all in registers:
 //   S = scale·Q Kᵀ (fp32), P = exp(S − max) (fp32; one 64-key tile, so no online rescale),
 //   O_i = bf16(P)·V, out += w / Σ_n P · O_i, lse = max + log Σ_n P.
 // Shared memory: Q, K, V as bf16 tiles (3 × 9,216 bytes).
-__global__ void __launch_bounds__(kMmaThreads) gca_forward_mma(const float* q, const float* k, const float* v,
+__global__ void __launch_bounds__(gca_mma::kThreads) gca_forward_mma(const float* q, const float* k, const float* v,
                                                                const std::int32_t* index, const float* weight,
                                                                GcaShape s, float scale, float* out, float* lse) {
-  using namespace mma;
+  using namespace gca_mma;
   __shared__ BfTile queries, keys, values;
   const int z = blockIdx.x, h = blockIdx.y;
   const int b = z / s.rows_per_sequence, kv = h / s.heads_per_kv;
   const FragmentPlace at;
-  const long long first_query = (static_cast<long long>(z) * s.H + h) * kMmaSize;
-  stage_bf16(queries, [&](int r) { return q + (first_query + r) * kMmaSize; });
+  const long long first_query = (static_cast<long long>(z) * s.H + h) * kSize;
+  stage_bf16(queries, [&](int r) { return q + (first_query + r) * kSize; });
   __syncthreads();
   std::uint32_t qa[4][4];  // this warp's 16 queries as A fragments, for every chunk
   load_a_rows(qa, queries, at.row0);
@@ -356,9 +362,9 @@ __global__ void __launch_bounds__(kMmaThreads) gca_forward_mma(const float* q, c
   for (int i = 0; i < s.Kc; ++i) {
     const int e = index[z * s.Kc + i];
     const float w = weight[z * s.Kc + i];
-    float* lse_slot = lse + ((static_cast<long long>(z) * s.H + h) * s.Kc + i) * kMmaSize;
+    float* lse_slot = lse + ((static_cast<long long>(z) * s.H + h) * s.Kc + i) * kSize;
     if (e < 0 || w == 0.0f) {  // skipped, as on the CPU (the same for the whole block)
-      if (threadIdx.x < kMmaSize) lse_slot[threadIdx.x] = -INFINITY;
+      if (threadIdx.x < kSize) lse_slot[threadIdx.x] = -INFINITY;
       continue;
     }
     __syncthreads();  // every warp is done with the previous chunk's tiles
@@ -403,13 +409,161 @@ __global__ void __launch_bounds__(kMmaThreads) gca_forward_mma(const float* q, c
       lse_slot[at.row(1)] = row_max[1] * kLn2 + logf(row_sum[1]);
     }
   }
-  float* out_rows = out + first_query * kMmaSize;
+  float* out_rows = out + first_query * kSize;
 #pragma unroll
   for (int j = 0; j < 8; ++j)
 #pragma unroll
     for (int half = 0; half < 2; ++half)
-      *reinterpret_cast<float2*>(out_rows + at.row(half) * kMmaSize + at.col(j)) =
+      *reinterpret_cast<float2*>(out_rows + at.row(half) * kSize + at.col(j)) =
           make_float2(total.c[j][2 * half], total.c[j][2 * half + 1]);
+}
+
+namespace gca_mma {
+
+// Adds a warp's 16×64 fp32 block, times `factor`, to rows row(r) of the chunk memory `grad`
+// (row r of the block is key `first_key + r` of chunk e) with atomics: several rows z retrieve
+// the same chunk. Pairs of columns go as one 8-byte atomic (sm_90 has vector atomicAdd).
+__device__ inline void add_to_chunk(float* grad, const mma::Accumulator16x64& acc, float factor, const GcaShape& s,
+                                    int b, int e, int g, const FragmentPlace& at) {
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    float* row = grad + gca_key_row(s, b, e, at.row(half), g) * kSize;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const float x = factor * acc.c[j][2 * half], y = factor * acc.c[j][2 * half + 1];
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+      atomicAdd(reinterpret_cast<float2*>(row + at.col(j)), make_float2(x, y));
+#else
+      atomicAdd(row + at.col(j), x);
+      atomicAdd(row + at.col(j) + 1, y);
+#endif
+    }
+  }
+}
+
+// Writes a warp's 16×64 fp32 block into its rows of a bf16 tile (the operand of a product
+// that other warps read).
+__device__ inline void store_block_bf16(mma::BfTile& tile, const mma::Accumulator16x64& acc, const FragmentPlace& at) {
+#pragma unroll
+  for (int j = 0; j < 8; ++j)
+#pragma unroll
+    for (int half = 0; half < 2; ++half)
+      *reinterpret_cast<std::uint32_t*>(&tile.at[at.row(half)][at.col(j)]) =
+          mma::pack_bf16x2(acc.c[j][2 * half], acc.c[j][2 * half + 1]);
+}
+
+inline constexpr int kBackwardTiles = 6;  // Q, dO, K, V, w·P, dS
+inline constexpr std::size_t kBackwardSharedBytes = kBackwardTiles * sizeof(mma::BfTile);
+
+}  // namespace gca_mma
+
+// Grid (Z, H), kThreads threads, kBackwardSharedBytes of dynamic shared memory (six bf16
+// tiles, 55,296 bytes: above the 48 KB of static shared memory). For each retrieved chunk i:
+//   per warp (its 16 queries, registers):
+//     P  = exp(scale·Q Kᵀ − lse)             recomputed (fp32)
+//     dP = dO Vᵀ                             (fp32)
+//     δ  = Σ_n P dP  (= ⟨dO, o_i⟩, what version 2 writes; the weight kernel sums it)
+//     dS = w P (dP − δ);  dQ += dS K          (dQ stays in registers over all chunks)
+//   then w·P and dS go to shared memory as bf16 and each warp takes 16 KEYS instead:
+//     dV += (w P)ᵀ dO,  dK += scale · dSᵀ Q   added to the chunk memory with atomics.
+// Finally dq += scale · dQ (this block owns those rows: no atomics). Skipped slots get δ = 0
+// and no gradient, as in version 2.
+__global__ void __launch_bounds__(gca_mma::kThreads) gca_backward_mma(const float* q, const float* k, const float* v,
+                                                                const std::int32_t* index, const float* weight,
+                                                                GcaShape s, float scale, const float* lse,
+                                                                const float* dout, float* delta, float* dq, float* dk,
+                                                                float* dv) {
+  using namespace gca_mma;
+  extern __shared__ BfTile shared_tiles[];
+  BfTile &queries = shared_tiles[0], &douts = shared_tiles[1], &keys = shared_tiles[2], &values = shared_tiles[3];
+  BfTile &weighted_probs = shared_tiles[4], &dscores = shared_tiles[5];
+  const int z = blockIdx.x, h = blockIdx.y;
+  const int b = z / s.rows_per_sequence, kv = h / s.heads_per_kv;
+  const FragmentPlace at;
+  const long long first_query = (static_cast<long long>(z) * s.H + h) * kSize;
+  stage_bf16(queries, [&](int r) { return q + (first_query + r) * kSize; });
+  stage_bf16(douts, [&](int r) { return dout + (first_query + r) * kSize; });
+  const float to_log2 = scale * kLog2e;
+  Accumulator16x64 dq_acc;
+  dq_acc.zero();
+  for (int i = 0; i < s.Kc; ++i) {
+    const int e = index[z * s.Kc + i];
+    const float w = weight[z * s.Kc + i];
+    const long long first_stat = ((static_cast<long long>(z) * s.H + h) * s.Kc + i) * kSize;
+    if (e < 0 || w == 0.0f) {  // nothing flowed through this slot (the same for the whole block)
+      if (threadIdx.x < kSize) delta[first_stat + threadIdx.x] = 0.0f;
+      continue;
+    }
+    __syncthreads();  // every warp is done with the previous chunk's tiles
+    stage_chunk_bf16(keys, k, s, b, e, kv);
+    stage_chunk_bf16(values, v, s, b, e, kv);
+    __syncthreads();
+    std::uint32_t a[4][4];
+    load_a_rows(a, queries, at.row0);
+    Accumulator16x64 p;
+    p.zero();
+    multiply_by_transposed(p, a, keys);
+    const float lse_log2[2] = {lse[first_stat + at.row(0)] * kLog2e, lse[first_stat + at.row(1)] * kLog2e};
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+#pragma unroll
+      for (int u = 0; u < 4; ++u) p.c[j][u] = exp2f(p.c[j][u] * to_log2 - lse_log2[u / 2]);
+    load_a_rows(a, douts, at.row0);
+    Accumulator16x64 ds;  // dP, then dS in place
+    ds.zero();
+    multiply_by_transposed(ds, a, values);
+    float slot_delta[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+#pragma unroll
+      for (int u = 0; u < 4; ++u) slot_delta[u / 2] += p.c[j][u] * ds.c[j][u];
+    slot_delta[0] = group_sum(slot_delta[0]);
+    slot_delta[1] = group_sum(slot_delta[1]);
+    if (at.pair == 0) {
+      delta[first_stat + at.row(0)] = slot_delta[0];
+      delta[first_stat + at.row(1)] = slot_delta[1];
+    }
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        p.c[j][u] *= w;
+        ds.c[j][u] = p.c[j][u] * (ds.c[j][u] - slot_delta[u / 2]);
+      }
+    if (dq) {
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) a_from_accumulators(a[kk], ds, kk);
+      multiply(dq_acc, a, keys);
+    }
+    if (!dk && !dv) continue;
+    store_block_bf16(weighted_probs, p, at);
+    store_block_bf16(dscores, ds, at);
+    __syncthreads();
+    // From here the warp's 16 rows are keys row0..row0+15 of the chunk.
+    Accumulator16x64 grad;
+    if (dv) {
+      load_a_rows_transposed(a, weighted_probs, at.row0);
+      grad.zero();
+      multiply(grad, a, douts);
+      add_to_chunk(dv, grad, 1.0f, s, b, e, kv, at);
+    }
+    if (dk) {
+      load_a_rows_transposed(a, dscores, at.row0);
+      grad.zero();
+      multiply(grad, a, queries);
+      add_to_chunk(dk, grad, scale, s, b, e, kv, at);
+    }
+  }
+  if (!dq) return;
+  float* dq_rows = dq + first_query * kSize;
+#pragma unroll
+  for (int j = 0; j < 8; ++j)
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      float2* cell = reinterpret_cast<float2*>(dq_rows + at.row(half) * kSize + at.col(j));
+      const float2 old = *cell;
+      *cell = make_float2(old.x + scale * dq_acc.c[j][2 * half], old.y + scale * dq_acc.c[j][2 * half + 1]);
+    }
 }
 
 inline bool use_tiled(const GcaShape& s) {
@@ -432,7 +586,7 @@ inline bool aligned_to(const void* p, std::size_t bytes) { return reinterpret_ca
 template <class T>
 int gca_version(const GcaShape& s, Precision precision, bool vector_aligned = true) {
   if (!std::is_same_v<T, float>) return 1;
-  if (precision == Precision::bf16 && vector_aligned && s.M == kMmaSize && s.N == kMmaSize && s.d == kMmaSize)
+  if (precision == Precision::bf16 && vector_aligned && s.M == gca_mma::kSize && s.N == gca_mma::kSize && s.d == gca_mma::kSize)
     return 3;
   return use_tiled(s) ? 2 : 1;
 }
@@ -451,7 +605,7 @@ void gca_forward(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, con
   const int version = attention::gca_version<T>(s, matmul_precision(), aligned);
   if constexpr (std::is_same_v<T, float>) {
     if (version == 3) {
-      attention::gca_forward_mma<<<dim3(unsigned(s.Z), unsigned(s.H)), attention::kMmaThreads>>>(
+      attention::gca_forward_mma<<<dim3(unsigned(s.Z), unsigned(s.H)), attention::gca_mma::kThreads>>>(
           q.data(), k.data(), v.data(), index.data(), weight.data(), s, scale, out.data(), lse.data());
       DRT_CUDA_CHECK_LAUNCH();
       return;
@@ -477,8 +631,31 @@ void gca_backward(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, co
   const long long queries = static_cast<long long>(s.Z) * s.H * s.M;
   if (queries == 0 || s.Kc == 0) return;
   const Tensor<T> delta = Tensor<T>::empty(lse.shape(), nullptr, q.device());
-  bool tiled = false;
-  if constexpr (std::is_same_v<T, float>) tiled = attention::use_tiled(s);
+  auto gradient_aligned = [](const Tensor<T>* g) { return !g || attention::aligned_to(g->data(), 8); };  // float2
+  const bool aligned = attention::aligned_to(q.data(), 16) && attention::aligned_to(k.data(), 16) &&
+                       attention::aligned_to(v.data(), 16) && attention::aligned_to(dout.data(), 16) &&
+                       gradient_aligned(dq) && gradient_aligned(dk) && gradient_aligned(dv);
+  const int version = attention::gca_version<T>(s, matmul_precision(), aligned);
+  if constexpr (std::is_same_v<T, float>) {
+    if (version == 3) {
+      // Set on every call: cheap, and it holds for whichever device is current.
+      DRT_CUDA_CHECK(cudaFuncSetAttribute(attention::gca_backward_mma, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          int(attention::gca_mma::kBackwardSharedBytes)));
+      attention::gca_backward_mma<<<dim3(unsigned(s.Z), unsigned(s.H)), attention::gca_mma::kThreads,
+                                    attention::gca_mma::kBackwardSharedBytes>>>(
+          q.data(), k.data(), v.data(), index.data(), weight.data(), s, scale, lse.data(), dout.data(), delta.data(),
+          dq ? dq->data() : nullptr, dk ? dk->data() : nullptr, dv ? dv->data() : nullptr);
+      DRT_CUDA_CHECK_LAUNCH();
+      if (dweight) {
+        const long long slots = static_cast<long long>(s.Z) * s.Kc;
+        attention::gca_weight_backward_kernel<T><<<static_cast<unsigned>((slots + 127) / 128), 128>>>(
+            delta.data(), s, dweight->data());
+        DRT_CUDA_CHECK_LAUNCH();
+      }
+      return;
+    }
+  }
+  const bool tiled = version == 2;
   if (tiled) {
     if constexpr (std::is_same_v<T, float>) {
       attention::gca_query_backward_tiled<<<dim3(unsigned(s.Z), unsigned(s.H)), attention::tiles::kTile>>>(
