@@ -5,20 +5,28 @@
 // query t of head h sees keys j ∈ [t − W, t] of kv head h / (H / Hkv) with score
 // scale·⟨q_t, k_j⟩ − slope_h·(t − j).
 //
-// Two versions, each an online softmax over the window (running max, running sum, rescaled
+// Three versions, each an online softmax over the window (running max, running sum, rescaled
 // accumulator) with a backward that recomputes probabilities from lse as flash attention does;
 // dK and dV walk, for each key, the queries that can see it, so no two threads write the same
 // row and no atomics are needed: the result is the same on every run.
 //   version 1 (any d ≤ 256, float or double): one warp per query row (forward, dQ) or key row
 //     (dK, dV), lanes splitting d: simple, about 1 TFLOP/s.
-//   version 2 (float, d ≤ 64; what DRT uses): one thread per row, tiles of 64 keys (or queries)
-//     staged in shared memory (drt/cuda/attention/tiles.cuh).
-// Both are fp32 CUDA-core kernels; tensor cores are the next issue.
+//   version 2 (float, d ≤ 64; what DRT uses in fp32 and tf32 modes): one thread per row, tiles
+//     of 64 keys (or queries) staged in shared memory (drt/cuda/attention/tiles.cuh); fp32 CUDA
+//     cores.
+//   version 3 (float, d = 64, matmul_precision() == bf16): flash-attention-2 style on bf16
+//     tensor cores (mma.sync m16n8k16, drt/cuda/attention/mma.cuh), fp32 accumulators and
+//     softmax; one warp per 16 rows of a 64-row tile.
+// window_attention_version() says which version a call takes.
 #pragma once
 
+#include <cstdint>
+#include <initializer_list>
 #include <type_traits>
 
+#include "drt/core/precision.hpp"
 #include "drt/core/tensor.hpp"
+#include "drt/cuda/attention/mma.cuh"
 #include "drt/cuda/attention/tiles.cuh"
 #include "drt/cuda/attention/warp_math.cuh"
 #include "drt/cuda/error.cuh"
@@ -266,10 +274,383 @@ __global__ void __launch_bounds__(tiles::kTile) window_dkv_tiled(const float* q,
     if (c < s.d) grad[key * s.d + c] += factor * acc[c];
 }
 
-inline bool use_tiled(const WindowShape& s) { return s.d <= tiles::kTileD; }
+// ---- version 3: bf16 tensor cores (mma.sync m16n8k16), flash-attention-2 style ------------------
+// float, d = 64 only (DRT's head width: one 64-wide bf16 tile per row block; other shapes keep
+// versions 1 and 2), taken when matmul_precision() is bf16. q, k, v, dO stay fp32 in memory and
+// are rounded to bf16 as they are staged; products accumulate in fp32, the softmax and its
+// statistics (lse, δ) are fp32, and P and dS are rounded to bf16 only to feed the next product.
+// Tiles of 64 queries and 64 keys start at multiples of 64, so a block's key tiles run from the
+// one holding t0 − W to the diagonal one (9 tiles at W = 512). Scores are kept in base 2
+// (log2(e)·score): exp2f is one instruction.
+namespace window_mma {
+
+using namespace mma;
+
+inline constexpr int kTile = kTileRows;  // queries or keys per tile
+inline constexpr int kD = kTileCols;     // the one head width version 3 takes
+inline constexpr int kWarps = kTile / 16;  // each warp owns 16 rows of the tile
+inline constexpr int kThreads = kWarps * kWarp;
+inline constexpr float kLog2e = 1.4426950408889634f;
+inline constexpr float kLn2 = 0.6931471805599453f;
+
+// Row t of sequence b, head `head` of a (B, T, heads, 64) tensor, or nullptr past the end.
+__device__ inline const float* row_or_null(const float* x, const WindowShape& s, int b, int t, int head, int heads) {
+  return t < s.T ? x + ((static_cast<long long>(b) * s.T + t) * heads + head) * kD : nullptr;
+}
+
+// Stages 64 rows of 64 floats as bf16; src(r) gives row r (16-byte aligned) or nullptr for a row
+// past the end of the sequence, staged as zeros: masked probabilities are exactly 0, and 0 times
+// leftover shared memory could be 0·NaN. All threads of the block call it.
+template <class RowPointer>
+__device__ inline void stage_rows(BfTile& tile, RowPointer src) {
+  constexpr int kVectorsPerRow = kD / 4;
+#pragma unroll 4
+  for (int idx = threadIdx.x; idx < kTile * kVectorsPerRow; idx += blockDim.x) {
+    const int r = idx / kVectorsPerRow, c = (idx % kVectorsPerRow) * 4;
+    const float* row = src(r);
+    store_bf16x4(tile, r, c, row ? *reinterpret_cast<const float4*>(row + c) : make_float4(0.f, 0.f, 0.f, 0.f));
+  }
+}
+
+// Where this lane's accumulator entries sit in its warp's 16×64 block (mma.cuh): entry c[j][u]
+// is row group + 8·(u / 2) of the warp's rows, column 8j + 2·pair + u % 2.
+struct FragmentLane {
+  int row0, group, pair;  // row0: the warp's first row in the 64-row tile
+  __device__ FragmentLane() : row0(threadIdx.x / kWarp * 16), group(threadIdx.x % kWarp / 4), pair(threadIdx.x % 4) {}
+  __device__ int row(int u) const { return row0 + group + 8 * (u / 2); }
+  __device__ int col(int j, int u) const { return 8 * j + 2 * pair + u % 2; }
+};
+
+// The first key tile query tile t0 can reach (the one holding t0 − W).
+__device__ inline int first_key_tile(int t0, int window) { return t0 > window ? (t0 - window) / kTile * kTile : 0; }
+
+// Whether some (query, key) of the tiles at t0 and j0 falls outside the window or past T; tiles
+// strictly inside the band skip the per-entry mask.
+__device__ inline bool tile_needs_mask(int t0, int j0, const WindowShape& s) {
+  return j0 + kTile - 1 > t0 || j0 < t0 + kTile - 1 - s.W || t0 + kTile > s.T;
+}
+
+// Whether a warp's 16 queries (first_query ..) meet key tile j0, or its 16 keys (first_key ..)
+// meet query tile t0, at all: a warp skips the products of tiles its rows cannot see.
+__device__ inline bool warp_sees_tile(int first_query, int j0, int window) {
+  return j0 <= first_query + 15 && j0 + kTile - 1 >= first_query - window;
+}
+__device__ inline bool warp_keys_see_tile(int first_key, int t0, int window) {
+  return t0 + kTile - 1 >= first_key && t0 <= first_key + 15 + window;
+}
+
+// Raw products x = ⟨q_t, k_j⟩ become base-2 scores log2(e)·(scale·x − slope·(t − j)), or −∞
+// outside the window (j < t − W, j > t) and for queries past T (padding rows; keys past T are
+// only ever beside such queries, since j ≤ t). query_key(r, c) gives (t, j) of tile entry (r, c).
+template <class QueryKey>
+__device__ inline void window_scores(Accumulator16x64& x, const FragmentLane& at, float score_factor,
+                                     float bias_factor, const WindowShape& s, bool masked, QueryKey query_key) {
+#pragma unroll
+  for (int j = 0; j < 8; ++j)
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+      const int2 tj = query_key(at.row(u), at.col(j, u));
+      const float score = fmaf(x.c[j][u], score_factor, -bias_factor * float(tj.x - tj.y));
+      const bool outside = tj.y > tj.x || tj.y < tj.x - s.W || tj.x >= s.T;
+      x.c[j][u] = masked && outside ? -INFINITY : score;
+    }
+}
+
+// Base-2 scores become probabilities exp2(score − lse): lse_of(u, col) is the base-2 lse of the
+// entry's query (a row of this lane for the query-side kernel, a column for the key side).
+template <class LseOf>
+__device__ inline void probabilities_from_lse(Accumulator16x64& x, const FragmentLane& at, LseOf lse_of) {
+#pragma unroll
+  for (int j = 0; j < 8; ++j)
+#pragma unroll
+    for (int u = 0; u < 4; ++u) x.c[j][u] = exp2f(x.c[j][u] - lse_of(u, at.col(j, u)));
+}
+
+// dP becomes dS = P ∘ (dP − δ) in place; delta_of as lse_of above.
+template <class DeltaOf>
+__device__ inline void score_gradients(Accumulator16x64& dp, const Accumulator16x64& p, const FragmentLane& at,
+                                       DeltaOf delta_of) {
+#pragma unroll
+  for (int j = 0; j < 8; ++j)
+#pragma unroll
+    for (int u = 0; u < 4; ++u) dp.c[j][u] = p.c[j][u] * (dp.c[j][u] - delta_of(u, at.col(j, u)));
+}
+
+__device__ inline void a_fragments(std::uint32_t (&a)[4][4], const Accumulator16x64& x) {
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) a_from_accumulators(a[kk], x, kk);
+}
+
+// The online softmax of one warp's 16 rows (each lane holds 2 of them: u / 2 = 0, 1). row_sum
+// holds this lane's partial sums (its 16 columns of each tile); the 4 lanes of a row share
+// row_max and every rescale, so the partial sums are added only once, at the end.
+struct OnlineSoftmax16 {
+  float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};
+
+  // Scores (base 2) become unnormalised probabilities against the new running max, and `o` is
+  // rescaled to that max. A row that has seen only masked keys keeps max −∞ and shifts by 0, so
+  // its probabilities are exp2(−∞) = 0 rather than NaN.
+  __device__ void add_tile(Accumulator16x64& scores, Accumulator16x64& o) {
+    float tile_max[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+#pragma unroll
+      for (int u = 0; u < 4; ++u) tile_max[u / 2] = fmaxf(tile_max[u / 2], scores.c[j][u]);
+    float shift[2], rescale[2];
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const float new_max = fmaxf(row_max[half], group_max(tile_max[half]));
+      shift[half] = new_max == -INFINITY ? 0.0f : new_max;
+      rescale[half] = exp2f(row_max[half] - shift[half]);
+      row_max[half] = new_max;
+      row_sum[half] *= rescale[half];
+    }
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        scores.c[j][u] = exp2f(scores.c[j][u] - shift[u / 2]);
+        row_sum[u / 2] += scores.c[j][u];
+        o.c[j][u] *= rescale[u / 2];
+      }
+  }
+};
+
+}  // namespace window_mma
+
+// Shapes: q (B, T, H, 64), k, v (B, T, Hkv, 64), out (B, T, H, 64), lse (B, H, T).
+// Grid (⌈T/64⌉, H, B), 128 threads (4 warps); warp w owns queries t0 + 16w .. t0 + 16w + 15.
+// Shared memory: Q, K, V as bf16 tiles (3 × 9,216 bytes). Per key tile, all in registers:
+// S = Q·Kᵀ (fp32), base-2 scores with ALiBi and mask, online softmax, O += bf16(P)·V; then
+// out = O / l and lse = m + log l, as version 2 writes them.
+__global__ void __launch_bounds__(window_mma::kThreads) window_forward_mma(const float* q, const float* k,
+                                                                          const float* v, const float* slopes,
+                                                                          WindowShape s, float scale, float* out,
+                                                                          float* lse) {
+  using namespace window_mma;
+  __shared__ BfTile queries, keys, values;
+  const int t0 = blockIdx.x * kTile, h = blockIdx.y, b = blockIdx.z, g = h / s.heads_per_kv;
+  const FragmentLane at;
+  stage_rows(queries, [&](int r) { return row_or_null(q, s, b, t0 + r, h, s.H); });
+  __syncthreads();
+  std::uint32_t qa[4][4];  // this warp's 16 queries as A fragments, for every key tile
+  load_a_rows(qa, queries, at.row0);
+  const float score_factor = scale * kLog2e, bias_factor = slopes[h] * kLog2e;
+  const int first_query = t0 + at.row0;
+  OnlineSoftmax16 softmax;
+  Accumulator16x64 o;
+  o.zero();
+  for (int j0 = first_key_tile(t0, s.W); j0 <= t0; j0 += kTile) {
+    __syncthreads();  // every warp is done with the previous key tile
+    stage_rows(keys, [&](int r) { return row_or_null(k, s, b, j0 + r, g, s.Hkv); });
+    stage_rows(values, [&](int r) { return row_or_null(v, s, b, j0 + r, g, s.Hkv); });
+    __syncthreads();
+    if (!warp_sees_tile(first_query, j0, s.W)) continue;
+    Accumulator16x64 scores;
+    scores.zero();
+    multiply_by_transposed(scores, qa, keys);
+    window_scores(scores, at, score_factor, bias_factor, s, tile_needs_mask(t0, j0, s),
+                  [&](int r, int c) { return make_int2(t0 + r, j0 + c); });
+    softmax.add_tile(scores, o);
+    std::uint32_t pa[4][4];
+    a_fragments(pa, scores);
+    multiply(o, pa, values);
+  }
+  const float row_sum[2] = {group_sum(softmax.row_sum[0]), group_sum(softmax.row_sum[1])};  // all lanes shuffle
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int t = t0 + at.row(2 * half);
+    if (t >= s.T) continue;  // padding rows: nothing to write (their l may be 0)
+    const float inv = 1.0f / row_sum[half];
+    float* out_row = out + ((static_cast<long long>(b) * s.T + t) * s.H + h) * kD;
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+      *reinterpret_cast<float2*>(out_row + at.col(j, 0)) =
+          make_float2(o.c[j][2 * half] * inv, o.c[j][2 * half + 1] * inv);
+    if (at.pair == 0)
+      lse[(static_cast<long long>(b) * s.H + h) * s.T + t] = softmax.row_max[half] * kLn2 + logf(row_sum[half]);
+  }
+}
+
+// Backward. Each kernel computes S in the orientation whose A fragment its last product needs,
+// so dS never goes through shared memory: window_dkv_mma computes Sᵀ = K·Qᵀ (keys as rows), so
+// bf16(dSᵀ) in registers is already the A operand of dK += dSᵀ·Q (and bf16(Pᵀ) that of
+// dV += Pᵀ·dO); window_dq_mma computes S = Q·Kᵀ, so bf16(dS) is the A operand of dQ += dS·K.
+// The price is S and dP computed twice (14·d FLOPs per (query, key) pair rather than 10·d);
+// what it buys is no atomics on dQ (the result is the same on every run, like versions 1 and 2)
+// and no shared-memory round trip and barrier between the two halves of a tile.
+
+// Shapes: q, dout (B, T, H, 64), k, v, dk, dv (B, T, Hkv, 64), lse, delta (B, H, T).
+// Grid (⌈T/64⌉, Hkv, B), 128 threads; warp w owns keys j0 + 16w .. j0 + 16w + 15 of kv head g
+// and walks, for every head of the group, the query tiles from the diagonal one to the one
+// holding j0 + 63 + W. Shared memory: K, V, Q, dO as bf16 tiles and the tile's lse and δ
+// (4 × 9,216 + 512 bytes). Per query tile: Sᵀ = K·Qᵀ, Pᵀ = exp(Sᵀ − lse), dV += bf16(Pᵀ)·dO,
+// dPᵀ = V·dOᵀ, dSᵀ = Pᵀ ∘ (dPᵀ − δ), dK += bf16(dSᵀ)·Q. Adds scale·dK into dk and dV into dv
+// (either may be null), as version 2 does.
+__global__ void __launch_bounds__(window_mma::kThreads) window_dkv_mma(const float* q, const float* k, const float* v,
+                                                                      const float* slopes, WindowShape s, float scale,
+                                                                      const float* lse, const float* delta,
+                                                                      const float* dout, float* dk, float* dv) {
+  using namespace window_mma;
+  __shared__ BfTile keys, values, queries, douts;
+  __shared__ float tile_lse[kTile], tile_delta[kTile];  // lse in base 2
+  const int j0 = blockIdx.x * kTile, g = blockIdx.y, b = blockIdx.z;
+  const FragmentLane at;
+  stage_rows(keys, [&](int r) { return row_or_null(k, s, b, j0 + r, g, s.Hkv); });
+  stage_rows(values, [&](int r) { return row_or_null(v, s, b, j0 + r, g, s.Hkv); });
+  const float score_factor = scale * kLog2e;
+  const int first_key = j0 + at.row0;
+  const int last_tile = min(s.T - 1, j0 + kTile - 1 + s.W) / kTile * kTile;
+  Accumulator16x64 dk_acc, dv_acc;
+  dk_acc.zero();
+  dv_acc.zero();
+  for (int h = g * s.heads_per_kv; h < (g + 1) * s.heads_per_kv; ++h) {
+    const float bias_factor = slopes[h] * kLog2e;
+    for (int t0 = j0; t0 <= last_tile; t0 += kTile) {
+      __syncthreads();  // every warp is done with the previous query tile (and K, V are staged)
+      stage_rows(queries, [&](int r) { return row_or_null(q, s, b, t0 + r, h, s.H); });
+      stage_rows(douts, [&](int r) { return row_or_null(dout, s, b, t0 + r, h, s.H); });
+      if (threadIdx.x < kTile) {
+        const int t = t0 + threadIdx.x;
+        const long long stat = (static_cast<long long>(b) * s.H + h) * s.T + t;
+        tile_lse[threadIdx.x] = t < s.T ? lse[stat] * kLog2e : 0.0f;
+        tile_delta[threadIdx.x] = t < s.T ? delta[stat] : 0.0f;
+      }
+      __syncthreads();
+      if (!warp_keys_see_tile(first_key, t0, s.W)) continue;
+      Accumulator16x64 p;  // Sᵀ, then Pᵀ: rows keys, columns queries
+      p.zero();
+      {
+        std::uint32_t ka[4][4];
+        load_a_rows(ka, keys, at.row0);
+        multiply_by_transposed(p, ka, queries);
+      }
+      window_scores(p, at, score_factor, bias_factor, s, tile_needs_mask(t0, j0, s),
+                    [&](int r, int c) { return make_int2(t0 + c, j0 + r); });
+      probabilities_from_lse(p, at, [&](int, int c) { return tile_lse[c]; });
+      {
+        std::uint32_t pa[4][4];
+        a_fragments(pa, p);
+        multiply(dv_acc, pa, douts);
+      }
+      Accumulator16x64 ds;  // dPᵀ, then dSᵀ
+      ds.zero();
+      {
+        std::uint32_t va[4][4];
+        load_a_rows(va, values, at.row0);
+        multiply_by_transposed(ds, va, douts);
+      }
+      score_gradients(ds, p, at, [&](int, int c) { return tile_delta[c]; });
+      std::uint32_t dsa[4][4];
+      a_fragments(dsa, ds);
+      multiply(dk_acc, dsa, queries);
+    }
+  }
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int j = j0 + at.row(2 * half);
+    if (j >= s.T) continue;
+    const long long key = ((static_cast<long long>(b) * s.T + j) * s.Hkv + g) * kD;
+#pragma unroll
+    for (int jj = 0; jj < 8; ++jj) {
+      const int c = at.col(jj, 0);
+      if (dk) {
+        float2* x = reinterpret_cast<float2*>(dk + key + c);
+        *x = make_float2(x->x + scale * dk_acc.c[jj][2 * half], x->y + scale * dk_acc.c[jj][2 * half + 1]);
+      }
+      if (dv) {
+        float2* x = reinterpret_cast<float2*>(dv + key + c);
+        *x = make_float2(x->x + dv_acc.c[jj][2 * half], x->y + dv_acc.c[jj][2 * half + 1]);
+      }
+    }
+  }
+}
+
+// Shapes: q, dout, dq (B, T, H, 64), k, v (B, T, Hkv, 64), lse, delta (B, H, T).
+// Grid (⌈T/64⌉, H, B), 128 threads; warp w owns queries t0 + 16w .. t0 + 16w + 15 and walks the
+// key tiles of the forward. Shared memory: Q, dO, K, V as bf16 tiles (4 × 9,216 bytes). Per key
+// tile: S = Q·Kᵀ, P = exp(S − lse), dP = dO·Vᵀ, dS = P ∘ (dP − δ), dQ += bf16(dS)·K; adds
+// scale·dQ into dq.
+__global__ void __launch_bounds__(window_mma::kThreads) window_dq_mma(const float* q, const float* k, const float* v,
+                                                                     const float* slopes, WindowShape s, float scale,
+                                                                     const float* lse, const float* delta,
+                                                                     const float* dout, float* dq) {
+  using namespace window_mma;
+  __shared__ BfTile queries, douts, keys, values;
+  const int t0 = blockIdx.x * kTile, h = blockIdx.y, b = blockIdx.z, g = h / s.heads_per_kv;
+  const FragmentLane at;
+  stage_rows(queries, [&](int r) { return row_or_null(q, s, b, t0 + r, h, s.H); });
+  stage_rows(douts, [&](int r) { return row_or_null(dout, s, b, t0 + r, h, s.H); });
+  float row_lse[2], row_delta[2];  // this lane's two queries; lse in base 2
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int t = t0 + at.row(2 * half);
+    const long long stat = (static_cast<long long>(b) * s.H + h) * s.T + t;
+    row_lse[half] = t < s.T ? lse[stat] * kLog2e : 0.0f;
+    row_delta[half] = t < s.T ? delta[stat] : 0.0f;
+  }
+  __syncthreads();
+  std::uint32_t qa[4][4], doa[4][4];  // this warp's queries and output gradients, for every key tile
+  load_a_rows(qa, queries, at.row0);
+  load_a_rows(doa, douts, at.row0);
+  const float score_factor = scale * kLog2e, bias_factor = slopes[h] * kLog2e;
+  const int first_query = t0 + at.row0;
+  Accumulator16x64 dq_acc;
+  dq_acc.zero();
+  for (int j0 = first_key_tile(t0, s.W); j0 <= t0; j0 += kTile) {
+    __syncthreads();
+    stage_rows(keys, [&](int r) { return row_or_null(k, s, b, j0 + r, g, s.Hkv); });
+    stage_rows(values, [&](int r) { return row_or_null(v, s, b, j0 + r, g, s.Hkv); });
+    __syncthreads();
+    if (!warp_sees_tile(first_query, j0, s.W)) continue;
+    Accumulator16x64 p;  // S, then P
+    p.zero();
+    multiply_by_transposed(p, qa, keys);
+    window_scores(p, at, score_factor, bias_factor, s, tile_needs_mask(t0, j0, s),
+                  [&](int r, int c) { return make_int2(t0 + r, j0 + c); });
+    probabilities_from_lse(p, at, [&](int u, int) { return row_lse[u / 2]; });
+    Accumulator16x64 ds;  // dP, then dS
+    ds.zero();
+    multiply_by_transposed(ds, doa, values);
+    score_gradients(ds, p, at, [&](int u, int) { return row_delta[u / 2]; });
+    std::uint32_t dsa[4][4];
+    a_fragments(dsa, ds);
+    multiply(dq_acc, dsa, keys);
+  }
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int t = t0 + at.row(2 * half);
+    if (t >= s.T) continue;
+    float* dq_row = dq + ((static_cast<long long>(b) * s.T + t) * s.H + h) * kD;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      float2* x = reinterpret_cast<float2*>(dq_row + at.col(j, 0));
+      *x = make_float2(x->x + scale * dq_acc.c[j][2 * half], x->y + scale * dq_acc.c[j][2 * half + 1]);
+    }
+  }
+}
+
 inline dim3 tiled_grid(const WindowShape& s, int heads) {
   return dim3(static_cast<unsigned>((s.T + tiles::kTile - 1) / tiles::kTile), static_cast<unsigned>(heads),
               static_cast<unsigned>(s.B));
+}
+
+// Whether every pointer allows the 16-byte (float4) accesses of version 3.
+inline bool window_vector_aligned(std::initializer_list<const void*> pointers) {
+  for (const void* p : pointers)
+    if (p != nullptr && reinterpret_cast<std::uintptr_t>(p) % 16 != 0) return false;
+  return true;
+}
+
+// The version a call takes: 3 (bf16 tensor cores) for float at d = 64 when the precision switch
+// says bf16 (the user's one switch: in bf16 mode attention takes bf16 operands as GEMMs do) and
+// the tensors allow 16-byte vector access; 2 (tiled fp32) for other float calls with d ≤ 64 (fp32
+// and tf32 modes included); 1 for everything else (double, wider heads).
+template <class T>
+int window_attention_version(int d, Precision precision, bool vector_aligned = true) {
+  if (!std::is_same_v<T, float>) return 1;
+  if (precision == Precision::bf16 && vector_aligned && d == window_mma::kD) return 3;
+  return d <= tiles::kTileD ? 2 : 1;
 }
 
 inline WindowShape window_shape(const Shape& q, const Shape& k, Index window) {
@@ -286,8 +667,16 @@ void window_attention_forward(const Tensor<T>& q, const Tensor<T>& k, const Tens
   const attention::WindowShape s = attention::window_shape(q.shape(), k.shape(), window);
   const long long rows = static_cast<long long>(s.B) * s.T * s.H;
   if (rows == 0) return;
+  const int version = attention::window_attention_version<T>(
+      s.d, matmul_precision(), attention::window_vector_aligned({q.data(), k.data(), v.data(), out.data()}));
   if constexpr (std::is_same_v<T, float>) {
-    if (attention::use_tiled(s)) {
+    if (version == 3) {
+      attention::window_forward_mma<<<attention::tiled_grid(s, s.H), attention::window_mma::kThreads>>>(
+          q.data(), k.data(), v.data(), slopes.data(), s, scale, out.data(), lse.data());
+      DRT_CUDA_CHECK_LAUNCH();
+      return;
+    }
+    if (version == 2) {
       attention::window_forward_tiled<<<attention::tiled_grid(s, s.H), attention::tiles::kTile>>>(
           q.data(), k.data(), v.data(), slopes.data(), s, scale, out.data(), lse.data());
       DRT_CUDA_CHECK_LAUNCH();
@@ -311,8 +700,26 @@ void window_attention_backward(const Tensor<T>& q, const Tensor<T>& k, const Ten
   attention::window_delta_kernel<T><<<attention::warp_grid(rows), attention::kWarpBlockThreads>>>(out.data(), dout.data(), s,
                                                                                          delta.data());
   DRT_CUDA_CHECK_LAUNCH();
+  const int version = attention::window_attention_version<T>(
+      s.d, matmul_precision(),
+      attention::window_vector_aligned({q.data(), k.data(), v.data(), dout.data(), dq ? dq->data() : nullptr,
+                                        dk ? dk->data() : nullptr, dv ? dv->data() : nullptr}));
   if constexpr (std::is_same_v<T, float>) {
-    if (attention::use_tiled(s)) {
+    if (version == 3) {
+      if (dq) {
+        attention::window_dq_mma<<<attention::tiled_grid(s, s.H), attention::window_mma::kThreads>>>(
+            q.data(), k.data(), v.data(), slopes.data(), s, scale, lse.data(), delta.data(), dout.data(), dq->data());
+        DRT_CUDA_CHECK_LAUNCH();
+      }
+      if (dk || dv) {
+        attention::window_dkv_mma<<<attention::tiled_grid(s, s.Hkv), attention::window_mma::kThreads>>>(
+            q.data(), k.data(), v.data(), slopes.data(), s, scale, lse.data(), delta.data(), dout.data(),
+            dk ? dk->data() : nullptr, dv ? dv->data() : nullptr);
+        DRT_CUDA_CHECK_LAUNCH();
+      }
+      return;
+    }
+    if (version == 2) {
       if (dq) {
         attention::window_dq_tiled<<<attention::tiled_grid(s, s.H), attention::tiles::kTile>>>(
             q.data(), k.data(), v.data(), slopes.data(), s, scale, lse.data(), delta.data(), dout.data(), dq->data());

@@ -1,0 +1,123 @@
+// test_cuda_window_mma — window attention version 3 (bf16 tensor cores, taken in bf16 mode at
+// d = 64) against the CPU op in double, output and the gradients of q, k and v.
+//
+// The CPU op runs on the SAME bf16-rounded q, k, v and output gradient (rounded here, on the
+// host), so the inputs version 3 rounds as it stages them are exact, and what is left is the
+// rounding it does inside:
+//   - P is rounded to bf16 before O += P·V and dV += Pᵀ·dO, and dS before dQ += dS·K and
+//     dK += dSᵀ·Q: a relative error of at most 2^-9 (bf16's unit roundoff) on each term.
+//     out = Σ_j P_j v_j / Σ_j P_j with P_j ≥ 0 is then off by at most 2^-9 · Σ_j P_j |v_j| / Σ_j P_j
+//     ≤ 2^-9 · max|v| ≈ 0.2% of max|v|; the gradients are sums of up to W + 1 = 513 terms
+//     P_tj dO_t or dS_tj q_t of either sign, whose rounding errors are independent: they grow
+//     like √n while a sum of n terms of random sign grows like √n too, so the error relative to
+//     the tensor's largest magnitude stays near 2^-9, with a worst case a few times that.
+//   - δ = ⟨dO, O⟩ uses the GPU's O (off by the 0.2% above), entering dS = P ∘ (dP − δ): again
+//     ~2^-9 relative.
+//   - Everything else is fp32 (products accumulated in fp32 by the tensor cores, softmax, lse,
+//     exp2f): ~1e-6.
+// So the expected error is ~0.1–0.5% of each tensor's largest magnitude and the worst case ~1%:
+// 2e-2 relative to that magnitude bounds it, and still catches any fragment-layout or mask
+// mistake (those move whole probabilities: errors of order the tensor's magnitude itself).
+#include "gpu_test.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+
+#include <drt/attention/window_attention.hpp>
+#include <drt/nn/alibi.hpp>
+
+namespace {
+
+using namespace drt;
+using namespace drt::gpu_test;
+
+constexpr double kBf16Tol = 2e-2;
+
+// |gpu − cpu| ≤ tol · max|cpu|, the GPU result in float against the CPU's in double.
+void expect_near_relative_to_max(const Tensor<double>& cpu, const Tensor<float>& gpu, double tol,
+                                 const std::string& what) {
+  double largest = 0;
+  for (double v : cpu.to_vector()) largest = std::max(largest, std::abs(v));
+  ASSERT_GT(largest, 0.0) << what;
+  expect_close(cpu.cast<float>(), gpu, tol * largest, 0.0, what.c_str());
+}
+
+Tensor<float> rounded_to_bf16(Tensor<float> t) {
+  float* x = t.data();
+  for (Index i = 0; i < t.numel(); ++i) x[i] = round_to_precision(x[i], Precision::bf16);
+  return t;
+}
+
+struct WindowCase {
+  Index B, T, H, Hkv, W;
+};
+
+template <class T>
+struct Result {
+  Tensor<T> out, dq, dk, dv;
+};
+
+template <class T>
+Result<T> run_window(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, const Tensor<T>& seed,
+                     const Tensor<T>& slopes, Index window, T scale, Device device) {
+  const Var<T> vq = variable(q.to(device)), vk = variable(k.to(device)), vv = variable(v.to(device));
+  const Var<T> out = window_attention(vq, vk, vv, slopes, window, scale);
+  backward(out, seed.to(device));
+  Result<T> r{out.value().clone(), vq.grad().clone(), vk.grad().clone(), vv.grad().clone()};
+  tape().reset();
+  return r;
+}
+
+void check_version3(const WindowCase& c) {
+  constexpr Index d = 64;
+  SCOPED_TRACE(::testing::Message() << "B" << c.B << " T" << c.T << " H" << c.H << "/" << c.Hkv << " W" << c.W);
+  const Tensor<float> q = rounded_to_bf16(uniform<float>({c.B, c.T, c.H, d}, 21));
+  const Tensor<float> k = rounded_to_bf16(uniform<float>({c.B, c.T, c.Hkv, d}, 22));
+  const Tensor<float> v = rounded_to_bf16(uniform<float>({c.B, c.T, c.Hkv, d}, 23));
+  const Tensor<float> seed = rounded_to_bf16(uniform<float>({c.B, c.T, c.H, d}, 24));
+  // 4× the usual 1/√d: peaked softmaxes, so a probability applied to the wrong key shows
+  // (near-uniform probabilities would hide it).
+  const float scale = 0.5f;
+  const Result<double> cpu = run_window(q.cast<double>(), k.cast<double>(), v.cast<double>(), seed.cast<double>(),
+                                        alibi_slopes<double>(static_cast<int>(c.H)), c.W, double(scale), Device::cpu);
+  const Tensor<float> slopes = alibi_slopes<float>(static_cast<int>(c.H));
+  Result<float> gpu;
+  {
+    MatmulPrecisionScope scope(Precision::bf16);  // forward and backward both in bf16 mode
+    gpu = run_window(q, k, v, seed, slopes, c.W, scale, Device::cuda);
+  }
+  expect_near_relative_to_max(cpu.out, gpu.out, kBf16Tol, "out");
+  expect_near_relative_to_max(cpu.dq, gpu.dq, kBf16Tol, "dq");
+  expect_near_relative_to_max(cpu.dk, gpu.dk, kBf16Tol, "dk");
+  expect_near_relative_to_max(cpu.dv, gpu.dv, kBf16Tol, "dv");
+  // And it was version 3 that ran: version 2 (fp32 mode) on the same inputs differs by far more
+  // than fp32 rounding (the bf16 P).
+  const Result<float> fp32 = run_window(q, k, v, seed, slopes, c.W, scale, Device::cuda);
+  EXPECT_GT(max_abs_difference(gpu.out.to(Device::cpu), fp32.out.to(Device::cpu)), 1e-5);
+  EXPECT_GT(max_abs_difference(gpu.dk.to(Device::cpu), fp32.dk.to(Device::cpu)), 1e-5);
+}
+
+TEST_F(Gpu, WindowAttentionVersionFollowsPrecision) {
+  using cuda::attention::window_attention_version;
+  EXPECT_EQ(window_attention_version<float>(64, Precision::bf16), 3);
+  EXPECT_EQ(window_attention_version<float>(64, Precision::fp32), 2);
+  EXPECT_EQ(window_attention_version<float>(64, Precision::tf32), 2);
+  EXPECT_EQ(window_attention_version<float>(64, Precision::bf16, /*vector_aligned=*/false), 2);
+  EXPECT_EQ(window_attention_version<float>(32, Precision::bf16), 2);
+  EXPECT_EQ(window_attention_version<float>(80, Precision::bf16), 1);
+  EXPECT_EQ(window_attention_version<double>(64, Precision::bf16), 1);
+}
+
+TEST_F(Gpu, WindowAttentionBf16TensorCoresMatchCpu) {
+  for (const WindowCase& c : {
+           WindowCase{1, 100, 2, 2, 512},  // T below W and not a multiple of 64: one partial tile pair
+           WindowCase{1, 256, 2, 2, 64},   // window edges on tile edges
+           WindowCase{1, 300, 3, 3, 100},  // window edge inside a tile; T tail of 44
+           WindowCase{2, 230, 4, 2, 100},  // grouped heads (2 per kv head), two sequences
+           WindowCase{2, 700, 4, 2, 512},  // DRT's window: 9 key tiles per query tile
+       })
+    check_version3(c);
+}
+
+}  // namespace
