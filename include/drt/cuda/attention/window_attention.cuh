@@ -312,6 +312,35 @@ __device__ inline void stage_rows(BfTile& tile, RowPointer src) {
   }
 }
 
+// Two 64×64 fp32 tiles (K and V, or Q and dO) held in registers between their global loads and
+// their bf16 stores: a kernel issues the loads of its next tile pair before computing on the
+// current one, so the L2 latency hides behind the tensor-core work (one block's own warps
+// would otherwise all wait on it at every tile). 8 float4 per tile per thread.
+struct TilePairPrefetch {
+  static constexpr int kPerThread = kTile * kD / 4 / kThreads;
+  float4 first[kPerThread], second[kPerThread];
+
+  // src(r) as in stage_rows; blockDim.x must be kThreads.
+  template <class RowFirst, class RowSecond>
+  __device__ void load(RowFirst row_first, RowSecond row_second) {
+#pragma unroll
+    for (int i = 0; i < kPerThread; ++i) {
+      const int idx = threadIdx.x + i * kThreads, r = idx / (kD / 4), c = idx % (kD / 4) * 4;
+      const float *a = row_first(r), *b = row_second(r);
+      first[i] = a ? __ldg(reinterpret_cast<const float4*>(a + c)) : make_float4(0.f, 0.f, 0.f, 0.f);
+      second[i] = b ? __ldg(reinterpret_cast<const float4*>(b + c)) : make_float4(0.f, 0.f, 0.f, 0.f);
+    }
+  }
+  __device__ void store(BfTile& tile_first, BfTile& tile_second) const {
+#pragma unroll
+    for (int i = 0; i < kPerThread; ++i) {
+      const int idx = threadIdx.x + i * kThreads, r = idx / (kD / 4), c = idx % (kD / 4) * 4;
+      store_bf16x4(tile_first, r, c, first[i]);
+      store_bf16x4(tile_second, r, c, second[i]);
+    }
+  }
+};
+
 // Where this lane's accumulator entries sit in its warp's 16×64 block (mma.cuh): entry c[j][u]
 // is row group + 8·(u / 2) of the warp's rows, column 8j + 2·pair + u % 2.
 struct FragmentLane {
@@ -440,11 +469,17 @@ __global__ void __launch_bounds__(window_mma::kThreads) window_forward_mma(const
   OnlineSoftmax16 softmax;
   Accumulator16x64 o;
   o.zero();
+  TilePairPrefetch next;
+  auto load_keys = [&](int j0) {
+    next.load([&](int r) { return row_or_null(k, s, b, j0 + r, g, s.Hkv); },
+              [&](int r) { return row_or_null(v, s, b, j0 + r, g, s.Hkv); });
+  };
+  load_keys(first_key_tile(t0, s.W));
   for (int j0 = first_key_tile(t0, s.W); j0 <= t0; j0 += kTile) {
     __syncthreads();  // every warp is done with the previous key tile
-    stage_rows(keys, [&](int r) { return row_or_null(k, s, b, j0 + r, g, s.Hkv); });
-    stage_rows(values, [&](int r) { return row_or_null(v, s, b, j0 + r, g, s.Hkv); });
+    next.store(keys, values);
     __syncthreads();
+    if (j0 < t0) load_keys(j0 + kTile);
     if (!warp_sees_tile(first_query, j0, s.W)) continue;
     Accumulator16x64 scores;
     scores.zero();
@@ -597,11 +632,17 @@ __global__ void __launch_bounds__(window_mma::kThreads) window_dq_mma(const floa
   const int first_query = t0 + at.row0;
   Accumulator16x64 dq_acc;
   dq_acc.zero();
+  TilePairPrefetch next;  // as in window_forward_mma
+  auto load_keys = [&](int j0) {
+    next.load([&](int r) { return row_or_null(k, s, b, j0 + r, g, s.Hkv); },
+              [&](int r) { return row_or_null(v, s, b, j0 + r, g, s.Hkv); });
+  };
+  load_keys(first_key_tile(t0, s.W));
   for (int j0 = first_key_tile(t0, s.W); j0 <= t0; j0 += kTile) {
     __syncthreads();
-    stage_rows(keys, [&](int r) { return row_or_null(k, s, b, j0 + r, g, s.Hkv); });
-    stage_rows(values, [&](int r) { return row_or_null(v, s, b, j0 + r, g, s.Hkv); });
+    next.store(keys, values);
     __syncthreads();
+    if (j0 < t0) load_keys(j0 + kTile);
     if (!warp_sees_tile(first_query, j0, s.W)) continue;
     Accumulator16x64 p;  // S, then P
     p.zero();
