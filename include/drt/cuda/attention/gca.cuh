@@ -319,10 +319,52 @@ inline constexpr int kThreads = kWarps * kWarp;
 inline constexpr float kLog2e = 1.4426950408889634f;
 inline constexpr float kLn2 = 0.6931471805599453f;
 
-// Stages the 64 keys (or values) of chunk e of sequence b, kv head g as bf16.
-__device__ inline void stage_chunk_bf16(mma::BfTile& tile, const float* base, const GcaShape& s, int b, int e, int g) {
-  mma::stage_bf16(tile, [&](int n) { return base + gca_key_row(s, b, e, n, g) * kSize; });
+// The keys and values of one retrieved chunk as they come from the fp32 memory (32 KB): the next
+// chunk is fetched into it (cp.async) while the warps multiply the current one, so the gather's
+// latency hides behind the products instead of stalling every block once per chunk.
+struct ChunkStaging {
+  FloatTile keys, values;
+};
+
+// Starts fetching chunk e of sequence b, kv head g into `staging` (one cp.async group).
+__device__ inline void fetch_chunk(ChunkStaging& staging, const float* k, const float* v, const GcaShape& s, int b,
+                                   int e, int g) {
+  stage_async(staging.keys, [&](int n) { return k + gca_key_row(s, b, e, n, g) * kSize; });
+  stage_async(staging.values, [&](int n) { return v + gca_key_row(s, b, e, n, g) * kSize; });
+  commit_async_copies();
 }
+
+// Waits for the fetched chunk and converts it into the bf16 tiles. The first barrier also
+// guarantees that every warp is done with the previous chunk's tiles; the second, that the
+// tiles are ready and the staging may take the next fetch.
+__device__ inline void land_chunk(BfTile& keys, BfTile& values, const ChunkStaging& staging) {
+  wait_async_copies();
+  __syncthreads();
+  convert_to_bf16(keys, staging.keys);
+  convert_to_bf16(values, staging.values);
+  __syncthreads();
+}
+
+// A slot is skipped (no work, no gradient) when it retrieved nothing or has weight exactly 0.
+__device__ inline bool slot_skipped(const std::int32_t* index, const float* weight, int z, int Kc, int i) {
+  return index[z * Kc + i] < 0 || weight[z * Kc + i] == 0.0f;
+}
+
+// The first slot at or after i that is not skipped, or Kc.
+__device__ inline int next_filled_slot(const std::int32_t* index, const float* weight, int z, int Kc, int i) {
+  while (i < Kc && slot_skipped(index, weight, z, Kc, i)) ++i;
+  return i;
+}
+
+// Dynamic shared memory of the two kernels (both above the 48 KB of static shared memory).
+struct ForwardShared {
+  BfTile queries, keys, values;
+  ChunkStaging staging;
+};
+struct BackwardShared {
+  BfTile queries, douts, keys, values, weighted_probs, dscores;
+  ChunkStaging staging;
+};
 
 // Where this lane's accumulator entries sit in a warp's 16×64 block (mma.cuh): rows
 // row0 + group and row0 + group + 8 (entries [j][0..1] and [j][2..3]), columns 8j + 2·pair and
@@ -342,35 +384,38 @@ struct FragmentPlace {
 // DRT shape) already fill the GPU many times over. Per chunk, all in registers:
 //   S = scale·Q Kᵀ (fp32), P = exp(S − max) (fp32; one 64-key tile, so no online rescale),
 //   O_i = bf16(P)·V, out += w / Σ_n P · O_i, lse = max + log Σ_n P.
-// Shared memory: Q, K, V as bf16 tiles (3 × 9,216 bytes).
+// Shared memory (dynamic): Q, K, V as bf16 tiles and the fp32 staging of the next chunk
+// (sizeof(ForwardShared) = 3 × 9,216 + 32,768 = 60,416 bytes).
 __global__ void __launch_bounds__(gca_mma::kThreads) gca_forward_mma(const float* q, const float* k, const float* v,
                                                                const std::int32_t* index, const float* weight,
                                                                GcaShape s, float scale, float* out, float* lse) {
   using namespace gca_mma;
-  __shared__ BfTile queries, keys, values;
+  extern __shared__ __align__(16) unsigned char gca_shared[];
+  ForwardShared& shared = *reinterpret_cast<ForwardShared*>(gca_shared);
   const int z = blockIdx.x, h = blockIdx.y;
   const int b = z / s.rows_per_sequence, kv = h / s.heads_per_kv;
   const FragmentPlace at;
   const long long first_query = (static_cast<long long>(z) * s.H + h) * kSize;
-  stage_bf16(queries, [&](int r) { return q + (first_query + r) * kSize; });
+  const long long first_stat = (static_cast<long long>(z) * s.H + h) * s.Kc * kSize;  // lse of slot 0
+  int i = next_filled_slot(index, weight, z, s.Kc, 0);
+  if (i < s.Kc) fetch_chunk(shared.staging, k, v, s, b, index[z * s.Kc + i], kv);
+  stage_bf16(shared.queries, [&](int r) { return q + (first_query + r) * kSize; });
+  for (int slot = 0; slot < s.Kc; ++slot)  // skipped, as on the CPU: −inf marks them for the backward
+    if (threadIdx.x < kSize && slot_skipped(index, weight, z, s.Kc, slot))
+      lse[first_stat + slot * kSize + threadIdx.x] = -INFINITY;
   __syncthreads();
   std::uint32_t qa[4][4];  // this warp's 16 queries as A fragments, for every chunk
-  load_a_rows(qa, queries, at.row0);
+  load_a_rows(qa, shared.queries, at.row0);
   const float to_log2 = scale * kLog2e;  // softmax in base 2: exp2f is one instruction
   Accumulator16x64 total;
   total.zero();
-  for (int i = 0; i < s.Kc; ++i) {
-    const int e = index[z * s.Kc + i];
+  while (i < s.Kc) {
+    land_chunk(shared.keys, shared.values, shared.staging);
+    const int next = next_filled_slot(index, weight, z, s.Kc, i + 1);
+    if (next < s.Kc) fetch_chunk(shared.staging, k, v, s, b, index[z * s.Kc + next], kv);
     const float w = weight[z * s.Kc + i];
-    float* lse_slot = lse + ((static_cast<long long>(z) * s.H + h) * s.Kc + i) * kSize;
-    if (e < 0 || w == 0.0f) {  // skipped, as on the CPU (the same for the whole block)
-      if (threadIdx.x < kSize) lse_slot[threadIdx.x] = -INFINITY;
-      continue;
-    }
-    __syncthreads();  // every warp is done with the previous chunk's tiles
-    stage_chunk_bf16(keys, k, s, b, e, kv);
-    stage_chunk_bf16(values, v, s, b, e, kv);
-    __syncthreads();
+    float* lse_slot = lse + first_stat + i * kSize;
+    const BfTile &keys = shared.keys, &values = shared.values;
     Accumulator16x64 p;
     p.zero();
     multiply_by_transposed(p, qa, keys);
@@ -408,6 +453,7 @@ __global__ void __launch_bounds__(gca_mma::kThreads) gca_forward_mma(const float
       lse_slot[at.row(0)] = row_max[0] * kLn2 + logf(row_sum[0]);
       lse_slot[at.row(1)] = row_max[1] * kLn2 + logf(row_sum[1]);
     }
+    i = next;
   }
   float* out_rows = out + first_query * kSize;
 #pragma unroll
@@ -452,13 +498,12 @@ __device__ inline void store_block_bf16(mma::BfTile& tile, const mma::Accumulato
           mma::pack_bf16x2(acc.c[j][2 * half], acc.c[j][2 * half + 1]);
 }
 
-inline constexpr int kBackwardTiles = 6;  // Q, dO, K, V, w·P, dS
-inline constexpr std::size_t kBackwardSharedBytes = kBackwardTiles * sizeof(mma::BfTile);
 
 }  // namespace gca_mma
 
-// Grid (Z, H), kThreads threads, kBackwardSharedBytes of dynamic shared memory (six bf16
-// tiles, 55,296 bytes: above the 48 KB of static shared memory). For each retrieved chunk i:
+// Grid (Z, H), kThreads threads, sizeof(BackwardShared) = 6 × 9,216 + 32,768 = 88,064 bytes of
+// dynamic shared memory (six bf16 tiles and the next chunk's fp32 staging). For each retrieved
+// chunk i:
 //   per warp (its 16 queries, registers):
 //     P  = exp(scale·Q Kᵀ − lse)             recomputed (fp32)
 //     dP = dO Vᵀ                             (fp32)
@@ -474,30 +519,31 @@ __global__ void __launch_bounds__(gca_mma::kThreads) gca_backward_mma(const floa
                                                                 const float* dout, float* delta, float* dq, float* dk,
                                                                 float* dv) {
   using namespace gca_mma;
-  extern __shared__ BfTile shared_tiles[];
-  BfTile &queries = shared_tiles[0], &douts = shared_tiles[1], &keys = shared_tiles[2], &values = shared_tiles[3];
-  BfTile &weighted_probs = shared_tiles[4], &dscores = shared_tiles[5];
+  extern __shared__ __align__(16) unsigned char gca_shared[];
+  BackwardShared& shared = *reinterpret_cast<BackwardShared*>(gca_shared);
+  const BfTile &queries = shared.queries, &douts = shared.douts, &keys = shared.keys, &values = shared.values;
+  BfTile &weighted_probs = shared.weighted_probs, &dscores = shared.dscores;
   const int z = blockIdx.x, h = blockIdx.y;
   const int b = z / s.rows_per_sequence, kv = h / s.heads_per_kv;
   const FragmentPlace at;
   const long long first_query = (static_cast<long long>(z) * s.H + h) * kSize;
-  stage_bf16(queries, [&](int r) { return q + (first_query + r) * kSize; });
-  stage_bf16(douts, [&](int r) { return dout + (first_query + r) * kSize; });
+  int i = next_filled_slot(index, weight, z, s.Kc, 0);
+  if (i < s.Kc) fetch_chunk(shared.staging, k, v, s, b, index[z * s.Kc + i], kv);
+  stage_bf16(shared.queries, [&](int r) { return q + (first_query + r) * kSize; });
+  stage_bf16(shared.douts, [&](int r) { return dout + (first_query + r) * kSize; });
+  for (int slot = 0; slot < s.Kc; ++slot)  // nothing flowed through a skipped slot
+    if (threadIdx.x < kSize && slot_skipped(index, weight, z, s.Kc, slot))
+      delta[((static_cast<long long>(z) * s.H + h) * s.Kc + slot) * kSize + threadIdx.x] = 0.0f;
   const float to_log2 = scale * kLog2e;
   Accumulator16x64 dq_acc;
   dq_acc.zero();
-  for (int i = 0; i < s.Kc; ++i) {
+  while (i < s.Kc) {
+    land_chunk(shared.keys, shared.values, shared.staging);  // its barriers also publish Q and dO
+    const int next = next_filled_slot(index, weight, z, s.Kc, i + 1);
+    if (next < s.Kc) fetch_chunk(shared.staging, k, v, s, b, index[z * s.Kc + next], kv);
     const int e = index[z * s.Kc + i];
     const float w = weight[z * s.Kc + i];
     const long long first_stat = ((static_cast<long long>(z) * s.H + h) * s.Kc + i) * kSize;
-    if (e < 0 || w == 0.0f) {  // nothing flowed through this slot (the same for the whole block)
-      if (threadIdx.x < kSize) delta[first_stat + threadIdx.x] = 0.0f;
-      continue;
-    }
-    __syncthreads();  // every warp is done with the previous chunk's tiles
-    stage_chunk_bf16(keys, k, s, b, e, kv);
-    stage_chunk_bf16(values, v, s, b, e, kv);
-    __syncthreads();
     std::uint32_t a[4][4];
     load_a_rows(a, queries, at.row0);
     Accumulator16x64 p;
@@ -535,7 +581,10 @@ __global__ void __launch_bounds__(gca_mma::kThreads) gca_backward_mma(const floa
       for (int kk = 0; kk < 4; ++kk) a_from_accumulators(a[kk], ds, kk);
       multiply(dq_acc, a, keys);
     }
-    if (!dk && !dv) continue;
+    if (!dk && !dv) {
+      i = next;
+      continue;
+    }
     store_block_bf16(weighted_probs, p, at);
     store_block_bf16(dscores, ds, at);
     __syncthreads();
@@ -553,6 +602,7 @@ __global__ void __launch_bounds__(gca_mma::kThreads) gca_backward_mma(const floa
       multiply(grad, a, queries);
       add_to_chunk(dk, grad, scale, s, b, e, kv, at);
     }
+    i = next;
   }
   if (!dq) return;
   float* dq_rows = dq + first_query * kSize;
@@ -605,7 +655,10 @@ void gca_forward(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, con
   const int version = attention::gca_version<T>(s, matmul_precision(), aligned);
   if constexpr (std::is_same_v<T, float>) {
     if (version == 3) {
-      attention::gca_forward_mma<<<dim3(unsigned(s.Z), unsigned(s.H)), attention::gca_mma::kThreads>>>(
+      constexpr int bytes = int(sizeof(attention::gca_mma::ForwardShared));
+      // Set on every call: cheap, and it holds for whichever device is current.
+      DRT_CUDA_CHECK(cudaFuncSetAttribute(attention::gca_forward_mma, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+      attention::gca_forward_mma<<<dim3(unsigned(s.Z), unsigned(s.H)), attention::gca_mma::kThreads, bytes>>>(
           q.data(), k.data(), v.data(), index.data(), weight.data(), s, scale, out.data(), lse.data());
       DRT_CUDA_CHECK_LAUNCH();
       return;
@@ -638,11 +691,9 @@ void gca_backward(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, co
   const int version = attention::gca_version<T>(s, matmul_precision(), aligned);
   if constexpr (std::is_same_v<T, float>) {
     if (version == 3) {
-      // Set on every call: cheap, and it holds for whichever device is current.
-      DRT_CUDA_CHECK(cudaFuncSetAttribute(attention::gca_backward_mma, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                          int(attention::gca_mma::kBackwardSharedBytes)));
-      attention::gca_backward_mma<<<dim3(unsigned(s.Z), unsigned(s.H)), attention::gca_mma::kThreads,
-                                    attention::gca_mma::kBackwardSharedBytes>>>(
+      constexpr int bytes = int(sizeof(attention::gca_mma::BackwardShared));
+      DRT_CUDA_CHECK(cudaFuncSetAttribute(attention::gca_backward_mma, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+      attention::gca_backward_mma<<<dim3(unsigned(s.Z), unsigned(s.H)), attention::gca_mma::kThreads, bytes>>>(
           q.data(), k.data(), v.data(), index.data(), weight.data(), s, scale, lse.data(), dout.data(), delta.data(),
           dq ? dq->data() : nullptr, dk ? dk->data() : nullptr, dv ? dv->data() : nullptr);
       DRT_CUDA_CHECK_LAUNCH();
