@@ -23,6 +23,7 @@
 // gca_version() says which version a call takes.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <type_traits>
@@ -319,29 +320,35 @@ inline constexpr int kThreads = kWarps * kWarp;
 inline constexpr float kLog2e = 1.4426950408889634f;
 inline constexpr float kLn2 = 0.6931471805599453f;
 
-// The keys and values of one retrieved chunk as they come from the fp32 memory (32 KB): the next
-// chunk is fetched into it (cp.async) while the warps multiply the current one, so the gather's
-// latency hides behind the products instead of stalling every block once per chunk.
-struct ChunkStaging {
-  FloatTile keys, values;
+// Version 3 gathers the chunk memory as bf16: k and v are rounded once per call into a copy
+// (each chunk is read ~Kc times, once per row that retrieved it, and that gather is what bounds
+// these kernels: halving its bytes costs one pass over k and v). Grid-stride; n is a multiple of 4.
+__global__ void round_memory_to_bf16(const float* src, __nv_bfloat16* dst, long long n) {
+  for (long long i = (static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x) * 4; i < n;
+       i += static_cast<long long>(gridDim.x) * blockDim.x * 4) {
+    const float4 x = *reinterpret_cast<const float4*>(src + i);
+    *reinterpret_cast<uint2*>(dst + i) = make_uint2(pack_bf16x2(x.x, x.y), pack_bf16x2(x.z, x.w));
+  }
+}
+
+// Keys and values, twice: the next retrieved chunk lands (cp.async) in one pair while the warps
+// multiply the current chunk from the other, so the gather's latency hides behind the products.
+struct ChunkBuffers {
+  BfTile keys[2], values[2];
 };
 
-// Starts fetching chunk e of sequence b, kv head g into `staging` (one cp.async group).
-__device__ inline void fetch_chunk(ChunkStaging& staging, const float* k, const float* v, const GcaShape& s, int b,
-                                   int e, int g) {
-  stage_async(staging.keys, [&](int n) { return k + gca_key_row(s, b, e, n, g) * kSize; });
-  stage_async(staging.values, [&](int n) { return v + gca_key_row(s, b, e, n, g) * kSize; });
+// Starts fetching chunk e of sequence b, kv head g of the bf16 memory into buffer `which`.
+__device__ inline void fetch_chunk(ChunkBuffers& chunks, int which, const __nv_bfloat16* k, const __nv_bfloat16* v,
+                                   const GcaShape& s, int b, int e, int g) {
+  stage_bf16_async(chunks.keys[which], [&](int n) { return k + gca_key_row(s, b, e, n, g) * kSize; });
+  stage_bf16_async(chunks.values[which], [&](int n) { return v + gca_key_row(s, b, e, n, g) * kSize; });
   commit_async_copies();
 }
 
-// Waits for the fetched chunk and converts it into the bf16 tiles. The first barrier also
-// guarantees that every warp is done with the previous chunk's tiles; the second, that the
-// tiles are ready and the staging may take the next fetch.
-__device__ inline void land_chunk(BfTile& keys, BfTile& values, const ChunkStaging& staging) {
+// Waits until the fetched chunk has landed for the whole block. The barrier also guarantees that
+// every warp is done with the chunk before, so its buffer may take the next fetch.
+__device__ inline void wait_for_chunk() {
   wait_async_copies();
-  __syncthreads();
-  convert_to_bf16(keys, staging.keys);
-  convert_to_bf16(values, staging.values);
   __syncthreads();
 }
 
@@ -356,14 +363,11 @@ __device__ inline int next_filled_slot(const std::int32_t* index, const float* w
   return i;
 }
 
-// Dynamic shared memory of the two kernels (both above the 48 KB of static shared memory).
-struct ForwardShared {
-  BfTile queries, keys, values;
-  ChunkStaging staging;
-};
+// The backward's shared memory: eight bf16 tiles, 73,728 bytes (dynamic: above the 48 KB of
+// static shared memory).
 struct BackwardShared {
-  BfTile queries, douts, keys, values, weighted_probs, dscores;
-  ChunkStaging staging;
+  BfTile queries, douts, weighted_probs, dscores;
+  ChunkBuffers chunks;
 };
 
 // Where this lane's accumulator entries sit in a warp's 16×64 block (mma.cuh): rows
@@ -384,38 +388,39 @@ struct FragmentPlace {
 // DRT shape) already fill the GPU many times over. Per chunk, all in registers:
 //   S = scale·Q Kᵀ (fp32), P = exp(S − max) (fp32; one 64-key tile, so no online rescale),
 //   O_i = bf16(P)·V, out += w / Σ_n P · O_i, lse = max + log Σ_n P.
-// Shared memory (dynamic): Q, K, V as bf16 tiles and the fp32 staging of the next chunk
-// (sizeof(ForwardShared) = 3 × 9,216 + 32,768 = 60,416 bytes).
-__global__ void __launch_bounds__(gca_mma::kThreads) gca_forward_mma(const float* q, const float* k, const float* v,
+// k and v are the bf16 copies of the chunk memory. Shared memory: Q and two pairs of K, V as
+// bf16 tiles (5 × 9,216 = 46,080 bytes).
+__global__ void __launch_bounds__(gca_mma::kThreads) gca_forward_mma(const float* q, const __nv_bfloat16* k,
+                                                               const __nv_bfloat16* v,
                                                                const std::int32_t* index, const float* weight,
                                                                GcaShape s, float scale, float* out, float* lse) {
   using namespace gca_mma;
-  extern __shared__ __align__(16) unsigned char gca_shared[];
-  ForwardShared& shared = *reinterpret_cast<ForwardShared*>(gca_shared);
+  __shared__ BfTile queries;
+  __shared__ ChunkBuffers chunks;
   const int z = blockIdx.x, h = blockIdx.y;
   const int b = z / s.rows_per_sequence, kv = h / s.heads_per_kv;
   const FragmentPlace at;
   const long long first_query = (static_cast<long long>(z) * s.H + h) * kSize;
   const long long first_stat = (static_cast<long long>(z) * s.H + h) * s.Kc * kSize;  // lse of slot 0
   int i = next_filled_slot(index, weight, z, s.Kc, 0);
-  if (i < s.Kc) fetch_chunk(shared.staging, k, v, s, b, index[z * s.Kc + i], kv);
-  stage_bf16(shared.queries, [&](int r) { return q + (first_query + r) * kSize; });
+  if (i < s.Kc) fetch_chunk(chunks, 0, k, v, s, b, index[z * s.Kc + i], kv);
+  stage_bf16(queries, [&](int r) { return q + (first_query + r) * kSize; });
   for (int slot = 0; slot < s.Kc; ++slot)  // skipped, as on the CPU: −inf marks them for the backward
     if (threadIdx.x < kSize && slot_skipped(index, weight, z, s.Kc, slot))
       lse[first_stat + slot * kSize + threadIdx.x] = -INFINITY;
   __syncthreads();
   std::uint32_t qa[4][4];  // this warp's 16 queries as A fragments, for every chunk
-  load_a_rows(qa, shared.queries, at.row0);
+  load_a_rows(qa, queries, at.row0);
   const float to_log2 = scale * kLog2e;  // softmax in base 2: exp2f is one instruction
   Accumulator16x64 total;
   total.zero();
-  while (i < s.Kc) {
-    land_chunk(shared.keys, shared.values, shared.staging);
+  for (int buffer = 0; i < s.Kc; buffer ^= 1) {
+    wait_for_chunk();
     const int next = next_filled_slot(index, weight, z, s.Kc, i + 1);
-    if (next < s.Kc) fetch_chunk(shared.staging, k, v, s, b, index[z * s.Kc + next], kv);
+    if (next < s.Kc) fetch_chunk(chunks, buffer ^ 1, k, v, s, b, index[z * s.Kc + next], kv);
     const float w = weight[z * s.Kc + i];
     float* lse_slot = lse + first_stat + i * kSize;
-    const BfTile &keys = shared.keys, &values = shared.values;
+    const BfTile &keys = chunks.keys[buffer], &values = chunks.values[buffer];
     Accumulator16x64 p;
     p.zero();
     multiply_by_transposed(p, qa, keys);
@@ -501,8 +506,8 @@ __device__ inline void store_block_bf16(mma::BfTile& tile, const mma::Accumulato
 
 }  // namespace gca_mma
 
-// Grid (Z, H), kThreads threads, sizeof(BackwardShared) = 6 × 9,216 + 32,768 = 88,064 bytes of
-// dynamic shared memory (six bf16 tiles and the next chunk's fp32 staging). For each retrieved
+// Grid (Z, H), kThreads threads, sizeof(BackwardShared) bytes of dynamic shared memory; k and v
+// are the bf16 copies of the chunk memory, dk and dv the fp32 gradients. For each retrieved
 // chunk i:
 //   per warp (its 16 queries, registers):
 //     P  = exp(scale·Q Kᵀ − lse)             recomputed (fp32)
@@ -513,7 +518,8 @@ __device__ inline void store_block_bf16(mma::BfTile& tile, const mma::Accumulato
 //     dV += (w P)ᵀ dO,  dK += scale · dSᵀ Q   added to the chunk memory with atomics.
 // Finally dq += scale · dQ (this block owns those rows: no atomics). Skipped slots get δ = 0
 // and no gradient, as in version 2.
-__global__ void __launch_bounds__(gca_mma::kThreads) gca_backward_mma(const float* q, const float* k, const float* v,
+__global__ void __launch_bounds__(gca_mma::kThreads) gca_backward_mma(const float* q, const __nv_bfloat16* k,
+                                                                const __nv_bfloat16* v,
                                                                 const std::int32_t* index, const float* weight,
                                                                 GcaShape s, float scale, const float* lse,
                                                                 const float* dout, float* delta, float* dq, float* dk,
@@ -521,14 +527,14 @@ __global__ void __launch_bounds__(gca_mma::kThreads) gca_backward_mma(const floa
   using namespace gca_mma;
   extern __shared__ __align__(16) unsigned char gca_shared[];
   BackwardShared& shared = *reinterpret_cast<BackwardShared*>(gca_shared);
-  const BfTile &queries = shared.queries, &douts = shared.douts, &keys = shared.keys, &values = shared.values;
+  const BfTile &queries = shared.queries, &douts = shared.douts;
   BfTile &weighted_probs = shared.weighted_probs, &dscores = shared.dscores;
   const int z = blockIdx.x, h = blockIdx.y;
   const int b = z / s.rows_per_sequence, kv = h / s.heads_per_kv;
   const FragmentPlace at;
   const long long first_query = (static_cast<long long>(z) * s.H + h) * kSize;
   int i = next_filled_slot(index, weight, z, s.Kc, 0);
-  if (i < s.Kc) fetch_chunk(shared.staging, k, v, s, b, index[z * s.Kc + i], kv);
+  if (i < s.Kc) fetch_chunk(shared.chunks, 0, k, v, s, b, index[z * s.Kc + i], kv);
   stage_bf16(shared.queries, [&](int r) { return q + (first_query + r) * kSize; });
   stage_bf16(shared.douts, [&](int r) { return dout + (first_query + r) * kSize; });
   for (int slot = 0; slot < s.Kc; ++slot)  // nothing flowed through a skipped slot
@@ -537,10 +543,11 @@ __global__ void __launch_bounds__(gca_mma::kThreads) gca_backward_mma(const floa
   const float to_log2 = scale * kLog2e;
   Accumulator16x64 dq_acc;
   dq_acc.zero();
-  while (i < s.Kc) {
-    land_chunk(shared.keys, shared.values, shared.staging);  // its barriers also publish Q and dO
+  for (int buffer = 0; i < s.Kc; buffer ^= 1) {
+    wait_for_chunk();  // its barrier also publishes Q and dO, and frees w·P and dS of the chunk before
     const int next = next_filled_slot(index, weight, z, s.Kc, i + 1);
-    if (next < s.Kc) fetch_chunk(shared.staging, k, v, s, b, index[z * s.Kc + next], kv);
+    if (next < s.Kc) fetch_chunk(shared.chunks, buffer ^ 1, k, v, s, b, index[z * s.Kc + next], kv);
+    const BfTile &keys = shared.chunks.keys[buffer], &values = shared.chunks.values[buffer];
     const int e = index[z * s.Kc + i];
     const float w = weight[z * s.Kc + i];
     const long long first_stat = ((static_cast<long long>(z) * s.H + h) * s.Kc + i) * kSize;
@@ -630,6 +637,22 @@ inline GcaShape gca_shape(const Shape& q, const Shape& k, const Shape& index) {
 
 inline bool aligned_to(const void* p, std::size_t bytes) { return reinterpret_cast<std::uintptr_t>(p) % bytes == 0; }
 
+// x (float, on the GPU, 16-byte aligned, numel a multiple of 4) rounded to bf16, for version 3.
+// There is no bf16 tensor type: the copy is a float tensor of half the length holding bf16 pairs.
+inline Tensor<float> bf16_copy(const Tensor<float>& x) {
+  const long long n = x.numel();
+  const Tensor<float> copy = Tensor<float>::empty(Shape{n / 2}, nullptr, x.device());
+  const long long blocks = std::min<long long>((n / 4 + 255) / 256, 65536);
+  if (blocks > 0) {
+    gca_mma::round_memory_to_bf16<<<unsigned(blocks), 256>>>(x.data(), reinterpret_cast<__nv_bfloat16*>(copy.data()), n);
+    DRT_CUDA_CHECK_LAUNCH();
+  }
+  return copy;
+}
+inline const __nv_bfloat16* as_bf16(const Tensor<float>& copy) {
+  return reinterpret_cast<const __nv_bfloat16*>(copy.data());
+}
+
 // The version a call takes: 3 (bf16 tensor cores) for float at M = N = d = 64 when the precision
 // switch says bf16 and the tensors allow 16-byte vector access; 2 (tiled fp32) for other float
 // shapes with M, N, d ≤ 64; 1 for everything else (double, larger shapes).
@@ -655,11 +678,10 @@ void gca_forward(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, con
   const int version = attention::gca_version<T>(s, matmul_precision(), aligned);
   if constexpr (std::is_same_v<T, float>) {
     if (version == 3) {
-      constexpr int bytes = int(sizeof(attention::gca_mma::ForwardShared));
-      // Set on every call: cheap, and it holds for whichever device is current.
-      DRT_CUDA_CHECK(cudaFuncSetAttribute(attention::gca_forward_mma, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-      attention::gca_forward_mma<<<dim3(unsigned(s.Z), unsigned(s.H)), attention::gca_mma::kThreads, bytes>>>(
-          q.data(), k.data(), v.data(), index.data(), weight.data(), s, scale, out.data(), lse.data());
+      const Tensor<float> k16 = attention::bf16_copy(k), v16 = attention::bf16_copy(v);
+      attention::gca_forward_mma<<<dim3(unsigned(s.Z), unsigned(s.H)), attention::gca_mma::kThreads>>>(
+          q.data(), attention::as_bf16(k16), attention::as_bf16(v16), index.data(), weight.data(), s, scale, out.data(),
+          lse.data());
       DRT_CUDA_CHECK_LAUNCH();
       return;
     }
@@ -692,9 +714,11 @@ void gca_backward(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, co
   if constexpr (std::is_same_v<T, float>) {
     if (version == 3) {
       constexpr int bytes = int(sizeof(attention::gca_mma::BackwardShared));
+      // Set on every call: cheap, and it holds for whichever device is current.
       DRT_CUDA_CHECK(cudaFuncSetAttribute(attention::gca_backward_mma, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+      const Tensor<float> k16 = attention::bf16_copy(k), v16 = attention::bf16_copy(v);
       attention::gca_backward_mma<<<dim3(unsigned(s.Z), unsigned(s.H)), attention::gca_mma::kThreads, bytes>>>(
-          q.data(), k.data(), v.data(), index.data(), weight.data(), s, scale, lse.data(), dout.data(), delta.data(),
+          q.data(), attention::as_bf16(k16), attention::as_bf16(v16), index.data(), weight.data(), s, scale, lse.data(), dout.data(), delta.data(),
           dq ? dq->data() : nullptr, dk ? dk->data() : nullptr, dv ? dv->data() : nullptr);
       DRT_CUDA_CHECK_LAUNCH();
       if (dweight) {

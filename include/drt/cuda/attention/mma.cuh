@@ -72,14 +72,8 @@ __device__ inline std::uint32_t shared_address(const void* p) {
   return static_cast<std::uint32_t>(__cvta_generic_to_shared(p));
 }
 
-// A 64×64 fp32 tile: where rows land straight from global memory (cp.async, no registers) while
-// the warps multiply the previous tile; converted to a BfTile once they have landed.
-struct alignas(16) FloatTile {
-  float at[kTileRows][kTileCols];
-};
-
 // 16 bytes global → shared, asynchronously (cp.async.cg: cached in L2 only, as each chunk row is
-// read once per block).
+// read once per block), without passing through registers.
 __device__ inline void copy_async_16(void* shared_dst, const void* global_src) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(shared_address(shared_dst)),
                "l"(static_cast<unsigned long long>(__cvta_generic_to_global(global_src)))
@@ -89,24 +83,14 @@ __device__ inline void commit_async_copies() { asm volatile("cp.async.commit_gro
 // Waits for this thread's copies; a __syncthreads() after it makes everyone's visible.
 __device__ inline void wait_async_copies() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
 
-// Starts copying a 64×64 fp32 matrix (row r at src(r), 16-byte aligned) into `tile`. All threads
-// of the block call it.
+// Starts copying a 64×64 bf16 matrix (row r at src(r): 128 bytes, 16-byte aligned) into `tile`;
+// it has landed after wait_async_copies() and a barrier. All threads of the block call it.
 template <class RowPointer>
-__device__ inline void stage_async(FloatTile& tile, RowPointer src) {
-  constexpr int kVectorsPerRow = kTileCols / 4;
+__device__ inline void stage_bf16_async(BfTile& tile, RowPointer src) {
+  constexpr int kVectorsPerRow = kTileCols / 8;  // 16 bytes = 8 bf16
   for (int idx = threadIdx.x; idx < kTileRows * kVectorsPerRow; idx += blockDim.x) {
-    const int r = idx / kVectorsPerRow, c = (idx % kVectorsPerRow) * 4;
+    const int r = idx / kVectorsPerRow, c = (idx % kVectorsPerRow) * 8;
     copy_async_16(&tile.at[r][c], src(r) + c);
-  }
-}
-
-// A landed FloatTile as bf16 (shared to shared).
-__device__ inline void convert_to_bf16(BfTile& dst, const FloatTile& src) {
-  constexpr int kVectorsPerRow = kTileCols / 4;
-#pragma unroll 4
-  for (int idx = threadIdx.x; idx < kTileRows * kVectorsPerRow; idx += blockDim.x) {
-    const int r = idx / kVectorsPerRow, c = (idx % kVectorsPerRow) * 4;
-    store_bf16x4(dst, r, c, *reinterpret_cast<const float4*>(&src.at[r][c]));
   }
 }
 
