@@ -18,8 +18,9 @@
 // Version 3 (float, M = N = d = 64, and matmul_precision() == bf16): the products on bf16 tensor
 // cores (mma.sync, drt/cuda/attention/mma.cuh) with fp32 accumulators and an fp32 softmax; one
 // block of four warps per (z, h), each warp owning 16 queries. q, k, v (and dO) are rounded to
-// bf16 as they are staged, as cuBLAS's operands are in bf16 mode; so are P (before P·V) and, in
-// the backward, P and dS (before the products that consume them). Everything stored stays fp32.
+// bf16, as cuBLAS's operands are in bf16 mode (k and v into a bf16 copy made once per call,
+// which the blocks gather from; q and dO as they are staged); so are P (before P·V) and, in the
+// backward, P and dS (before the products that consume them). Everything stored stays fp32.
 // gca_version() says which version a call takes.
 #pragma once
 
