@@ -18,7 +18,7 @@ cmake -S . -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCH
   -DDRT_BUILD_TESTS=ON -DDRT_BUILD_BENCHMARKS=ON -DDRT_BUILD_EXAMPLES=ON >/dev/null || exit 1
 targets=()
 for f in tests/cuda/test_*.cu bench/*.cu; do targets+=("$(basename "${f%.cu}")"); done
-targets+=(drt_gpu_tool drt_tool)
+targets+=(cuda_two_translation_units drt_gpu_tool drt_tool)
 echo "---- build ${targets[*]} (-j $jobs)"
 start=$SECONDS
 cmake --build "$build_dir" -j "$jobs" --target "${targets[@]}" || exit 1

@@ -1,5 +1,9 @@
 // First translation unit. Linking fails if any non-inline definition sits in a drt header.
 #include <drt/core.hpp>
+#include <drt/inference.hpp>
+#include <drt/model.hpp>
+#include <drt/optim.hpp>
+#include <drt/train.hpp>
 
 #include <cstdio>
 

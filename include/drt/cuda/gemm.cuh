@@ -60,7 +60,7 @@ inline Index operand_span(Index rows, Index cols, bool row_major, Index ld, Inde
   return (batch - 1) * batch_stride + matrix;
 }
 
-__global__ void round_to_bf16_kernel(const float* src, __nv_bfloat16* dst, Index n) {
+static __global__ void round_to_bf16_kernel(const float* src, __nv_bfloat16* dst, Index n) {
   const Index step = Index(gridDim.x) * blockDim.x;
   for (Index i = Index(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += step) dst[i] = __float2bfloat16_rn(src[i]);
 }

@@ -182,7 +182,7 @@ __device__ inline void stage_chunk(tiles::Tile& tile, const float* base, const G
 }
 
 // Grid (Z, H), 64 threads: thread m is query (z, h, m).
-__global__ void __launch_bounds__(tiles::kTile) gca_forward_tiled(const float* q, const float* k, const float* v,
+static __global__ void __launch_bounds__(tiles::kTile) gca_forward_tiled(const float* q, const float* k, const float* v,
                                                                   const std::int32_t* index, const float* weight,
                                                                   GcaShape s, float scale, float* out, float* lse) {
   using namespace tiles;
@@ -221,7 +221,7 @@ __global__ void __launch_bounds__(tiles::kTile) gca_forward_tiled(const float* q
 
 // Pass 1: δ (Z, H, Kc, M) and dQ. Grid (Z, H), thread m. δ_i = ⟨dO, o_i⟩ = Σ_n P_n ⟨dO, v_n⟩ is
 // summed first (a scalar: no o_i in registers), then dQ += w_i Σ_n P_n (⟨dO, v_n⟩ − δ_i) k_n.
-__global__ void __launch_bounds__(tiles::kTile) gca_query_backward_tiled(const float* q, const float* k,
+static __global__ void __launch_bounds__(tiles::kTile) gca_query_backward_tiled(const float* q, const float* k,
                                                                          const float* v, const std::int32_t* index,
                                                                          const float* weight, GcaShape s, float scale,
                                                                          const float* lse, const float* dout,
@@ -270,7 +270,7 @@ __global__ void __launch_bounds__(tiles::kTile) gca_query_backward_tiled(const f
 //   want_dv: dV_n += Σ_m w P_mn dO_m           (registers: k_n, dV_n)
 //   else:    dK_n += scale · Σ_m dS_mn q_m       (registers: k_n, v_n, dK_n)
 template <bool want_dv>
-__global__ void __launch_bounds__(tiles::kTile) gca_key_backward_tiled(const float* q, const float* k, const float* v,
+static __global__ void __launch_bounds__(tiles::kTile) gca_key_backward_tiled(const float* q, const float* k, const float* v,
                                                                        const std::int32_t* index, const float* weight,
                                                                        GcaShape s, float scale, const float* lse,
                                                                        const float* delta, const float* dout,
@@ -324,7 +324,7 @@ inline constexpr float kLn2 = 0.6931471805599453f;
 // Version 3 gathers the chunk memory as bf16: k and v are rounded once per call into a copy
 // (each chunk is read ~Kc times, once per row that retrieved it, and that gather is what bounds
 // these kernels: halving its bytes costs one pass over k and v). Grid-stride; n is a multiple of 4.
-__global__ void round_memory_to_bf16(const float* src, __nv_bfloat16* dst, long long n) {
+static __global__ void round_memory_to_bf16(const float* src, __nv_bfloat16* dst, long long n) {
   for (long long i = (static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x) * 4; i < n;
        i += static_cast<long long>(gridDim.x) * blockDim.x * 4) {
     const float4 x = *reinterpret_cast<const float4*>(src + i);
@@ -391,7 +391,7 @@ struct FragmentPlace {
 //   O_i = bf16(P)·V, out += w / Σ_n P · O_i, lse = max + log Σ_n P.
 // k and v are the bf16 copies of the chunk memory. Shared memory: Q and two pairs of K, V as
 // bf16 tiles (5 × 9,216 = 46,080 bytes).
-__global__ void __launch_bounds__(gca_mma::kThreads) gca_forward_mma(const float* q, const __nv_bfloat16* k,
+static __global__ void __launch_bounds__(gca_mma::kThreads) gca_forward_mma(const float* q, const __nv_bfloat16* k,
                                                                const __nv_bfloat16* v,
                                                                const std::int32_t* index, const float* weight,
                                                                GcaShape s, float scale, float* out, float* lse) {
@@ -519,7 +519,7 @@ __device__ inline void store_block_bf16(mma::BfTile& tile, const mma::Accumulato
 //     dV += (w P)ᵀ dO,  dK += scale · dSᵀ Q   added to the chunk memory with atomics.
 // Finally dq += scale · dQ (this block owns those rows: no atomics). Skipped slots get δ = 0
 // and no gradient, as in version 2.
-__global__ void __launch_bounds__(gca_mma::kThreads) gca_backward_mma(const float* q, const __nv_bfloat16* k,
+static __global__ void __launch_bounds__(gca_mma::kThreads) gca_backward_mma(const float* q, const __nv_bfloat16* k,
                                                                 const __nv_bfloat16* v,
                                                                 const std::int32_t* index, const float* weight,
                                                                 GcaShape s, float scale, const float* lse,

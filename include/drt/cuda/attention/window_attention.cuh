@@ -132,7 +132,7 @@ __global__ void window_dkv_kernel(const T* q, const T* k, const T* v, const T* s
 // Grid (⌈T/64⌉, H, B) for the query-side kernels, (⌈T/64⌉, Hkv, B) for the key side; 64 threads.
 
 // Query t = t0 + threadIdx.x; key tiles cover [t0 − W, t0 + 63]; each thread masks its own window.
-__global__ void __launch_bounds__(tiles::kTile) window_forward_tiled(const float* q, const float* k, const float* v,
+static __global__ void __launch_bounds__(tiles::kTile) window_forward_tiled(const float* q, const float* k, const float* v,
                                                                      const float* slopes, WindowShape s, float scale,
                                                                      float* out, float* lse) {
   using namespace tiles;
@@ -172,7 +172,7 @@ __global__ void __launch_bounds__(tiles::kTile) window_forward_tiled(const float
 }
 
 // dQ_t += scale · Σ_j P_tj (⟨dO_t, v_j⟩ − δ_t) k_j, one thread per query, key tiles as forward.
-__global__ void __launch_bounds__(tiles::kTile) window_dq_tiled(const float* q, const float* k, const float* v,
+static __global__ void __launch_bounds__(tiles::kTile) window_dq_tiled(const float* q, const float* k, const float* v,
                                                                 const float* slopes, WindowShape s, float scale,
                                                                 const float* lse, const float* delta, const float* dout,
                                                                 float* dq) {
@@ -222,7 +222,7 @@ __global__ void __launch_bounds__(tiles::kTile) window_dq_tiled(const float* q, 
 //   else:    dK_j += scale · Σ dS_tj q_t     (registers: k_j, v_j, dK_j)
 // Two launches rather than one keeps each under ~200 registers.
 template <bool want_dv>
-__global__ void __launch_bounds__(tiles::kTile) window_dkv_tiled(const float* q, const float* k, const float* v,
+static __global__ void __launch_bounds__(tiles::kTile) window_dkv_tiled(const float* q, const float* k, const float* v,
                                                                  const float* slopes, WindowShape s, float scale,
                                                                  const float* lse, const float* delta,
                                                                  const float* dout, float* grad) {
@@ -452,7 +452,7 @@ struct OnlineSoftmax16 {
 // Shared memory: Q, K, V as bf16 tiles (3 × 9,216 bytes). Per key tile, all in registers:
 // S = Q·Kᵀ (fp32), base-2 scores with ALiBi and mask, online softmax, O += bf16(P)·V; then
 // out = O / l and lse = m + log l, as version 2 writes them.
-__global__ void __launch_bounds__(window_mma::kThreads) window_forward_mma(const float* q, const float* k,
+static __global__ void __launch_bounds__(window_mma::kThreads) window_forward_mma(const float* q, const float* k,
                                                                           const float* v, const float* slopes,
                                                                           WindowShape s, float scale, float* out,
                                                                           float* lse) {
@@ -522,7 +522,7 @@ __global__ void __launch_bounds__(window_mma::kThreads) window_forward_mma(const
 // (4 × 9,216 + 512 bytes). Per query tile: Sᵀ = K·Qᵀ, Pᵀ = exp(Sᵀ − lse), dV += bf16(Pᵀ)·dO,
 // dPᵀ = V·dOᵀ, dSᵀ = Pᵀ ∘ (dPᵀ − δ), dK += bf16(dSᵀ)·Q. Adds scale·dK into dk and dV into dv
 // (either may be null), as version 2 does.
-__global__ void __launch_bounds__(window_mma::kThreads) window_dkv_mma(const float* q, const float* k, const float* v,
+static __global__ void __launch_bounds__(window_mma::kThreads) window_dkv_mma(const float* q, const float* k, const float* v,
                                                                       const float* slopes, WindowShape s, float scale,
                                                                       const float* lse, const float* delta,
                                                                       const float* dout, float* dk, float* dv) {
@@ -606,7 +606,7 @@ __global__ void __launch_bounds__(window_mma::kThreads) window_dkv_mma(const flo
 // key tiles of the forward. Shared memory: Q, dO, K, V as bf16 tiles (4 × 9,216 bytes). Per key
 // tile: S = Q·Kᵀ, P = exp(S − lse), dP = dO·Vᵀ, dS = P ∘ (dP − δ), dQ += bf16(dS)·K; adds
 // scale·dQ into dq.
-__global__ void __launch_bounds__(window_mma::kThreads) window_dq_mma(const float* q, const float* k, const float* v,
+static __global__ void __launch_bounds__(window_mma::kThreads) window_dq_mma(const float* q, const float* k, const float* v,
                                                                      const float* slopes, WindowShape s, float scale,
                                                                      const float* lse, const float* delta,
                                                                      const float* dout, float* dq) {

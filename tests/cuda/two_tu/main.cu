@@ -1,0 +1,28 @@
+// The library with its CUDA kernels in two nvcc translation units linked into one program. A
+// kernel defined in a header must be a template or `static` (a plain `__global__` function is an
+// external symbol: the second unit's copy breaks the link). Building this is the check (CI builds
+// it); run on a GPU, both units compute the same loss.
+#include <cmath>
+#include <cstdio>
+
+#include <drt/cuda.cuh>
+#include <drt/model.hpp>
+#include <drt/optim.hpp>
+
+float second_unit_loss();
+
+int main() {
+  drt::ModelConfig c;
+  c.hidden_size = 128, c.num_attention_heads = 2, c.num_key_value_heads = 2, c.intermediate_size = 64;
+  c.vocab_size = 100, c.enc_chunk_size = 63, c.chunk_topk = 2, c.slide_window = 64, c.decoder_layers = {1, 1};
+  c.pad_id = 0, c.chunk_id = 99;
+  drt::DrtModel<float> model(c, 3);
+  model.move_to(drt::Device::cuda);
+  drt::IndexTensor tokens = drt::IndexTensor::empty({1, 252});
+  for (drt::Index i = 0; i < tokens.numel(); ++i) tokens.data()[i] = 1 + static_cast<int>(i % 97);
+  const float here = model.loss(tokens).item();
+  drt::tape().reset();
+  const float there = second_unit_loss();
+  std::printf("this unit %.6f, other unit %.6f\n", here, there);
+  return (std::isfinite(here) && here == there) ? 0 : 1;
+}
