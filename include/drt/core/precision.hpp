@@ -16,6 +16,12 @@
 //
 // double GEMMs are always exact: finite-difference gradient checks never see the switch.
 //
+// The attention ops' matrix products follow the switch on the GPU too: in bf16 the window
+// attention and GCA kernels at DRT's shapes are version 3 (drt/cuda/attention/), which round
+// q, k, v, P and dS to bf16 on tensor cores and keep the softmax in fp32. The CPU's attention
+// ops do not emulate that rounding (their tests compare against the CPU op on bf16-rounded
+// inputs instead), so a bf16 run on the CPU matches a GPU run in its GEMMs, not in attention.
+//
 // Why only GEMMs? Elementwise ops, norms, softmax and the loss are memory-bound: bf16 inputs
 // would save bandwidth but not arithmetic, and fp32 there is what keeps mixed-precision training
 // stable (the reference trains the same way under torch.autocast, which also keeps softmax,
