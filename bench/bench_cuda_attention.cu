@@ -1,6 +1,6 @@
 // bench_cuda_attention — drt's two attention ops on the GPU at the DRT training shapes, forward
 // and backward timed apart, in ms and TFLOP/s, beside the reference GCA kernel's H200 figures
-// (performance-anchors §1: 0.809 ms forward, 5.78 ms backward).
+// (performance-anchors §1: 0.809 ms forward, 5.78 ms backward) and flash SDPA's.
 //
 //   bench_cuda_attention [reps [batch]]     (default 5 repetitions, batch 4)
 //
@@ -11,8 +11,9 @@
 // 2.5× the forward (recomputing P, then dV, dP, dQ, dK).
 //
 // The plain lines run in the default fp32 precision (version 2 of the kernels: tiled, fp32 CUDA
-// cores); "GCA v3 (bf16 mma)" runs GCA with matmul_precision() = bf16, which takes version 3
-// (bf16 tensor cores, fp32 accumulators) at this shape. FLOPs are counted the same way for both.
+// cores); the "v3 (bf16 mma)" lines run with matmul_precision() = bf16, which takes version 3
+// (bf16 tensor cores, fp32 accumulators) at these shapes. FLOPs are counted the same way for
+// both, and as bench/sdpa_baseline.py counts PyTorch's flash attention on the same work.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -87,8 +88,19 @@ int main(int argc, char** argv) {
       double pairs = 0;
       for (Index t = 0; t < T; ++t) pairs += double(std::min(t, W) + 1);
       const double flops = 4.0 * d * pairs * double(B * H);
-      report("window attention", time_op(reps, {B, T, H, d}, [&] { return window_attention(q, k, v, slopes, W, scale); }),
-             flops, 0, 0);
+      auto run_window = [&] { return window_attention(q, k, v, slopes, W, scale); };
+      const Timing v2 = time_op(reps, {B, T, H, d}, run_window);
+      report("window attention", v2, flops, 0, 0);
+      MatmulPrecisionScope bf16(Precision::bf16);
+      const Timing v3 = time_op(reps, {B, T, H, d}, run_window);
+      report("window v3 (bf16 mma)", v3, flops, 0, 0);
+      std::printf("%-18s v3 / v2 %.1fx forward, %.1fx backward", "", v2.forward_ms / v3.forward_ms,
+                  v2.backward_ms / v3.backward_ms);
+      // PyTorch flash SDPA on the same work on an H200 (bench/sdpa_baseline.py, 2026-12-02).
+      if (batch == 4)
+        std::printf("; flash SDPA on H200 0.444 / 1.71 ms: v3 at %.0f%% / %.0f%% of it", 100 * 0.444 / v3.forward_ms,
+                    100 * 1.71 / v3.backward_ms);
+      std::printf("\n");
     }
     {
       const Index B = batch, rows = 259, Z = B * rows, H = 12, M = 64, N = 64, d = 64, Kc = 8, E = rows;

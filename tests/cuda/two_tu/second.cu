@@ -1,18 +1,10 @@
 // Second translation unit: the same model and tokens as main.cu, through the same headers.
-#include <drt/cuda.cuh>
-#include <drt/model.hpp>
-#include <drt/optim.hpp>
+#include "tiny_model.hpp"
 
 float second_unit_loss() {
-  drt::ModelConfig c;
-  c.hidden_size = 128, c.num_attention_heads = 2, c.num_key_value_heads = 2, c.intermediate_size = 64;
-  c.vocab_size = 100, c.enc_chunk_size = 63, c.chunk_topk = 2, c.slide_window = 64, c.decoder_layers = {1, 1};
-  c.pad_id = 0, c.chunk_id = 99;
-  drt::DrtModel<float> model(c, 3);
+  drt::DrtModel<float> model(two_unit_config(), 3);
   model.move_to(drt::Device::cuda);
-  drt::IndexTensor tokens = drt::IndexTensor::empty({1, 252});
-  for (drt::Index i = 0; i < tokens.numel(); ++i) tokens.data()[i] = 1 + static_cast<int>(i % 97);
-  const float loss = model.loss(tokens).item();
+  const float loss = model.loss(two_unit_tokens()).item();
   drt::tape().reset();
   return loss;
 }
