@@ -35,6 +35,7 @@ bench() {
 if [[ -z "${GPU_CHECK_SKIP_BENCH:-}" ]]; then
   bench bench_cuda
   bench bench_cuda_attention                        # window attention and GCA at the DRT training shapes
+  bench kernel_lab                                  # every version of both, with its error against the CPU op
   echo "---- python3 bench/sdpa_baseline.py (PyTorch flash attention on the same work)"
   python3 bench/sdpa_baseline.py || echo "(no PyTorch with CUDA here: no SDPA baseline)"
   bench bench_cuda_train --phases                   # config_63, fp32, 1 x 16,380 tokens

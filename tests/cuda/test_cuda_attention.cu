@@ -74,6 +74,17 @@ TEST_F(Gpu, WindowAttentionMatchesCpu) {
   }
 }
 
+// The kernel lab's cap (drt/cuda/attention/version.cuh): under VersionCap(1) calls that would
+// take version 2 take version 1, which still matches the CPU.
+TEST_F(Gpu, VersionCapSelectsAnOlderWindowKernel) {
+  EXPECT_EQ(cuda::attention::window_attention_version<float>(64, Precision::fp32), 2);
+  cuda::attention::VersionCap cap(1);
+  EXPECT_EQ(cuda::attention::window_attention_version<float>(64, Precision::fp32), 1);
+  EXPECT_EQ(cuda::attention::window_attention_version<float>(64, Precision::bf16), 1);
+  check_window<float>(WindowCase{1, 300, 3, 3, 64, 128});
+  EXPECT_THROW({ cuda::attention::VersionCap bad(0); }, Error);
+}
+
 struct GcaCase {
   Index B, rows_per_sequence, H, Hkv, M, E, N, d, Kc;
 };
@@ -119,6 +130,14 @@ TEST_F(Gpu, GcaMatchesCpu) {
     check_gca<double>(c);
     check_gca<float>(c);
   }
+}
+
+TEST_F(Gpu, VersionCapSelectsAnOlderGcaKernel) {
+  const cuda::attention::GcaShape shape{2, 2, 64, 64, 1, 3, 64, 2, 1, 2, 1};
+  EXPECT_EQ(cuda::attention::gca_version<float>(shape, Precision::bf16), 3);
+  cuda::attention::VersionCap cap(1);
+  EXPECT_EQ(cuda::attention::gca_version<float>(shape, Precision::bf16), 1);
+  check_gca<float>(GcaCase{1, 2, 2, 2, 64, 3, 64, 64, 1});
 }
 
 // Version 3 (bf16 tensor cores, taken in bf16 mode at M = N = d = 64) against the CPU op in

@@ -33,6 +33,7 @@
 #include "drt/core/tensor.hpp"
 #include "drt/cuda/attention/mma.cuh"
 #include "drt/cuda/attention/tiles.cuh"
+#include "drt/cuda/attention/version.cuh"
 #include "drt/cuda/attention/warp_math.cuh"
 #include "drt/cuda/error.cuh"
 
@@ -657,12 +658,14 @@ inline const __nv_bfloat16* as_bf16(const Tensor<float>& copy) {
 // The version a call takes: 3 (bf16 tensor cores) for float at M = N = d = 64 when the precision
 // switch says bf16 and the tensors allow 16-byte vector access; 2 (tiled fp32) for other float
 // shapes with M, N, d ≤ 64; 1 for everything else (double, larger shapes).
+// version_cap() (version.cuh) lowers the ceiling for the kernel lab.
 template <class T>
 int gca_version(const GcaShape& s, Precision precision, bool vector_aligned = true) {
   if (!std::is_same_v<T, float>) return 1;
-  if (precision == Precision::bf16 && vector_aligned && s.M == gca_mma::kSize && s.N == gca_mma::kSize && s.d == gca_mma::kSize)
+  if (version_cap() >= 3 && precision == Precision::bf16 && vector_aligned && s.M == gca_mma::kSize &&
+      s.N == gca_mma::kSize && s.d == gca_mma::kSize)
     return 3;
-  return use_tiled(s) ? 2 : 1;
+  return version_cap() >= 2 && use_tiled(s) ? 2 : 1;
 }
 
 }  // namespace attention

@@ -28,6 +28,7 @@
 #include "drt/core/tensor.hpp"
 #include "drt/cuda/attention/mma.cuh"
 #include "drt/cuda/attention/tiles.cuh"
+#include "drt/cuda/attention/version.cuh"
 #include "drt/cuda/attention/warp_math.cuh"
 #include "drt/cuda/error.cuh"
 
@@ -687,11 +688,12 @@ inline bool window_vector_aligned(std::initializer_list<const void*> pointers) {
 // says bf16 (the user's one switch: in bf16 mode attention takes bf16 operands as GEMMs do) and
 // the tensors allow 16-byte vector access; 2 (tiled fp32) for other float calls with d ≤ 64 (fp32
 // and tf32 modes included); 1 for everything else (double, wider heads).
+// version_cap() (version.cuh) lowers the ceiling for the kernel lab.
 template <class T>
 int window_attention_version(int d, Precision precision, bool vector_aligned = true) {
   if (!std::is_same_v<T, float>) return 1;
-  if (precision == Precision::bf16 && vector_aligned && d == window_mma::kD) return 3;
-  return d <= tiles::kTileD ? 2 : 1;
+  if (version_cap() >= 3 && precision == Precision::bf16 && vector_aligned && d == window_mma::kD) return 3;
+  return version_cap() >= 2 && d <= tiles::kTileD ? 2 : 1;
 }
 
 inline WindowShape window_shape(const Shape& q, const Shape& k, Index window) {
