@@ -39,7 +39,8 @@ Tensor<double> host_double(const Tensor<float>& t) {
   for (std::size_t i = 0; i < values.size(); ++i) out.data()[i] = values[i];
   return out;
 }
-Tensor<double> host_double(const Tensor<double>& t) { return t.to(Device::cpu); }
+// A heap copy: the tape's arena that may hold t is freed by tape().reset().
+Tensor<double> host_double(const Tensor<double>& t) { return t.to(Device::cpu).clone(); }
 
 // The output and every input's gradient of op(inputs) with output gradient `seed`, on the host.
 template <class T, class Op>
