@@ -56,15 +56,18 @@ __device__ inline void store_bf16x4(BfTile& tile, int r, int c, float4 x) {
   *reinterpret_cast<uint2*>(&tile.at[r][c]) = packed;
 }
 
-// Stages a 64×64 fp32 matrix (row r at src(r), 16-byte aligned) into `tile` as bf16. All threads
-// of the block call it; each moves float4s, so a warp reads two whole 256-byte rows at a time.
+// Stages a 64×64 fp32 matrix into `tile` as bf16: row r comes from src(r) (16-byte aligned), or
+// is zeros where src(r) is nullptr (a row past the end of a sequence: masked probabilities are
+// exactly 0, and 0 times leftover shared memory could be 0·NaN). All threads of the block call
+// it; each moves float4s, so a warp reads two whole 256-byte rows at a time.
 template <class RowPointer>
 __device__ inline void stage_bf16(BfTile& tile, RowPointer src) {
   constexpr int kVectorsPerRow = kTileCols / 4;
 #pragma unroll 4
   for (int idx = threadIdx.x; idx < kTileRows * kVectorsPerRow; idx += blockDim.x) {
     const int r = idx / kVectorsPerRow, c = (idx % kVectorsPerRow) * 4;
-    store_bf16x4(tile, r, c, *reinterpret_cast<const float4*>(src(r) + c));
+    const float* row = src(r);
+    store_bf16x4(tile, r, c, row ? *reinterpret_cast<const float4*>(row + c) : make_float4(0.f, 0.f, 0.f, 0.f));
   }
 }
 

@@ -299,20 +299,6 @@ __device__ inline const float* row_or_null(const float* x, const WindowShape& s,
   return t < s.T ? x + ((static_cast<long long>(b) * s.T + t) * heads + head) * kD : nullptr;
 }
 
-// Stages 64 rows of 64 floats as bf16; src(r) gives row r (16-byte aligned) or nullptr for a row
-// past the end of the sequence, staged as zeros: masked probabilities are exactly 0, and 0 times
-// leftover shared memory could be 0·NaN. All threads of the block call it.
-template <class RowPointer>
-__device__ inline void stage_rows(BfTile& tile, RowPointer src) {
-  constexpr int kVectorsPerRow = kD / 4;
-#pragma unroll 4
-  for (int idx = threadIdx.x; idx < kTile * kVectorsPerRow; idx += blockDim.x) {
-    const int r = idx / kVectorsPerRow, c = (idx % kVectorsPerRow) * 4;
-    const float* row = src(r);
-    store_bf16x4(tile, r, c, row ? *reinterpret_cast<const float4*>(row + c) : make_float4(0.f, 0.f, 0.f, 0.f));
-  }
-}
-
 // Two 64×64 fp32 tiles (K and V, or Q and dO) held in registers between their global loads and
 // their bf16 stores: a kernel issues the loads of its next tile pair before computing on the
 // current one, so the L2 latency hides behind the tensor-core work (one block's own warps
@@ -321,7 +307,7 @@ struct TilePairPrefetch {
   static constexpr int kPerThread = kTile * kD / 4 / kThreads;
   float4 first[kPerThread], second[kPerThread];
 
-  // src(r) as in stage_rows; blockDim.x must be kThreads.
+  // src(r) as in stage_bf16 (mma.cuh); blockDim.x must be kThreads.
   template <class RowFirst, class RowSecond>
   __device__ void load(RowFirst row_first, RowSecond row_second) {
 #pragma unroll
@@ -461,7 +447,7 @@ static __global__ void __launch_bounds__(window_mma::kThreads) window_forward_mm
   __shared__ BfTile queries, keys, values;
   const int t0 = blockIdx.x * kTile, h = blockIdx.y, b = blockIdx.z, g = h / s.heads_per_kv;
   const FragmentLane at;
-  stage_rows(queries, [&](int r) { return row_or_null(q, s, b, t0 + r, h, s.H); });
+  stage_bf16(queries, [&](int r) { return row_or_null(q, s, b, t0 + r, h, s.H); });
   __syncthreads();
   std::uint32_t qa[4][4];  // this warp's 16 queries as A fragments, for every key tile
   load_a_rows(qa, queries, at.row0);
@@ -532,8 +518,8 @@ static __global__ void __launch_bounds__(window_mma::kThreads) window_dkv_mma(co
   __shared__ float tile_lse[kTile], tile_delta[kTile];  // lse in base 2
   const int j0 = blockIdx.x * kTile, g = blockIdx.y, b = blockIdx.z;
   const FragmentLane at;
-  stage_rows(keys, [&](int r) { return row_or_null(k, s, b, j0 + r, g, s.Hkv); });
-  stage_rows(values, [&](int r) { return row_or_null(v, s, b, j0 + r, g, s.Hkv); });
+  stage_bf16(keys, [&](int r) { return row_or_null(k, s, b, j0 + r, g, s.Hkv); });
+  stage_bf16(values, [&](int r) { return row_or_null(v, s, b, j0 + r, g, s.Hkv); });
   const float score_factor = scale * kLog2e;
   const int first_key = j0 + at.row0;
   const int last_tile = min(s.T - 1, j0 + kTile - 1 + s.W) / kTile * kTile;
@@ -544,8 +530,8 @@ static __global__ void __launch_bounds__(window_mma::kThreads) window_dkv_mma(co
     const float bias_factor = slopes[h] * kLog2e;
     for (int t0 = j0; t0 <= last_tile; t0 += kTile) {
       __syncthreads();  // every warp is done with the previous query tile (and K, V are staged)
-      stage_rows(queries, [&](int r) { return row_or_null(q, s, b, t0 + r, h, s.H); });
-      stage_rows(douts, [&](int r) { return row_or_null(dout, s, b, t0 + r, h, s.H); });
+      stage_bf16(queries, [&](int r) { return row_or_null(q, s, b, t0 + r, h, s.H); });
+      stage_bf16(douts, [&](int r) { return row_or_null(dout, s, b, t0 + r, h, s.H); });
       if (threadIdx.x < kTile) {
         const int t = t0 + threadIdx.x;
         const long long stat = (static_cast<long long>(b) * s.H + h) * s.T + t;
@@ -615,8 +601,8 @@ static __global__ void __launch_bounds__(window_mma::kThreads) window_dq_mma(con
   __shared__ BfTile queries, douts, keys, values;
   const int t0 = blockIdx.x * kTile, h = blockIdx.y, b = blockIdx.z, g = h / s.heads_per_kv;
   const FragmentLane at;
-  stage_rows(queries, [&](int r) { return row_or_null(q, s, b, t0 + r, h, s.H); });
-  stage_rows(douts, [&](int r) { return row_or_null(dout, s, b, t0 + r, h, s.H); });
+  stage_bf16(queries, [&](int r) { return row_or_null(q, s, b, t0 + r, h, s.H); });
+  stage_bf16(douts, [&](int r) { return row_or_null(dout, s, b, t0 + r, h, s.H); });
   float row_lse[2], row_delta[2];  // this lane's two queries; lse in base 2
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
