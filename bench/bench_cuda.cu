@@ -103,8 +103,8 @@ struct Gemm {
   Tensor<float> A = device_uniform({kGemm, kGemm}, 4), B = device_uniform({kGemm, kGemm}, 5);
   Tensor<float> C = Tensor<float>::empty({kGemm, kGemm}, nullptr, Device::cuda);
   // bf16 copies of A and B for the cuBLAS baseline (drt makes its own on every call).
-  std::shared_ptr<void> A16 = cuda::detail::bf16_copy(A.data(), A.numel());
-  std::shared_ptr<void> B16 = cuda::detail::bf16_copy(B.data(), B.numel());
+  std::shared_ptr<void> A16 = cuda::bf16_copy(A.data(), A.numel());
+  std::shared_ptr<void> B16 = cuda::bf16_copy(B.data(), B.numel());
 };
 constexpr double kGemmFlops = 2.0 * double(kGemm) * kGemm * kGemm;
 Gemm& gemm_operands() {

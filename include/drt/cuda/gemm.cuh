@@ -22,6 +22,7 @@
 #include <memory>
 
 #include "drt/core/device.hpp"
+#include "drt/cuda/bf16.cuh"
 #include "drt/cuda/copy.cuh"
 #include "drt/cuda/error.cuh"
 
@@ -51,29 +52,11 @@ inline int as_int(Index v, const char* what) {
   DRT_CHECK(v >= 0 && v <= INT_MAX, "gemm: ", what, " = ", v, " does not fit cuBLAS's 32-bit int");
   return static_cast<int>(v);
 }
-}  // namespace detail
 
-namespace detail {
 // Elements that a (batched) operand's storage spans, from its first element to its last.
 inline Index operand_span(Index rows, Index cols, bool row_major, Index ld, Index batch, Index batch_stride) {
   const Index matrix = row_major ? (rows - 1) * ld + cols : (cols - 1) * ld + rows;
   return (batch - 1) * batch_stride + matrix;
-}
-
-static __global__ void round_to_bf16_kernel(const float* src, __nv_bfloat16* dst, Index n) {
-  const Index step = Index(gridDim.x) * blockDim.x;
-  for (Index i = Index(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += step) dst[i] = __float2bfloat16_rn(src[i]);
-}
-
-// A bf16 copy of n floats, element for element, so that the operand's strides stay valid.
-inline std::shared_ptr<void> bf16_copy(const void* src, Index n) {
-  std::shared_ptr<void> copy = device_scratch(static_cast<std::size_t>(n) * sizeof(__nv_bfloat16));
-  const int threads = 256;
-  const Index blocks = std::min<Index>((n + threads - 1) / threads, 65536);
-  round_to_bf16_kernel<<<static_cast<unsigned>(blocks), threads>>>(static_cast<const float*>(src),
-                                                                    static_cast<__nv_bfloat16*>(copy.get()), n);
-  DRT_CUDA_CHECK_LAUNCH();
-  return copy;
 }
 }  // namespace detail
 
@@ -94,8 +77,8 @@ inline void gemm(DType type, const GemmArgs& g) {
   const void* b = g.b;
   std::shared_ptr<void> a_bf16, b_bf16;
   if (bf16 && g.K > 0) {
-    a_bf16 = detail::bf16_copy(g.a, detail::operand_span(g.M, g.K, g.a_row_major, g.lda, g.batch, g.batch_stride_a));
-    b_bf16 = detail::bf16_copy(g.b, detail::operand_span(g.K, g.N, g.b_row_major, g.ldb, g.batch, g.batch_stride_b));
+    a_bf16 = bf16_copy(g.a, detail::operand_span(g.M, g.K, g.a_row_major, g.lda, g.batch, g.batch_stride_a));
+    b_bf16 = bf16_copy(g.b, detail::operand_span(g.K, g.N, g.b_row_major, g.ldb, g.batch, g.batch_stride_b));
     a = a_bf16.get();
     b = b_bf16.get();
   }

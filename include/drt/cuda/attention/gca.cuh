@@ -32,6 +32,7 @@
 #include "drt/core/precision.hpp"
 #include "drt/core/tensor.hpp"
 #include "drt/cuda/attention/mma.cuh"
+#include "drt/cuda/bf16.cuh"
 #include "drt/cuda/attention/tiles.cuh"
 #include "drt/cuda/attention/version.cuh"
 #include "drt/cuda/attention/warp_math.cuh"
@@ -319,19 +320,6 @@ using namespace mma;
 inline constexpr int kSize = 64;               // M = N = d: one 64×64 tile per chunk, per row's queries
 inline constexpr int kWarps = 4;               // warp w owns queries 16w..16w+15
 inline constexpr int kThreads = kWarps * kWarp;
-inline constexpr float kLog2e = 1.4426950408889634f;
-inline constexpr float kLn2 = 0.6931471805599453f;
-
-// Version 3 gathers the chunk memory as bf16: k and v are rounded once per call into a copy
-// (each chunk is read ~Kc times, once per row that retrieved it, and that gather is what bounds
-// these kernels: halving its bytes costs one pass over k and v). Grid-stride; n is a multiple of 4.
-static __global__ void round_memory_to_bf16(const float* src, __nv_bfloat16* dst, long long n) {
-  for (long long i = (static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x) * 4; i < n;
-       i += static_cast<long long>(gridDim.x) * blockDim.x * 4) {
-    const float4 x = *reinterpret_cast<const float4*>(src + i);
-    *reinterpret_cast<uint2*>(dst + i) = make_uint2(pack_bf16x2(x.x, x.y), pack_bf16x2(x.z, x.w));
-  }
-}
 
 // Keys and values, twice: the next retrieved chunk lands (cp.async) in one pair while the warps
 // multiply the current chunk from the other, so the gather's latency hides behind the products.
@@ -372,16 +360,6 @@ struct BackwardShared {
   ChunkBuffers chunks;
 };
 
-// Where this lane's accumulator entries sit in a warp's 16×64 block (mma.cuh): rows
-// row0 + group and row0 + group + 8 (entries [j][0..1] and [j][2..3]), columns 8j + 2·pair and
-// 8j + 2·pair + 1.
-struct FragmentPlace {
-  int row0, group, pair;
-  __device__ FragmentPlace() : row0(threadIdx.x / kWarp * 16), group(threadIdx.x % kWarp / 4), pair(threadIdx.x % 4) {}
-  __device__ int row(int half) const { return row0 + group + 8 * half; }  // half 0: entries 0, 1; half 1: 2, 3
-  __device__ int col(int j) const { return 8 * j + 2 * pair; }
-};
-
 }  // namespace gca_mma
 
 // Grid (Z, H), kThreads threads: warp w computes queries 16w..16w+15 of (z, h) over all Kc
@@ -401,7 +379,7 @@ static __global__ void __launch_bounds__(gca_mma::kThreads) gca_forward_mma(cons
   __shared__ ChunkBuffers chunks;
   const int z = blockIdx.x, h = blockIdx.y;
   const int b = z / s.rows_per_sequence, kv = h / s.heads_per_kv;
-  const FragmentPlace at;
+  const FragmentLane at;
   const long long first_query = (static_cast<long long>(z) * s.H + h) * kSize;
   const long long first_stat = (static_cast<long long>(z) * s.H + h) * s.Kc * kSize;  // lse of slot 0
   int i = next_filled_slot(index, weight, z, s.Kc, 0);
@@ -446,8 +424,7 @@ static __global__ void __launch_bounds__(gca_mma::kThreads) gca_forward_mma(cons
     row_sum[0] = group_sum(row_sum[0]);
     row_sum[1] = group_sum(row_sum[1]);
     std::uint32_t pa[4][4];
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk) a_from_accumulators(pa[kk], p, kk);
+    a_fragments(pa, p);
     Accumulator16x64 o;
     o.zero();
     multiply(o, pa, values);
@@ -458,7 +435,7 @@ static __global__ void __launch_bounds__(gca_mma::kThreads) gca_forward_mma(cons
       for (int u = 0; u < 4; ++u) total.c[j][u] += norm[u / 2] * o.c[j][u];
     if (at.pair == 0) {
       lse_slot[at.row(0)] = row_max[0] * kLn2 + logf(row_sum[0]);
-      lse_slot[at.row(1)] = row_max[1] * kLn2 + logf(row_sum[1]);
+      lse_slot[at.row(2)] = row_max[1] * kLn2 + logf(row_sum[1]);
     }
     i = next;
   }
@@ -467,7 +444,7 @@ static __global__ void __launch_bounds__(gca_mma::kThreads) gca_forward_mma(cons
   for (int j = 0; j < 8; ++j)
 #pragma unroll
     for (int half = 0; half < 2; ++half)
-      *reinterpret_cast<float2*>(out_rows + at.row(half) * kSize + at.col(j)) =
+      *reinterpret_cast<float2*>(out_rows + at.row(2 * half) * kSize + at.col(j, 0)) =
           make_float2(total.c[j][2 * half], total.c[j][2 * half + 1]);
 }
 
@@ -477,18 +454,18 @@ namespace gca_mma {
 // (row r of the block is key `first_key + r` of chunk e) with atomics: several rows z retrieve
 // the same chunk. Pairs of columns go as one 8-byte atomic (sm_90 has vector atomicAdd).
 __device__ inline void add_to_chunk(float* grad, const mma::Accumulator16x64& acc, float factor, const GcaShape& s,
-                                    int b, int e, int g, const FragmentPlace& at) {
+                                    int b, int e, int g, const FragmentLane& at) {
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
-    float* row = grad + gca_key_row(s, b, e, at.row(half), g) * kSize;
+    float* row = grad + gca_key_row(s, b, e, at.row(2 * half), g) * kSize;
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
       const float x = factor * acc.c[j][2 * half], y = factor * acc.c[j][2 * half + 1];
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-      atomicAdd(reinterpret_cast<float2*>(row + at.col(j)), make_float2(x, y));
+      atomicAdd(reinterpret_cast<float2*>(row + at.col(j, 0)), make_float2(x, y));
 #else
-      atomicAdd(row + at.col(j), x);
-      atomicAdd(row + at.col(j) + 1, y);
+      atomicAdd(row + at.col(j, 0), x);
+      atomicAdd(row + at.col(j, 0) + 1, y);
 #endif
     }
   }
@@ -496,12 +473,12 @@ __device__ inline void add_to_chunk(float* grad, const mma::Accumulator16x64& ac
 
 // Writes a warp's 16×64 fp32 block into its rows of a bf16 tile (the operand of a product
 // that other warps read).
-__device__ inline void store_block_bf16(mma::BfTile& tile, const mma::Accumulator16x64& acc, const FragmentPlace& at) {
+__device__ inline void store_block_bf16(mma::BfTile& tile, const mma::Accumulator16x64& acc, const FragmentLane& at) {
 #pragma unroll
   for (int j = 0; j < 8; ++j)
 #pragma unroll
     for (int half = 0; half < 2; ++half)
-      *reinterpret_cast<std::uint32_t*>(&tile.at[at.row(half)][at.col(j)]) =
+      *reinterpret_cast<std::uint32_t*>(&tile.at[at.row(2 * half)][at.col(j, 0)]) =
           mma::pack_bf16x2(acc.c[j][2 * half], acc.c[j][2 * half + 1]);
 }
 
@@ -533,7 +510,7 @@ static __global__ void __launch_bounds__(gca_mma::kThreads) gca_backward_mma(con
   BfTile &weighted_probs = shared.weighted_probs, &dscores = shared.dscores;
   const int z = blockIdx.x, h = blockIdx.y;
   const int b = z / s.rows_per_sequence, kv = h / s.heads_per_kv;
-  const FragmentPlace at;
+  const FragmentLane at;
   const long long first_query = (static_cast<long long>(z) * s.H + h) * kSize;
   int i = next_filled_slot(index, weight, z, s.Kc, 0);
   if (i < s.Kc) fetch_chunk(shared.chunks, 0, k, v, s, b, index[z * s.Kc + i], kv);
@@ -558,7 +535,7 @@ static __global__ void __launch_bounds__(gca_mma::kThreads) gca_backward_mma(con
     Accumulator16x64 p;
     p.zero();
     multiply_by_transposed(p, a, keys);
-    const float lse_log2[2] = {lse[first_stat + at.row(0)] * kLog2e, lse[first_stat + at.row(1)] * kLog2e};
+    const float lse_log2[2] = {lse[first_stat + at.row(0)] * kLog2e, lse[first_stat + at.row(2)] * kLog2e};
 #pragma unroll
     for (int j = 0; j < 8; ++j)
 #pragma unroll
@@ -576,7 +553,7 @@ static __global__ void __launch_bounds__(gca_mma::kThreads) gca_backward_mma(con
     slot_delta[1] = group_sum(slot_delta[1]);
     if (at.pair == 0) {
       delta[first_stat + at.row(0)] = slot_delta[0];
-      delta[first_stat + at.row(1)] = slot_delta[1];
+      delta[first_stat + at.row(2)] = slot_delta[1];
     }
 #pragma unroll
     for (int j = 0; j < 8; ++j)
@@ -586,8 +563,7 @@ static __global__ void __launch_bounds__(gca_mma::kThreads) gca_backward_mma(con
         ds.c[j][u] = p.c[j][u] * (ds.c[j][u] - slot_delta[u / 2]);
       }
     if (dq) {
-#pragma unroll
-      for (int kk = 0; kk < 4; ++kk) a_from_accumulators(a[kk], ds, kk);
+      a_fragments(a, ds);
       multiply(dq_acc, a, keys);
     }
     if (!dk && !dv) {
@@ -619,7 +595,7 @@ static __global__ void __launch_bounds__(gca_mma::kThreads) gca_backward_mma(con
   for (int j = 0; j < 8; ++j)
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
-      float2* cell = reinterpret_cast<float2*>(dq_rows + at.row(half) * kSize + at.col(j));
+      float2* cell = reinterpret_cast<float2*>(dq_rows + at.row(2 * half) * kSize + at.col(j, 0));
       const float2 old = *cell;
       *cell = make_float2(old.x + scale * dq_acc.c[j][2 * half], old.y + scale * dq_acc.c[j][2 * half + 1]);
     }
@@ -635,24 +611,6 @@ inline GcaShape gca_shape(const Shape& q, const Shape& k, const Shape& index) {
   s.rows_per_sequence = s.Z / s.B;
   s.heads_per_kv = s.H / s.Hkv;
   return s;
-}
-
-inline bool aligned_to(const void* p, std::size_t bytes) { return reinterpret_cast<std::uintptr_t>(p) % bytes == 0; }
-
-// x (float, on the GPU, 16-byte aligned, numel a multiple of 4) rounded to bf16, for version 3.
-// There is no bf16 tensor type: the copy is a float tensor of half the length holding bf16 pairs.
-inline Tensor<float> bf16_copy(const Tensor<float>& x) {
-  const long long n = x.numel();
-  const Tensor<float> copy = Tensor<float>::empty(Shape{n / 2}, nullptr, x.device());
-  const long long blocks = std::min<long long>((n / 4 + 255) / 256, 65536);
-  if (blocks > 0) {
-    gca_mma::round_memory_to_bf16<<<unsigned(blocks), 256>>>(x.data(), reinterpret_cast<__nv_bfloat16*>(copy.data()), n);
-    DRT_CUDA_CHECK_LAUNCH();
-  }
-  return copy;
-}
-inline const __nv_bfloat16* as_bf16(const Tensor<float>& copy) {
-  return reinterpret_cast<const __nv_bfloat16*>(copy.data());
 }
 
 // The version a call takes: 3 (bf16 tensor cores) for float at M = N = d = 64 when the precision
@@ -677,14 +635,15 @@ void gca_forward(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, con
   const attention::GcaShape s = attention::gca_shape(q.shape(), k.shape(), index.shape());
   const long long queries = static_cast<long long>(s.Z) * s.H * s.M;
   if (queries == 0) return;
-  const bool aligned = attention::aligned_to(q.data(), 16) && attention::aligned_to(k.data(), 16) &&
-                       attention::aligned_to(v.data(), 16) && attention::aligned_to(out.data(), 16);
+  const bool aligned = attention::all_aligned(16, {q.data(), k.data(), v.data(), out.data()});
   const int version = attention::gca_version<T>(s, matmul_precision(), aligned);
   if constexpr (std::is_same_v<T, float>) {
     if (version == 3) {
-      const Tensor<float> k16 = attention::bf16_copy(k), v16 = attention::bf16_copy(v);
+      // The chunk memory as bf16, once per call: each chunk is gathered ~Kc times (once per row
+      // that retrieved it), and that gather is what bounds version 3; bf16 halves its bytes.
+      const auto k16 = bf16_copy(k.data(), k.numel()), v16 = bf16_copy(v.data(), v.numel());
       attention::gca_forward_mma<<<dim3(unsigned(s.Z), unsigned(s.H)), attention::gca_mma::kThreads>>>(
-          q.data(), attention::as_bf16(k16), attention::as_bf16(v16), index.data(), weight.data(), s, scale, out.data(),
+          q.data(), as_bf16(k16), as_bf16(v16), index.data(), weight.data(), s, scale, out.data(),
           lse.data());
       DRT_CUDA_CHECK_LAUNCH();
       return;
@@ -710,19 +669,20 @@ void gca_backward(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, co
   const long long queries = static_cast<long long>(s.Z) * s.H * s.M;
   if (queries == 0 || s.Kc == 0) return;
   const Tensor<T> delta = Tensor<T>::empty(lse.shape(), nullptr, q.device());
-  auto gradient_aligned = [](const Tensor<T>* g) { return !g || attention::aligned_to(g->data(), 8); };  // float2
-  const bool aligned = attention::aligned_to(q.data(), 16) && attention::aligned_to(k.data(), 16) &&
-                       attention::aligned_to(v.data(), 16) && attention::aligned_to(dout.data(), 16) &&
-                       gradient_aligned(dq) && gradient_aligned(dk) && gradient_aligned(dv);
+  auto data = [](const Tensor<T>* t) -> const void* { return t ? t->data() : nullptr; };
+  const bool aligned = attention::all_aligned(16, {q.data(), k.data(), v.data(), dout.data()}) &&
+                       attention::all_aligned(8, {data(dq), data(dk), data(dv)});  // float2 gradients
   const int version = attention::gca_version<T>(s, matmul_precision(), aligned);
   if constexpr (std::is_same_v<T, float>) {
     if (version == 3) {
       constexpr int bytes = int(sizeof(attention::gca_mma::BackwardShared));
       // Set on every call: cheap, and it holds for whichever device is current.
       DRT_CUDA_CHECK(cudaFuncSetAttribute(attention::gca_backward_mma, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-      const Tensor<float> k16 = attention::bf16_copy(k), v16 = attention::bf16_copy(v);
+      // The chunk memory as bf16, once per call: each chunk is gathered ~Kc times (once per row
+      // that retrieved it), and that gather is what bounds version 3; bf16 halves its bytes.
+      const auto k16 = bf16_copy(k.data(), k.numel()), v16 = bf16_copy(v.data(), v.numel());
       attention::gca_backward_mma<<<dim3(unsigned(s.Z), unsigned(s.H)), attention::gca_mma::kThreads, bytes>>>(
-          q.data(), attention::as_bf16(k16), attention::as_bf16(v16), index.data(), weight.data(), s, scale, lse.data(), dout.data(), delta.data(),
+          q.data(), as_bf16(k16), as_bf16(v16), index.data(), weight.data(), s, scale, lse.data(), dout.data(), delta.data(),
           dq ? dq->data() : nullptr, dk ? dk->data() : nullptr, dv ? dv->data() : nullptr);
       DRT_CUDA_CHECK_LAUNCH();
       if (dweight) {

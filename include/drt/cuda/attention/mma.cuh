@@ -39,6 +39,11 @@ inline constexpr int kTileRows = 64;  // rows of a staged tile (queries or keys)
 inline constexpr int kTileCols = 64;  // columns (the head width d, or keys for a P tile)
 inline constexpr int kPitch = kTileCols + 8;
 
+// Softmaxes run in base 2 (exp2f is one instruction): scores are scaled by log2(e), and a base-2
+// log-sum-exp is turned back into a natural one with ln(2).
+inline constexpr float kLog2e = 1.4426950408889634f;
+inline constexpr float kLn2 = 0.6931471805599453f;
+
 struct alignas(16) BfTile {
   __nv_bfloat16 at[kTileRows][kPitch];
 };
@@ -172,6 +177,22 @@ __device__ inline void a_from_accumulators(std::uint32_t (&a)[4], const Accumula
   a[2] = pack_bf16x2(x.c[2 * kk + 1][0], x.c[2 * kk + 1][1]);
   a[3] = pack_bf16x2(x.c[2 * kk + 1][2], x.c[2 * kk + 1][3]);
 }
+
+// All four A fragments (columns 0..63) of a 16×64 accumulator.
+__device__ inline void a_fragments(std::uint32_t (&a)[4][4], const Accumulator16x64& x) {
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) a_from_accumulators(a[kk], x, kk);
+}
+
+// Where this lane's accumulator entries sit in its warp's 16×64 block, for blocks of 4 warps
+// that own 16 rows each: entry c[j][u] is row row0 + group + 8·(u / 2) of the tile, column
+// 8j + 2·pair + u % 2 (the C layout above).
+struct FragmentLane {
+  int row0, group, pair;  // row0: the warp's first row in the 64-row tile
+  __device__ FragmentLane() : row0(threadIdx.x / 32 * 16), group(threadIdx.x % 32 / 4), pair(threadIdx.x % 4) {}
+  __device__ int row(int u) const { return row0 + group + 8 * (u / 2); }
+  __device__ int col(int j, int u) const { return 8 * j + 2 * pair + u % 2; }
+};
 
 // acc (16×64) += A (16×64: four A fragments, k = 0..63) · Xᵀ for a stored 64×64 tile X
 // (acc[r][n] += Σ_k A[r][k] X[n][k]).

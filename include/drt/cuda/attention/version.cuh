@@ -8,6 +8,10 @@
 // leaves every call a version.
 #pragma once
 
+#include <cstddef>
+#include <cstdint>
+#include <initializer_list>
+
 #include "drt/core/error.hpp"
 
 namespace drt::cuda::attention {
@@ -36,5 +40,13 @@ class VersionCap {
  private:
   int previous_;
 };
+
+// Whether every pointer (nullptr: an absent tensor, skipped) is aligned to `bytes`: version 3
+// reads and writes rows as 16-byte (and GCA's gradients as 8-byte) vectors.
+inline bool all_aligned(std::size_t bytes, std::initializer_list<const void*> pointers) {
+  for (const void* p : pointers)
+    if (p != nullptr && reinterpret_cast<std::uintptr_t>(p) % bytes != 0) return false;
+  return true;
+}
 
 }  // namespace drt::cuda::attention

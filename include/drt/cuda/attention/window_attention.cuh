@@ -291,8 +291,6 @@ inline constexpr int kTile = kTileRows;  // queries or keys per tile
 inline constexpr int kD = kTileCols;     // the one head width version 3 takes
 inline constexpr int kWarps = kTile / 16;  // each warp owns 16 rows of the tile
 inline constexpr int kThreads = kWarps * kWarp;
-inline constexpr float kLog2e = 1.4426950408889634f;
-inline constexpr float kLn2 = 0.6931471805599453f;
 
 // Row t of sequence b, head `head` of a (B, T, heads, 64) tensor, or nullptr past the end.
 __device__ inline const float* row_or_null(const float* x, const WindowShape& s, int b, int t, int head, int heads) {
@@ -326,15 +324,6 @@ struct TilePairPrefetch {
       store_bf16x4(tile_second, r, c, second[i]);
     }
   }
-};
-
-// Where this lane's accumulator entries sit in its warp's 16×64 block (mma.cuh): entry c[j][u]
-// is row group + 8·(u / 2) of the warp's rows, column 8j + 2·pair + u % 2.
-struct FragmentLane {
-  int row0, group, pair;  // row0: the warp's first row in the 64-row tile
-  __device__ FragmentLane() : row0(threadIdx.x / kWarp * 16), group(threadIdx.x % kWarp / 4), pair(threadIdx.x % 4) {}
-  __device__ int row(int u) const { return row0 + group + 8 * (u / 2); }
-  __device__ int col(int j, int u) const { return 8 * j + 2 * pair + u % 2; }
 };
 
 // The first key tile query tile t0 can reach (the one holding t0 − W).
@@ -390,11 +379,6 @@ __device__ inline void score_gradients(Accumulator16x64& dp, const Accumulator16
   for (int j = 0; j < 8; ++j)
 #pragma unroll
     for (int u = 0; u < 4; ++u) dp.c[j][u] = p.c[j][u] * (dp.c[j][u] - delta_of(u, at.col(j, u)));
-}
-
-__device__ inline void a_fragments(std::uint32_t (&a)[4][4], const Accumulator16x64& x) {
-#pragma unroll
-  for (int kk = 0; kk < 4; ++kk) a_from_accumulators(a[kk], x, kk);
 }
 
 // The online softmax of one warp's 16 rows (each lane holds 2 of them: u / 2 = 0, 1). row_sum
@@ -663,13 +647,6 @@ inline dim3 tiled_grid(const WindowShape& s, int heads) {
               static_cast<unsigned>(s.B));
 }
 
-// Whether every pointer allows the 16-byte (float4) accesses of version 3.
-inline bool window_vector_aligned(std::initializer_list<const void*> pointers) {
-  for (const void* p : pointers)
-    if (p != nullptr && reinterpret_cast<std::uintptr_t>(p) % 16 != 0) return false;
-  return true;
-}
-
 // The version a call takes: 3 (bf16 tensor cores) for float at d = 64 when the precision switch
 // says bf16 (the user's one switch: in bf16 mode attention takes bf16 operands as GEMMs do) and
 // the tensors allow 16-byte vector access; 2 (tiled fp32) for other float calls with d ≤ 64 (fp32
@@ -697,7 +674,7 @@ void window_attention_forward(const Tensor<T>& q, const Tensor<T>& k, const Tens
   const long long rows = static_cast<long long>(s.B) * s.T * s.H;
   if (rows == 0) return;
   const int version = attention::window_attention_version<T>(
-      s.d, matmul_precision(), attention::window_vector_aligned({q.data(), k.data(), v.data(), out.data()}));
+      s.d, matmul_precision(), attention::all_aligned(16, {q.data(), k.data(), v.data(), out.data()}));
   if constexpr (std::is_same_v<T, float>) {
     if (version == 3) {
       attention::window_forward_mma<<<attention::tiled_grid(s, s.H), attention::window_mma::kThreads>>>(
@@ -731,8 +708,8 @@ void window_attention_backward(const Tensor<T>& q, const Tensor<T>& k, const Ten
   DRT_CUDA_CHECK_LAUNCH();
   const int version = attention::window_attention_version<T>(
       s.d, matmul_precision(),
-      attention::window_vector_aligned({q.data(), k.data(), v.data(), dout.data(), dq ? dq->data() : nullptr,
-                                        dk ? dk->data() : nullptr, dv ? dv->data() : nullptr}));
+      attention::all_aligned(16, {q.data(), k.data(), v.data(), dout.data(), dq ? dq->data() : nullptr,
+                                  dk ? dk->data() : nullptr, dv ? dv->data() : nullptr}));
   if constexpr (std::is_same_v<T, float>) {
     if (version == 3) {
       if (dq) {
