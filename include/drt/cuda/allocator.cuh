@@ -10,9 +10,10 @@
 // larger cached block that wastes at most a quarter of it. When cudaMalloc fails, every cached
 // block is returned to the driver and the call is tried once more.
 //
-// Stream order: drt issues all device work on the one legacy default stream, so a block freed
-// on the host while a kernel still reads it can be reused at once: the next user's kernels run
-// after that kernel. (Using several streams will need per-stream free lists or events.)
+// Stream order: drt issues all device work on its one stream (stream.cuh), which is ordered with
+// the legacy stream of synchronous copies, so a block freed on the host while a kernel still
+// reads it can be reused at once: the next user's kernels run after that kernel. (Using several
+// streams will need per-stream free lists or events.)
 #pragma once
 
 #include <cuda_runtime.h>

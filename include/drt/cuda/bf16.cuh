@@ -15,6 +15,7 @@
 #include "drt/core/tensor.hpp"
 #include "drt/cuda/copy.cuh"
 #include "drt/cuda/error.cuh"
+#include "drt/cuda/stream.cuh"
 
 namespace drt::cuda {
 namespace detail {
@@ -33,7 +34,7 @@ inline std::shared_ptr<void> bf16_copy(const void* src, Index n) {
   if (n == 0) return copy;
   const int threads = 256;
   const Index blocks = std::min<Index>((n + threads - 1) / threads, 65536);
-  detail::round_to_bf16_kernel<<<static_cast<unsigned>(blocks), threads>>>(
+  detail::round_to_bf16_kernel<<<static_cast<unsigned>(blocks), threads, 0, ::drt::cuda::stream()>>>(
       static_cast<const float*>(src), static_cast<__nv_bfloat16*>(copy.get()), n);
   DRT_CUDA_CHECK_LAUNCH();
   return copy;

@@ -18,6 +18,7 @@
 #include "drt/core/device.hpp"
 #include "drt/cuda/allocator.cuh"
 #include "drt/cuda/error.cuh"
+#include "drt/cuda/stream.cuh"
 
 namespace drt::cuda {
 namespace detail {
@@ -76,7 +77,7 @@ void launch_strided(const StridedRef& dst, const StridedRef* src, const void* va
   W v{};
   if (value) std::memcpy(&v, value, sizeof(W));
   const unsigned blocks = static_cast<unsigned>(std::min<Index>((n + 255) / 256, Index(1) << 16));
-  strided_copy_kernel<W><<<blocks, 256>>>(static_cast<W*>(dst.data), src ? static_cast<const W*>(src->data) : nullptr,
+  strided_copy_kernel<W><<<blocks, 256, 0, ::drt::cuda::stream()>>>(static_cast<W*>(dst.data), src ? static_cast<const W*>(src->data) : nullptr,
                                           v, copy_layout(dst, src), n);
   DRT_CUDA_CHECK_LAUNCH();
 }
@@ -124,7 +125,7 @@ inline std::shared_ptr<void> device_scratch(std::size_t bytes) {
 
 inline std::shared_ptr<void> allocate_device(std::size_t bytes, bool zero) {
   std::shared_ptr<void> block = detail::device_scratch(bytes);
-  if (zero && bytes) DRT_CUDA_CHECK(cudaMemsetAsync(block.get(), 0, bytes));
+  if (zero && bytes) DRT_CUDA_CHECK(cudaMemsetAsync(block.get(), 0, bytes, stream()));
   return block;
 }
 
@@ -135,7 +136,7 @@ inline void copy(std::size_t size, const StridedRef& dst, const StridedRef& src)
   const bool dst_dev = dst.device != Device::cpu, src_dev = src.device != Device::cpu;
   const bool dst_flat = detail::contiguous(dst), src_flat = detail::contiguous(src);
   if (dst_dev && src_dev) {
-    if (dst_flat && src_flat) DRT_CUDA_CHECK(cudaMemcpyAsync(dst.data, src.data, bytes, cudaMemcpyDeviceToDevice));
+    if (dst_flat && src_flat) DRT_CUDA_CHECK(cudaMemcpyAsync(dst.data, src.data, bytes, cudaMemcpyDeviceToDevice, stream()));
     else detail::strided_on_device(size, dst, &src, nullptr);
     return;
   }

@@ -22,6 +22,7 @@
 #include <limits>
 
 #include "drt/cuda/error.cuh"
+#include "drt/cuda/stream.cuh"
 
 namespace drt::cuda {
 namespace detail {
@@ -194,7 +195,7 @@ void launch(const Tensor<T>& dst, E e, bool flat) {
   if (flat) {
     const Index per_block = Index(kThreads) * kItemsPerThread;
     const unsigned blocks = static_cast<unsigned>((n + per_block - 1) / per_block);
-    fused_flat_kernel<Accumulate><<<blocks, kThreads>>>(dst.data(), d, n);
+    fused_flat_kernel<Accumulate><<<blocks, kThreads, 0, ::drt::cuda::stream()>>>(dst.data(), d, n);
   } else {
     d.pad_front(kMaxRank - shape.rank());
     DestinationLayout layout{};
@@ -207,9 +208,9 @@ void launch(const Tensor<T>& dst, E e, bool flat) {
     const Index wanted = (n + kThreads - 1) / kThreads;
     const unsigned blocks = static_cast<unsigned>(std::min<Index>(wanted, Index(1) << 16));
     if (n <= std::numeric_limits<std::uint32_t>::max())
-      fused_strided_kernel<Accumulate, std::uint32_t><<<blocks, kThreads>>>(dst.data(), layout, d, n);
+      fused_strided_kernel<Accumulate, std::uint32_t><<<blocks, kThreads, 0, ::drt::cuda::stream()>>>(dst.data(), layout, d, n);
     else
-      fused_strided_kernel<Accumulate, std::uint64_t><<<blocks, kThreads>>>(dst.data(), layout, d, n);
+      fused_strided_kernel<Accumulate, std::uint64_t><<<blocks, kThreads, 0, ::drt::cuda::stream()>>>(dst.data(), layout, d, n);
   }
   DRT_CUDA_CHECK_LAUNCH();
 }

@@ -36,12 +36,13 @@
 
 namespace drt::cuda {
 
-// The process's cuBLAS handle (created on first use, on the default stream; never destroyed,
-// for the same reason as the allocator).
+// The process's cuBLAS handle (created on first use, on drt's stream (stream.cuh); never
+// destroyed, for the same reason as the allocator).
 inline cublasHandle_t blas_handle() {
   static cublasHandle_t handle = [] {
     cublasHandle_t h = nullptr;
     DRT_CUBLAS_CHECK(cublasCreate(&h));
+    DRT_CUBLAS_CHECK(cublasSetStream(h, stream()));
     return h;
   }();
   return handle;

@@ -16,6 +16,7 @@
 
 #include "drt/core/device.hpp"
 #include "drt/cuda/error.cuh"
+#include "drt/cuda/stream.cuh"
 
 namespace drt::cuda {
 namespace detail {
@@ -94,9 +95,9 @@ void launch_reduce(ReduceKind kind, const void* in, const LaneLayout& lanes, voi
   const unsigned blocks = static_cast<unsigned>((l.lanes + kWarpsPerBlock - 1) / kWarpsPerBlock);
   const T* x = static_cast<const T*>(in);
   if (kind == ReduceKind::sum)
-    reduce_lanes_kernel<ReduceKind::sum><<<blocks, 32 * kWarpsPerBlock>>>(x, l, static_cast<T*>(out), argmax);
+    reduce_lanes_kernel<ReduceKind::sum><<<blocks, 32 * kWarpsPerBlock, 0, ::drt::cuda::stream()>>>(x, l, static_cast<T*>(out), argmax);
   else
-    reduce_lanes_kernel<ReduceKind::max><<<blocks, 32 * kWarpsPerBlock>>>(x, l, static_cast<T*>(out), argmax);
+    reduce_lanes_kernel<ReduceKind::max><<<blocks, 32 * kWarpsPerBlock, 0, ::drt::cuda::stream()>>>(x, l, static_cast<T*>(out), argmax);
   DRT_CUDA_CHECK_LAUNCH();
 }
 

@@ -37,6 +37,7 @@
 #include "drt/cuda/attention/version.cuh"
 #include "drt/cuda/attention/warp_math.cuh"
 #include "drt/cuda/error.cuh"
+#include "drt/cuda/stream.cuh"
 
 namespace drt::cuda {
 namespace attention {
@@ -642,20 +643,20 @@ void gca_forward(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, con
       // The chunk memory as bf16, once per call: each chunk is gathered ~Kc times (once per row
       // that retrieved it), and that gather is what bounds version 3; bf16 halves its bytes.
       const auto k16 = bf16_copy(k.data(), k.numel()), v16 = bf16_copy(v.data(), v.numel());
-      attention::gca_forward_mma<<<dim3(unsigned(s.Z), unsigned(s.H)), attention::gca_mma::kThreads>>>(
+      attention::gca_forward_mma<<<dim3(unsigned(s.Z), unsigned(s.H)), attention::gca_mma::kThreads, 0, ::drt::cuda::stream()>>>(
           q.data(), as_bf16(k16), as_bf16(v16), index.data(), weight.data(), s, scale, out.data(),
           lse.data());
       DRT_CUDA_CHECK_LAUNCH();
       return;
     }
     if (version == 2) {
-      attention::gca_forward_tiled<<<dim3(unsigned(s.Z), unsigned(s.H)), attention::tiles::kTile>>>(
+      attention::gca_forward_tiled<<<dim3(unsigned(s.Z), unsigned(s.H)), attention::tiles::kTile, 0, ::drt::cuda::stream()>>>(
           q.data(), k.data(), v.data(), index.data(), weight.data(), s, scale, out.data(), lse.data());
       DRT_CUDA_CHECK_LAUNCH();
       return;
     }
   }
-  attention::gca_forward_kernel<T><<<attention::warp_grid(queries), attention::kWarpBlockThreads>>>(
+  attention::gca_forward_kernel<T><<<attention::warp_grid(queries), attention::kWarpBlockThreads, 0, ::drt::cuda::stream()>>>(
       q.data(), k.data(), v.data(), index.data(), weight.data(), s, scale, out.data(), lse.data());
   DRT_CUDA_CHECK_LAUNCH();
 }
@@ -681,13 +682,13 @@ void gca_backward(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, co
       // The chunk memory as bf16, once per call: each chunk is gathered ~Kc times (once per row
       // that retrieved it), and that gather is what bounds version 3; bf16 halves its bytes.
       const auto k16 = bf16_copy(k.data(), k.numel()), v16 = bf16_copy(v.data(), v.numel());
-      attention::gca_backward_mma<<<dim3(unsigned(s.Z), unsigned(s.H)), attention::gca_mma::kThreads, bytes>>>(
+      attention::gca_backward_mma<<<dim3(unsigned(s.Z), unsigned(s.H)), attention::gca_mma::kThreads, bytes, ::drt::cuda::stream()>>>(
           q.data(), as_bf16(k16), as_bf16(v16), index.data(), weight.data(), s, scale, lse.data(), dout.data(), delta.data(),
           dq ? dq->data() : nullptr, dk ? dk->data() : nullptr, dv ? dv->data() : nullptr);
       DRT_CUDA_CHECK_LAUNCH();
       if (dweight) {
         const long long slots = static_cast<long long>(s.Z) * s.Kc;
-        attention::gca_weight_backward_kernel<T><<<static_cast<unsigned>((slots + 127) / 128), 128>>>(
+        attention::gca_weight_backward_kernel<T><<<static_cast<unsigned>((slots + 127) / 128), 128, 0, ::drt::cuda::stream()>>>(
             delta.data(), s, dweight->data());
         DRT_CUDA_CHECK_LAUNCH();
       }
@@ -697,19 +698,19 @@ void gca_backward(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, co
   const bool tiled = version == 2;
   if (tiled) {
     if constexpr (std::is_same_v<T, float>) {
-      attention::gca_query_backward_tiled<<<dim3(unsigned(s.Z), unsigned(s.H)), attention::tiles::kTile>>>(
+      attention::gca_query_backward_tiled<<<dim3(unsigned(s.Z), unsigned(s.H)), attention::tiles::kTile, 0, ::drt::cuda::stream()>>>(
           q.data(), k.data(), v.data(), index.data(), weight.data(), s, scale, lse.data(), dout.data(), delta.data(),
           dq ? dq->data() : nullptr);
     }
   } else {
-    attention::gca_query_backward_kernel<T><<<attention::warp_grid(queries), attention::kWarpBlockThreads>>>(
+    attention::gca_query_backward_kernel<T><<<attention::warp_grid(queries), attention::kWarpBlockThreads, 0, ::drt::cuda::stream()>>>(
         q.data(), k.data(), v.data(), index.data(), weight.data(), s, scale, lse.data(), dout.data(), delta.data(),
         dq ? dq->data() : nullptr);
   }
   DRT_CUDA_CHECK_LAUNCH();
   if (dweight) {
     const long long slots = static_cast<long long>(s.Z) * s.Kc;
-    attention::gca_weight_backward_kernel<T><<<static_cast<unsigned>((slots + 127) / 128), 128>>>(delta.data(), s,
+    attention::gca_weight_backward_kernel<T><<<static_cast<unsigned>((slots + 127) / 128), 128, 0, ::drt::cuda::stream()>>>(delta.data(), s,
                                                                                                 dweight->data());
     DRT_CUDA_CHECK_LAUNCH();
   }
@@ -717,13 +718,13 @@ void gca_backward(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, co
     if (tiled) {
       const dim3 grid(unsigned(s.Z), unsigned(s.Kc), unsigned(s.H));
       if (dk) {
-        attention::gca_key_backward_tiled<false><<<grid, attention::tiles::kTile>>>(
+        attention::gca_key_backward_tiled<false><<<grid, attention::tiles::kTile, 0, ::drt::cuda::stream()>>>(
             q.data(), k.data(), v.data(), index.data(), weight.data(), s, scale, lse.data(), delta.data(), dout.data(),
             dk->data());
         DRT_CUDA_CHECK_LAUNCH();
       }
       if (dv) {
-        attention::gca_key_backward_tiled<true><<<grid, attention::tiles::kTile>>>(
+        attention::gca_key_backward_tiled<true><<<grid, attention::tiles::kTile, 0, ::drt::cuda::stream()>>>(
             q.data(), k.data(), v.data(), index.data(), weight.data(), s, scale, lse.data(), delta.data(), dout.data(),
             dv->data());
         DRT_CUDA_CHECK_LAUNCH();
@@ -733,7 +734,7 @@ void gca_backward(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, co
   }
   if (dk || dv) {
     const long long keys = queries / s.M * s.Kc * s.N;
-    attention::gca_key_backward_kernel<T><<<attention::warp_grid(keys), attention::kWarpBlockThreads>>>(
+    attention::gca_key_backward_kernel<T><<<attention::warp_grid(keys), attention::kWarpBlockThreads, 0, ::drt::cuda::stream()>>>(
         q.data(), k.data(), v.data(), index.data(), weight.data(), s, scale, lse.data(), delta.data(), dout.data(),
         dk ? dk->data() : nullptr, dv ? dv->data() : nullptr);
     DRT_CUDA_CHECK_LAUNCH();

@@ -31,6 +31,7 @@
 #include "drt/cuda/attention/version.cuh"
 #include "drt/cuda/attention/warp_math.cuh"
 #include "drt/cuda/error.cuh"
+#include "drt/cuda/stream.cuh"
 
 namespace drt::cuda {
 namespace attention {
@@ -677,19 +678,19 @@ void window_attention_forward(const Tensor<T>& q, const Tensor<T>& k, const Tens
       s.d, matmul_precision(), attention::all_aligned(16, {q.data(), k.data(), v.data(), out.data()}));
   if constexpr (std::is_same_v<T, float>) {
     if (version == 3) {
-      attention::window_forward_mma<<<attention::tiled_grid(s, s.H), attention::window_mma::kThreads>>>(
+      attention::window_forward_mma<<<attention::tiled_grid(s, s.H), attention::window_mma::kThreads, 0, ::drt::cuda::stream()>>>(
           q.data(), k.data(), v.data(), slopes.data(), s, scale, out.data(), lse.data());
       DRT_CUDA_CHECK_LAUNCH();
       return;
     }
     if (version == 2) {
-      attention::window_forward_tiled<<<attention::tiled_grid(s, s.H), attention::tiles::kTile>>>(
+      attention::window_forward_tiled<<<attention::tiled_grid(s, s.H), attention::tiles::kTile, 0, ::drt::cuda::stream()>>>(
           q.data(), k.data(), v.data(), slopes.data(), s, scale, out.data(), lse.data());
       DRT_CUDA_CHECK_LAUNCH();
       return;
     }
   }
-  attention::window_forward_kernel<T><<<attention::warp_grid(rows), attention::kWarpBlockThreads>>>(
+  attention::window_forward_kernel<T><<<attention::warp_grid(rows), attention::kWarpBlockThreads, 0, ::drt::cuda::stream()>>>(
       q.data(), k.data(), v.data(), slopes.data(), s, scale, out.data(), lse.data());
   DRT_CUDA_CHECK_LAUNCH();
 }
@@ -703,7 +704,7 @@ void window_attention_backward(const Tensor<T>& q, const Tensor<T>& k, const Ten
   const long long rows = static_cast<long long>(s.B) * s.T * s.H, keys = static_cast<long long>(s.B) * s.T * s.Hkv;
   if (rows == 0) return;
   const Tensor<T> delta = Tensor<T>::empty(lse.shape(), nullptr, q.device());
-  attention::window_delta_kernel<T><<<attention::warp_grid(rows), attention::kWarpBlockThreads>>>(out.data(), dout.data(), s,
+  attention::window_delta_kernel<T><<<attention::warp_grid(rows), attention::kWarpBlockThreads, 0, ::drt::cuda::stream()>>>(out.data(), dout.data(), s,
                                                                                          delta.data());
   DRT_CUDA_CHECK_LAUNCH();
   const int version = attention::window_attention_version<T>(
@@ -713,12 +714,12 @@ void window_attention_backward(const Tensor<T>& q, const Tensor<T>& k, const Ten
   if constexpr (std::is_same_v<T, float>) {
     if (version == 3) {
       if (dq) {
-        attention::window_dq_mma<<<attention::tiled_grid(s, s.H), attention::window_mma::kThreads>>>(
+        attention::window_dq_mma<<<attention::tiled_grid(s, s.H), attention::window_mma::kThreads, 0, ::drt::cuda::stream()>>>(
             q.data(), k.data(), v.data(), slopes.data(), s, scale, lse.data(), delta.data(), dout.data(), dq->data());
         DRT_CUDA_CHECK_LAUNCH();
       }
       if (dk || dv) {
-        attention::window_dkv_mma<<<attention::tiled_grid(s, s.Hkv), attention::window_mma::kThreads>>>(
+        attention::window_dkv_mma<<<attention::tiled_grid(s, s.Hkv), attention::window_mma::kThreads, 0, ::drt::cuda::stream()>>>(
             q.data(), k.data(), v.data(), slopes.data(), s, scale, lse.data(), delta.data(), dout.data(),
             dk ? dk->data() : nullptr, dv ? dv->data() : nullptr);
         DRT_CUDA_CHECK_LAUNCH();
@@ -727,17 +728,17 @@ void window_attention_backward(const Tensor<T>& q, const Tensor<T>& k, const Ten
     }
     if (version == 2) {
       if (dq) {
-        attention::window_dq_tiled<<<attention::tiled_grid(s, s.H), attention::tiles::kTile>>>(
+        attention::window_dq_tiled<<<attention::tiled_grid(s, s.H), attention::tiles::kTile, 0, ::drt::cuda::stream()>>>(
             q.data(), k.data(), v.data(), slopes.data(), s, scale, lse.data(), delta.data(), dout.data(), dq->data());
         DRT_CUDA_CHECK_LAUNCH();
       }
       if (dk) {
-        attention::window_dkv_tiled<false><<<attention::tiled_grid(s, s.Hkv), attention::tiles::kTile>>>(
+        attention::window_dkv_tiled<false><<<attention::tiled_grid(s, s.Hkv), attention::tiles::kTile, 0, ::drt::cuda::stream()>>>(
             q.data(), k.data(), v.data(), slopes.data(), s, scale, lse.data(), delta.data(), dout.data(), dk->data());
         DRT_CUDA_CHECK_LAUNCH();
       }
       if (dv) {
-        attention::window_dkv_tiled<true><<<attention::tiled_grid(s, s.Hkv), attention::tiles::kTile>>>(
+        attention::window_dkv_tiled<true><<<attention::tiled_grid(s, s.Hkv), attention::tiles::kTile, 0, ::drt::cuda::stream()>>>(
             q.data(), k.data(), v.data(), slopes.data(), s, scale, lse.data(), delta.data(), dout.data(), dv->data());
         DRT_CUDA_CHECK_LAUNCH();
       }
@@ -745,12 +746,12 @@ void window_attention_backward(const Tensor<T>& q, const Tensor<T>& k, const Ten
     }
   }
   if (dq) {
-    attention::window_dq_kernel<T><<<attention::warp_grid(rows), attention::kWarpBlockThreads>>>(
+    attention::window_dq_kernel<T><<<attention::warp_grid(rows), attention::kWarpBlockThreads, 0, ::drt::cuda::stream()>>>(
         q.data(), k.data(), v.data(), slopes.data(), s, scale, lse.data(), delta.data(), dout.data(), dq->data());
     DRT_CUDA_CHECK_LAUNCH();
   }
   if (dk || dv) {
-    attention::window_dkv_kernel<T><<<attention::warp_grid(keys), attention::kWarpBlockThreads>>>(
+    attention::window_dkv_kernel<T><<<attention::warp_grid(keys), attention::kWarpBlockThreads, 0, ::drt::cuda::stream()>>>(
         q.data(), k.data(), v.data(), slopes.data(), s, scale, lse.data(), delta.data(), dout.data(),
         dk ? dk->data() : nullptr, dv ? dv->data() : nullptr);
     DRT_CUDA_CHECK_LAUNCH();

@@ -11,6 +11,7 @@
 #include "drt/core/tensor.hpp"
 #include "drt/cuda/core/strided.cuh"
 #include "drt/cuda/error.cuh"
+#include "drt/cuda/stream.cuh"
 
 namespace drt::cuda {
 namespace cast_detail {
@@ -29,7 +30,7 @@ template <class T, class U>
 void cast(const Tensor<T>& src, const Tensor<U>& dst) {
   const Index n = src.numel();
   if (n == 0) return;
-  cast_detail::cast_kernel<T, U><<<strided::grid_for(n), strided::kThreads>>>(
+  cast_detail::cast_kernel<T, U><<<strided::grid_for(n), strided::kThreads, 0, ::drt::cuda::stream()>>>(
       src.data(), strided::steps_of(src.shape(), src.strides()), strided::dims_of(src.shape()), dst.data(), n);
   DRT_CUDA_CHECK_LAUNCH();
 }

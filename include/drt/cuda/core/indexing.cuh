@@ -24,6 +24,7 @@
 #include "drt/core/tensor.hpp"
 #include "drt/cuda/core/strided.cuh"
 #include "drt/cuda/error.cuh"
+#include "drt/cuda/stream.cuh"
 
 namespace drt::cuda {
 namespace indexing_detail {
@@ -94,7 +95,7 @@ void gather(const Tensor<T>& x, int axis, const IndexTensor& index, const Tensor
   const Index n = out.numel();
   if (n == 0) return;
   using namespace indexing_detail;
-  gather_kernel<T><<<strided::grid_for(n), strided::kThreads>>>(
+  gather_kernel<T><<<strided::grid_for(n), strided::kThreads, 0, ::drt::cuda::stream()>>>(
       x.data(), steps_without_axis(x, axis), x.strides()[axis], index.data(),
       strided::steps_of(index.shape(), index.strides()), out.data(), strided::steps_of(out.shape(), out.strides()),
       strided::dims_of(out.shape()), n);
@@ -111,7 +112,7 @@ void scatter_add(const Tensor<T>& dst, int axis, const IndexTensor& index, const
   if (n == 0) return;
   using namespace indexing_detail;
   const Shape& s = index.shape();
-  scatter_add_kernel<T><<<strided::grid_for(n), strided::kThreads>>>(
+  scatter_add_kernel<T><<<strided::grid_for(n), strided::kThreads, 0, ::drt::cuda::stream()>>>(
       dst.data(), steps_without_axis(dst, axis), dst.strides()[axis], index.data(), strided::steps_of(s, index.strides()),
       src.data(), strided::steps_of(s, src.strides()), strided::dims_of(s), n, skip);
   DRT_CUDA_CHECK_LAUNCH();
@@ -125,7 +126,7 @@ inline std::optional<std::int32_t> first_out_of_range(const IndexTensor& index, 
   using namespace indexing_detail;
   constexpr long long kNone = std::numeric_limits<long long>::max();
   const Tensor<std::int64_t> first = Tensor<std::int64_t>::full(Shape{}, kNone, nullptr, index.device());
-  first_out_of_range_kernel<<<strided::grid_for(n), strided::kThreads>>>(
+  first_out_of_range_kernel<<<strided::grid_for(n), strided::kThreads, 0, ::drt::cuda::stream()>>>(
       index.data(), strided::steps_of(index.shape(), index.strides()), strided::dims_of(index.shape()), n, extent,
       reinterpret_cast<long long*>(first.data()));
   DRT_CUDA_CHECK_LAUNCH();

@@ -27,6 +27,7 @@
 #include "drt/core/tensor.hpp"
 #include "drt/cuda/core/strided.cuh"
 #include "drt/cuda/error.cuh"
+#include "drt/cuda/stream.cuh"
 
 namespace drt::cuda {
 namespace reduce_detail {
@@ -144,9 +145,9 @@ void sum_of(const T* x, Index n, Acc* out, F f, bool accumulate = false) {
   const int blocks = static_cast<int>(std::clamp<Index>((n + kThreads * 4 - 1) / (kThreads * 4), 1, kMaxPartials));
   const std::shared_ptr<void> partial = scratch<Acc>(blocks);
   Acc* p = static_cast<Acc*>(partial.get());
-  partial_sums_kernel<Acc><<<blocks, kThreads>>>(x, n, p, f);
+  partial_sums_kernel<Acc><<<blocks, kThreads, 0, ::drt::cuda::stream()>>>(x, n, p, f);
   DRT_CUDA_CHECK_LAUNCH();
-  final_sum_kernel<Acc><<<1, kThreads>>>(p, blocks, out, accumulate);
+  final_sum_kernel<Acc><<<1, kThreads, 0, ::drt::cuda::stream()>>>(p, blocks, out, accumulate);
   DRT_CUDA_CHECK_LAUNCH();
 }
 
@@ -190,10 +191,10 @@ void add_sum_to(const Tensor<T>& dst, const Tensor<T>& x) {
   }
   if (inner_kept) {
     const unsigned blocks = static_cast<unsigned>((l.lanes + kColumns - 1) / kColumns);
-    sum_to_by_column_kernel<T><<<blocks, dim3(kColumns, kRows)>>>(dst.data(), x.data(), l);
+    sum_to_by_column_kernel<T><<<blocks, dim3(kColumns, kRows), 0, ::drt::cuda::stream()>>>(dst.data(), x.data(), l);
   } else {
     const unsigned blocks = static_cast<unsigned>((l.lanes + kWarpsPerBlock - 1) / kWarpsPerBlock);
-    sum_to_by_warp_kernel<T><<<blocks, 32 * kWarpsPerBlock>>>(dst.data(), x.data(), l);
+    sum_to_by_warp_kernel<T><<<blocks, 32 * kWarpsPerBlock, 0, ::drt::cuda::stream()>>>(dst.data(), x.data(), l);
   }
   DRT_CUDA_CHECK_LAUNCH();
 }

@@ -32,7 +32,7 @@ void add_alibi_forward(const Tensor<T>& scores, const Tensor<T>& slopes, Index q
   const Index H = scores.shape()[r - 3], Tq = scores.shape()[r - 2], Tk = scores.shape()[r - 1];
   const Index total = scores.numel();
   if (total == 0) return;
-  add_alibi_kernel<<<element_blocks(total), kBlock>>>(scores.data(), rows_of(scores), slopes.data(),
+  add_alibi_kernel<<<element_blocks(total), kBlock, 0, ::drt::cuda::stream()>>>(scores.data(), rows_of(scores), slopes.data(),
                                                       slopes.strides()[0], y.data(), H, Tq, Tk, query_offset, total);
   DRT_CUDA_CHECK_LAUNCH();
 }

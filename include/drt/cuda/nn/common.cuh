@@ -20,6 +20,7 @@
 #include "drt/core/random.hpp"
 #include "drt/core/tensor.hpp"
 #include "drt/cuda/error.cuh"
+#include "drt/cuda/stream.cuh"
 
 namespace drt::cuda::nn_detail {
 

@@ -95,14 +95,14 @@ void cross_entropy_forward(const Tensor<T>& logits, const IndexTensor& targets, 
   if (rows > 0) {
     const Lanes xl = lanes_along(logits, axis);
     if (V <= kWarpLaneMax)
-      cross_entropy_rows_kernel<32><<<lane_blocks(rows, 32), kBlock>>>(logits.data(), xl, V, targets.data(),
+      cross_entropy_rows_kernel<32><<<lane_blocks(rows, 32), kBlock, 0, ::drt::cuda::stream()>>>(logits.data(), xl, V, targets.data(),
                                                                        ignore_index, lse.data(), row_loss.data(), rows);
     else
-      cross_entropy_rows_kernel<kBlock><<<lane_blocks(rows, kBlock), kBlock>>>(
+      cross_entropy_rows_kernel<kBlock><<<lane_blocks(rows, kBlock), kBlock, 0, ::drt::cuda::stream()>>>(
           logits.data(), xl, V, targets.data(), ignore_index, lse.data(), row_loss.data(), rows);
     DRT_CUDA_CHECK_LAUNCH();
   }
-  cross_entropy_total_kernel<<<1, kBlock>>>(row_loss.data(), rows, count, loss.data());
+  cross_entropy_total_kernel<<<1, kBlock, 0, ::drt::cuda::stream()>>>(row_loss.data(), rows, count, loss.data());
   DRT_CUDA_CHECK_LAUNCH();
 }
 
@@ -117,10 +117,10 @@ void cross_entropy_backward(const Tensor<T>& logits, const IndexTensor& targets,
   if (count == 0 || rows == 0) return;
   const Lanes xl = lanes_along(logits, axis), dl = lanes_along(dx, axis);
   if (V <= kWarpLaneMax)
-    cross_entropy_backward_kernel<32><<<lane_blocks(rows, 32), kBlock>>>(
+    cross_entropy_backward_kernel<32><<<lane_blocks(rows, 32), kBlock, 0, ::drt::cuda::stream()>>>(
         logits.data(), xl, V, targets.data(), ignore_index, lse.data(), g.data(), count, dx.data(), dl, rows);
   else
-    cross_entropy_backward_kernel<kBlock><<<lane_blocks(rows, kBlock), kBlock>>>(
+    cross_entropy_backward_kernel<kBlock><<<lane_blocks(rows, kBlock), kBlock, 0, ::drt::cuda::stream()>>>(
         logits.data(), xl, V, targets.data(), ignore_index, lse.data(), g.data(), count, dx.data(), dl, rows);
   DRT_CUDA_CHECK_LAUNCH();
 }

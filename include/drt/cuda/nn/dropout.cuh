@@ -34,7 +34,7 @@ void dropout_apply(const Tensor<T>& src, const Tensor<T>& dst, double p, T scale
   using namespace nn_detail;
   const Index total = src.numel(), n = src.rank() ? src.shape()[src.rank() - 1] : 1;
   if (total == 0) return;
-  dropout_kernel<<<element_blocks(total), kBlock>>>(src.data(), rows_of(src), dst.data(), rows_of(dst), n, total, p,
+  dropout_kernel<<<element_blocks(total), kBlock, 0, ::drt::cuda::stream()>>>(src.data(), rows_of(src), dst.data(), rows_of(dst), n, total, p,
                                                     scale, seed, accumulate);
   DRT_CUDA_CHECK_LAUNCH();
 }

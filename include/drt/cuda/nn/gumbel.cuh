@@ -37,7 +37,7 @@ void gumbel_noise_fill(const Tensor<T>& out, std::uint64_t seed) {
   DRT_CHECK(out.is_contiguous(), "gumbel_noise: the device output must be row-major");
   const Index total = out.numel();
   if (total == 0) return;
-  gumbel_noise_kernel<<<element_blocks(total), kBlock>>>(out.data(), total, seed);
+  gumbel_noise_kernel<<<element_blocks(total), kBlock, 0, ::drt::cuda::stream()>>>(out.data(), total, seed);
   DRT_CUDA_CHECK_LAUNCH();
 }
 
@@ -47,7 +47,7 @@ void add_gumbel_forward(const Tensor<T>& x, const Tensor<T>& y, std::uint64_t se
   using namespace nn_detail;
   const Index total = x.numel(), n = x.rank() ? x.shape()[x.rank() - 1] : 1;
   if (total == 0) return;
-  add_gumbel_kernel<<<element_blocks(total), kBlock>>>(x.data(), rows_of(x), y.data(), n, total, seed);
+  add_gumbel_kernel<<<element_blocks(total), kBlock, 0, ::drt::cuda::stream()>>>(x.data(), rows_of(x), y.data(), n, total, seed);
   DRT_CUDA_CHECK_LAUNCH();
 }
 

@@ -94,10 +94,10 @@ void rms_norm_forward(const Tensor<T>& x, const Tensor<T>& gamma, T eps, const T
   const Index gs = gamma.strides()[0];
   if (D <= kWarpLaneMax)
     rms_norm_kernel<32>
-        <<<lane_blocks(rows, 32), kBlock>>>(x.data(), xl, gamma.data(), gs, D, eps, y.data(), inv_rms.data(), rows);
+        <<<lane_blocks(rows, 32), kBlock, 0, ::drt::cuda::stream()>>>(x.data(), xl, gamma.data(), gs, D, eps, y.data(), inv_rms.data(), rows);
   else
     rms_norm_kernel<kBlock>
-        <<<lane_blocks(rows, kBlock), kBlock>>>(x.data(), xl, gamma.data(), gs, D, eps, y.data(), inv_rms.data(), rows);
+        <<<lane_blocks(rows, kBlock), kBlock, 0, ::drt::cuda::stream()>>>(x.data(), xl, gamma.data(), gs, D, eps, y.data(), inv_rms.data(), rows);
   DRT_CUDA_CHECK_LAUNCH();
 }
 
@@ -111,10 +111,10 @@ void rms_norm_backward_x(const Tensor<T>& x, const Tensor<T>& gamma, const Tenso
   const Lanes xl = rows_of(x), gl = rows_of(g), dl = rows_of(dx);
   const Index gs = gamma.strides()[0];
   if (D <= kWarpLaneMax)
-    rms_norm_dx_kernel<32><<<lane_blocks(rows, 32), kBlock>>>(x.data(), xl, gamma.data(), gs, g.data(), gl,
+    rms_norm_dx_kernel<32><<<lane_blocks(rows, 32), kBlock, 0, ::drt::cuda::stream()>>>(x.data(), xl, gamma.data(), gs, g.data(), gl,
                                                               inv_rms.data(), D, dx.data(), dl, rows);
   else
-    rms_norm_dx_kernel<kBlock><<<lane_blocks(rows, kBlock), kBlock>>>(x.data(), xl, gamma.data(), gs, g.data(), gl,
+    rms_norm_dx_kernel<kBlock><<<lane_blocks(rows, kBlock), kBlock, 0, ::drt::cuda::stream()>>>(x.data(), xl, gamma.data(), gs, g.data(), gl,
                                                                       inv_rms.data(), D, dx.data(), dl, rows);
   DRT_CUDA_CHECK_LAUNCH();
 }
@@ -132,10 +132,10 @@ void rms_norm_backward_gamma(const Tensor<T>& x, const Tensor<T>& g, const Tenso
   const Index used_chunks = (rows + rows_per_chunk - 1) / rows_per_chunk;  // every chunk non-empty
   const Tensor<T> partial = Tensor<T>::empty(Shape{used_chunks, D}, arena, dgamma.device());
   const unsigned column_blocks = static_cast<unsigned>((D + kBlock - 1) / kBlock);
-  rms_norm_gamma_partial_kernel<<<dim3(column_blocks, static_cast<unsigned>(used_chunks)), kBlock>>>(
+  rms_norm_gamma_partial_kernel<<<dim3(column_blocks, static_cast<unsigned>(used_chunks)), kBlock, 0, ::drt::cuda::stream()>>>(
       x.data(), rows_of(x), g.data(), rows_of(g), inv_rms.data(), D, rows, rows_per_chunk, partial.data());
   DRT_CUDA_CHECK_LAUNCH();
-  rms_norm_gamma_sum_kernel<<<column_blocks, kBlock>>>(partial.data(), used_chunks, D, dgamma.data(),
+  rms_norm_gamma_sum_kernel<<<column_blocks, kBlock, 0, ::drt::cuda::stream()>>>(partial.data(), used_chunks, D, dgamma.data(),
                                                        dgamma.strides()[0]);
   DRT_CUDA_CHECK_LAUNCH();
 }

@@ -59,7 +59,7 @@ void rope_tables(const Tensor<double>& freq, Index S, Index position_offset, con
   using namespace nn_detail;
   const Index half = freq.numel();
   if (S * half == 0) return;
-  rope_tables_kernel<<<element_blocks(S * half), kBlock>>>(freq.data(), S, half, position_offset, cos_table.data(),
+  rope_tables_kernel<<<element_blocks(S * half), kBlock, 0, ::drt::cuda::stream()>>>(freq.data(), S, half, position_offset, cos_table.data(),
                                                            sin_table.data());
   DRT_CUDA_CHECK_LAUNCH();
 }
@@ -72,7 +72,7 @@ void rope_rotate(const Tensor<T>& in, const Tensor<T>& out, const Tensor<T>& cos
   const Index d = in.shape()[in.rank() - 1], half = d / 2, S = in.shape()[in.rank() - 2];
   const Index pairs = in.numel() / 2;
   if (pairs == 0) return;
-  rope_rotate_kernel<<<element_blocks(pairs), kBlock>>>(in.data(), rows_of(in), out.data(), rows_of(out),
+  rope_rotate_kernel<<<element_blocks(pairs), kBlock, 0, ::drt::cuda::stream()>>>(in.data(), rows_of(in), out.data(), rows_of(out),
                                                         cos_table.data(), sin_table.data(), S, half, pairs, direction,
                                                         accumulate);
   DRT_CUDA_CHECK_LAUNCH();

@@ -82,9 +82,9 @@ void launch_softmax(const Tensor<T>& x, int axis, const Tensor<T>& y) {
   if (x.numel() == 0) return;
   const Lanes xl = lanes_along(x, axis), yl = lanes_along(y, axis);
   if (n <= kWarpLaneMax)
-    softmax_kernel<32, Log><<<lane_blocks(lanes, 32), kBlock>>>(x.data(), xl, y.data(), yl, n, lanes);
+    softmax_kernel<32, Log><<<lane_blocks(lanes, 32), kBlock, 0, ::drt::cuda::stream()>>>(x.data(), xl, y.data(), yl, n, lanes);
   else
-    softmax_kernel<kBlock, Log><<<lane_blocks(lanes, kBlock), kBlock>>>(x.data(), xl, y.data(), yl, n, lanes);
+    softmax_kernel<kBlock, Log><<<lane_blocks(lanes, kBlock), kBlock, 0, ::drt::cuda::stream()>>>(x.data(), xl, y.data(), yl, n, lanes);
   DRT_CUDA_CHECK_LAUNCH();
 }
 
@@ -95,10 +95,10 @@ void launch_softmax_backward(const Tensor<T>& y, const Tensor<T>& g, const Tenso
   const Lanes yl = lanes_along(y, axis), gl = lanes_along(g, axis), dl = lanes_along(dx, axis);
   if (n <= kWarpLaneMax)
     softmax_backward_kernel<32, Log>
-        <<<lane_blocks(lanes, 32), kBlock>>>(y.data(), yl, g.data(), gl, dx.data(), dl, n, lanes);
+        <<<lane_blocks(lanes, 32), kBlock, 0, ::drt::cuda::stream()>>>(y.data(), yl, g.data(), gl, dx.data(), dl, n, lanes);
   else
     softmax_backward_kernel<kBlock, Log>
-        <<<lane_blocks(lanes, kBlock), kBlock>>>(y.data(), yl, g.data(), gl, dx.data(), dl, n, lanes);
+        <<<lane_blocks(lanes, kBlock), kBlock, 0, ::drt::cuda::stream()>>>(y.data(), yl, g.data(), gl, dx.data(), dl, n, lanes);
   DRT_CUDA_CHECK_LAUNCH();
 }
 

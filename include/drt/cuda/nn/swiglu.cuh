@@ -47,12 +47,12 @@ void swiglu_backward(const Tensor<T>& a, const Tensor<T>& b, const Tensor<T>& g,
   const Index total = a.numel(), n = a.rank() ? a.shape()[a.rank() - 1] : 1;
   if (total == 0) return;
   if (a.is_contiguous() && b.is_contiguous() && g.is_contiguous() && da.is_contiguous() && db.is_contiguous()) {
-    swiglu_backward_flat_kernel<<<element_blocks(total), kBlock>>>(a.data(), b.data(), g.data(), da.data(), db.data(),
+    swiglu_backward_flat_kernel<<<element_blocks(total), kBlock, 0, ::drt::cuda::stream()>>>(a.data(), b.data(), g.data(), da.data(), db.data(),
                                                                    total);
     DRT_CUDA_CHECK_LAUNCH();
     return;
   }
-  swiglu_backward_kernel<<<element_blocks(total), kBlock>>>(a.data(), rows_of(a), b.data(), rows_of(b), g.data(),
+  swiglu_backward_kernel<<<element_blocks(total), kBlock, 0, ::drt::cuda::stream()>>>(a.data(), rows_of(a), b.data(), rows_of(b), g.data(),
                                                             rows_of(g), da.data(), rows_of(da), db.data(), rows_of(db),
                                                             n, total);
   DRT_CUDA_CHECK_LAUNCH();

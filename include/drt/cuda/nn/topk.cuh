@@ -115,9 +115,9 @@ void topk_select(const Tensor<T>& x, int k, int axis, const IndexTensor& idx) {
   if (k == 0 || lanes == 0) return;
   const Lanes xl = lanes_along(x, axis), il = lanes_along(idx, axis);
   if (n <= kWarpLaneMax)
-    topk_select_kernel<32><<<lane_blocks(lanes, 32), kBlock>>>(x.data(), xl, n, idx.data(), il, k, lanes);
+    topk_select_kernel<32><<<lane_blocks(lanes, 32), kBlock, 0, ::drt::cuda::stream()>>>(x.data(), xl, n, idx.data(), il, k, lanes);
   else
-    topk_select_kernel<kBlock><<<lane_blocks(lanes, kBlock), kBlock>>>(x.data(), xl, n, idx.data(), il, k, lanes);
+    topk_select_kernel<kBlock><<<lane_blocks(lanes, kBlock), kBlock, 0, ::drt::cuda::stream()>>>(x.data(), xl, n, idx.data(), il, k, lanes);
   DRT_CUDA_CHECK_LAUNCH();
 }
 
@@ -128,7 +128,7 @@ void topk_values(const Tensor<T>& x, const IndexTensor& idx, int axis, const Ten
   const Index total = idx.numel();
   const int k = static_cast<int>(idx.shape()[axis]);
   if (total == 0) return;
-  topk_values_kernel<<<element_blocks(total), kBlock>>>(x.data(), lanes_along(x, axis), idx.data(),
+  topk_values_kernel<<<element_blocks(total), kBlock, 0, ::drt::cuda::stream()>>>(x.data(), lanes_along(x, axis), idx.data(),
                                                         lanes_along(idx, axis), values.data(),
                                                         lanes_along(values, axis), k, total);
   DRT_CUDA_CHECK_LAUNCH();
@@ -141,7 +141,7 @@ void topk_backward(const Tensor<T>& g, const IndexTensor& idx, int axis, const T
   const Index total = idx.numel();
   const int k = static_cast<int>(idx.shape()[axis]);
   if (total == 0) return;
-  topk_backward_kernel<<<element_blocks(total), kBlock>>>(
+  topk_backward_kernel<<<element_blocks(total), kBlock, 0, ::drt::cuda::stream()>>>(
       g.data(), lanes_along(g, axis), idx.data(), lanes_along(idx, axis), dx.data(), lanes_along(dx, axis), k, total);
   DRT_CUDA_CHECK_LAUNCH();
 }
@@ -154,7 +154,7 @@ void mark_empty_slots(const Tensor<T>& selected, const IndexTensor& slots) {
             "mark_empty_slots: needs two row-major tensors of the same shape");
   const Index total = slots.numel();
   if (total == 0) return;
-  mark_empty_slots_kernel<<<element_blocks(total), kBlock>>>(selected.data(), slots.data(), total);
+  mark_empty_slots_kernel<<<element_blocks(total), kBlock, 0, ::drt::cuda::stream()>>>(selected.data(), slots.data(), total);
   DRT_CUDA_CHECK_LAUNCH();
 }
 

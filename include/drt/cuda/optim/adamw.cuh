@@ -20,6 +20,7 @@
 #include "drt/core/tensor.hpp"
 #include "drt/cuda/core/strided.cuh"
 #include "drt/cuda/error.cuh"
+#include "drt/cuda/stream.cuh"
 
 namespace drt::cuda {
 namespace adamw_detail {
@@ -55,7 +56,7 @@ void adamw_update(const Tensor<T>& p, const Tensor<T>& g, const Tensor<T>& m, co
                   T step_size, T inv_sqrt_bc2, T eps) {
   const Index n = p.numel();
   if (n == 0) return;
-  adamw_detail::adamw_kernel<T><<<strided::grid_for(n), strided::kThreads>>>(
+  adamw_detail::adamw_kernel<T><<<strided::grid_for(n), strided::kThreads, 0, ::drt::cuda::stream()>>>(
       p.data(), g.data(), m.data(), v.data(), n, decay, b1, b2, step_size, inv_sqrt_bc2, eps);
   DRT_CUDA_CHECK_LAUNCH();
 }
