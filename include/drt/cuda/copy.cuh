@@ -114,9 +114,19 @@ inline void strided_on_host(std::size_t size, const StridedRef& dst, const Strid
   }
 }
 
+// While a CUDA graph is being recorded (inference/graph.cuh), every block handed out is also kept
+// here, so that none of the graph's buffers goes back to the free lists (and to other users)
+// while the graph can still be replayed.
+inline std::vector<std::shared_ptr<void>>*& blocks_kept_for_graph() {
+  thread_local std::vector<std::shared_ptr<void>>* kept = nullptr;
+  return kept;
+}
+
 // Device scratch of `bytes` bytes from the caching allocator, freed with its owner.
 inline std::shared_ptr<void> device_scratch(std::size_t bytes) {
-  return std::shared_ptr<void>(allocator().allocate(bytes), [](void* p) { allocator().free(p); });
+  std::shared_ptr<void> block(allocator().allocate(bytes), [](void* p) { allocator().free(p); });
+  if (blocks_kept_for_graph() != nullptr) blocks_kept_for_graph()->push_back(block);
+  return block;
 }
 
 }  // namespace detail

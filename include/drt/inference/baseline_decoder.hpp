@@ -19,7 +19,8 @@ class BaselineDecoder final : public IncrementalDecoder<T> {
  public:
   explicit BaselineDecoder(const SlidingWindowLM<T>& model) : model_(model) {
     const ModelConfig& c = model.config();
-    for (int i = 0; i < model.layer_count(); ++i) caches_.emplace_back(c.slide_window, c.num_key_value_heads, c.head_dim());
+    for (int i = 0; i < model.layer_count(); ++i)
+      caches_.emplace_back(c.slide_window, c.num_key_value_heads, c.head_dim(), model.device());
   }
 
   std::size_t state_bytes() const override {

@@ -72,7 +72,7 @@ class IncrementalDecoder {
   }
 
   // One more token; returns the logits (V) that predict the token after it.
-  Tensor<T> step(std::int32_t token) { return feed({token}, {0}).reshape({vocab_size()}); }
+  virtual Tensor<T> step(std::int32_t token) { return feed({token}, {0}).reshape({vocab_size()}); }
 
   Index tokens_seen() const { return tokens_seen_; }
   // Bytes of decoding state outside the model's weights and outside a chunk store.
@@ -80,6 +80,8 @@ class IncrementalDecoder {
   virtual Index vocab_size() const = 0;
 
  protected:
+  // For a decoder whose step() does not go through feed().
+  void count_tokens(Index n) { tokens_seen_ += n; }
   // Appends the positions one raw token occupies (a DRT adds a landmark after a chunk's last token).
   virtual void append_positions(std::int32_t token, std::vector<std::int32_t>& ids) = 0;
   // Runs positions `ids` after all earlier ones; returns the last layer's output (1, L, D), before the final norm.
@@ -91,7 +93,7 @@ class IncrementalDecoder {
   void write_logits(const Var<T>& h, const std::vector<std::pair<Index, Index>>& rows, Tensor<T>& out) const {
     if (rows.empty()) return;
     const Index n = static_cast<Index>(rows.size()), D = h.size(2);
-    Tensor<T> picked = Tensor<T>::empty({1, n, D}, step_arena());
+    Tensor<T> picked = Tensor<T>::empty({1, n, D}, step_arena(), h.device());
     for (Index i = 0; i < n; ++i) picked.select(1, i).copy_from(h.value().select(1, rows[i].first));
     const Tensor<T> logits = head(constant(picked)).value();  // (1, n, V)
     for (Index i = 0; i < n; ++i) out.select(0, rows[i].second).copy_from(logits.select(1, i).squeeze(0));

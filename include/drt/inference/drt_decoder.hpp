@@ -1,14 +1,15 @@
 // drt/inference/drt_decoder.hpp — incremental decoding for DRT (spec §9), one token or one
-// segment at a time, with a chunk memory in RAM or on disk.
+// segment at a time, on the CPU or the GPU, with a chunk memory in RAM or on disk.
 //
 // Shapes: L positions in this segment (p0 .. p0+L−1; chunk c = p / S, slot s = p mod S, the
 // landmark at s = S − 1), S = L_c + 1, N keys per stored chunk, D width, H heads, d head width,
-// k retrieved chunks, W window, G retrieval groups.
+// k retrieved chunks, W window, G retrieval groups, E stored chunks.
 //
 // State (memory independent of the context's length except the chunk store):
-//   caches        one WindowKvCache (W, Hkv, d) per decoder layer, lower and upper
-//   chunk_rows    the lower stack's output for the chunk being built (< S rows of D)
-//   store         every completed chunk: keys/values (N, H, d) and landmark κ (D)
+//   caches        one WindowKvCache (W, Hkv, d) per decoder layer, lower and upper, on the device
+//   chunk_rows    the lower stack's output for the chunk being built, (S, D): position p in row p mod S
+//   store         every completed chunk: keys/values (N, H, d) and landmark κ (D), in host memory
+//                 or a file; on the GPU κ is mirrored on the device (E, D) for scoring
 //   current[g]    what the latest landmark retrieved for group g: k chunk ids and weights
 //
 // A segment goes through like the batch forward (drt.hpp), restricted to its own rows:
@@ -25,6 +26,14 @@
 // retrieval carried over from the previous segment: the reference's segmented forward leaves that
 // chunk without GCA (spec §14 A7), this does not. Batch and incremental outputs agree (spec §9.5;
 // tests/test_decoding.cpp).
+//
+// On the GPU, step() of a token that does not complete a chunk is one replay of a recorded CUDA
+// graph (step_recorder.hpp): the token id and the position live on the device, the retrieved
+// chunks of the current retrieval are streamed from the store to the device once per chunk
+// boundary, and the graph is recorded again after every boundary (every S − 1 tokens), when the
+// retrieval it reads has changed. Everything else (a landmark step, a prefill segment) runs op by
+// op, like on the CPU. tests/cuda/test_cuda_decoding.cu compares the GPU with the CPU and the
+// graph with the op-by-op step.
 #pragma once
 
 #include <algorithm>
@@ -37,6 +46,7 @@
 
 #include "drt/inference/chunk_store.hpp"
 #include "drt/inference/decoder.hpp"
+#include "drt/inference/step_recorder.hpp"
 #include "drt/inference/window_cache.hpp"
 #include "drt/model/drt.hpp"
 
@@ -80,16 +90,26 @@ template <class T>
 class DrtDecoder final : public IncrementalDecoder<T> {
  public:
   // `store` defaults to a MemoryChunkStore; pass a MappedChunkStore to keep the chunks on disk.
+  // The decoder runs on the model's device.
   explicit DrtDecoder(const DrtModel<T>& model, std::unique_ptr<ChunkStore<T>> store = nullptr)
-      : model_(model), c_(model.config()), S_(c_.chunk_positions()),
+      : model_(model), c_(model.config()), device_(model.device()), S_(c_.chunk_positions()),
         N_(c_.drops_landmark_row() ? S_ - 1 : S_), store_(std::move(store)) {
     if (!store_) store_ = std::make_unique<MemoryChunkStore<T>>(N_, c_.hidden_size);
     DRT_CHECK(store_->keys_per_chunk() == N_ && store_->width() == c_.hidden_size && store_->size() == 0,
               "DrtDecoder: the chunk store must be empty and hold ", N_, " keys of width ", c_.hidden_size,
               " per chunk; it holds ", store_->keys_per_chunk(), " of width ", store_->width());
     const int layers = c_.lower_layers() + std::accumulate(c_.decoder_layers.begin() + 1, c_.decoder_layers.end(), 0);
-    for (int i = 0; i < layers; ++i) caches_.emplace_back(c_.slide_window, c_.num_key_value_heads, c_.head_dim());
+    for (int i = 0; i < layers; ++i)
+      caches_.emplace_back(c_.slide_window, c_.num_key_value_heads, c_.head_dim(), device_);
+    chunk_rows_ = Tensor<T>::zeros({S_, c_.hidden_size}, nullptr, device_);
     current_.resize(static_cast<std::size_t>(c_.groups()));
+    if (device_ != Device::cpu) {
+      token_ = IndexTensor::zeros({1}, nullptr, device_);
+      position_ = IndexTensor::zeros({1}, nullptr, device_);
+      logits_ = Tensor<T>::zeros({c_.vocab_size}, nullptr, device_);
+      on_device_.resize(static_cast<std::size_t>(c_.groups()));
+      recorder_ = make_step_recorder(device_);
+    }
   }
 
   const ChunkStore<T>& chunk_store() const { return *store_; }
@@ -97,8 +117,40 @@ class DrtDecoder final : public IncrementalDecoder<T> {
   // The retrieval the next tokens use in group g (what the latest landmark chose).
   const ChunkRetrieval<T>& current_retrieval(int g) const { return current_.at(g); }
 
+  // On the GPU: whether step() replays a recorded graph (the default) or issues the same kernels
+  // one by one (for comparison and debugging).
+  void use_step_graph(bool on) {
+    use_graph_ = on;
+    if (recorder_) recorder_->reset();
+  }
+  // How many times the step graph has been recorded, and the launches one replay stands for.
+  Index step_graph_recordings() const { return recordings_; }
+  std::size_t step_graph_launches() const { return recorder_ ? recorder_->launches() : 0; }
+
+  Tensor<T> step(std::int32_t token) override {
+    const bool completes_chunk = tokens_in_chunk_ + 1 == c_.enc_chunk_size;
+    if (device_ == Device::cpu || completes_chunk) return IncrementalDecoder<T>::step(token);
+    NoGradGuard no_grad;
+    token_.copy_from(IndexTensor::from({1}, {token < 0 ? c_.pad_id : token}));
+    if (use_graph_ && recorder_) {
+      if (!recorder_->recorded()) {
+        recorder_->record([this] { token_step_on_device(); });
+        ++recordings_;
+      }
+      recorder_->replay();
+    } else {
+      token_step_on_device();
+    }
+    tape().reset();
+    for (auto& cache : caches_) cache.note_pushed(1);
+    ++next_position_;
+    ++tokens_in_chunk_;
+    this->count_tokens(1);
+    return logits_.to(Device::cpu);
+  }
+
   std::size_t state_bytes() const override {
-    std::size_t bytes = chunk_rows_.size() * sizeof(T);
+    std::size_t bytes = static_cast<std::size_t>(chunk_rows_.numel()) * sizeof(T);
     for (const auto& cache : caches_) bytes += cache.bytes();
     return bytes;
   }
@@ -114,6 +166,7 @@ class DrtDecoder final : public IncrementalDecoder<T> {
   }
 
   Var<T> advance(const std::vector<std::int32_t>& ids) override {
+    if (recorder_) recorder_->reset();  // this segment may change what a recorded step reads
     const Index L = static_cast<Index>(ids.size()), p0 = next_position_;
     const IndexTensor id_tensor = IndexTensor::from({1, L}, ids);
     Var<T> h = embedding(model_.token_embedding(), id_tensor, c_.pad_id);
@@ -132,6 +185,10 @@ class DrtDecoder final : public IncrementalDecoder<T> {
       if (!retrieved.empty()) current_[g] = retrieved.rbegin()->second;
     }
     next_position_ += L;
+    if (device_ != Device::cpu) {
+      position_.copy_from(IndexTensor::from({1}, {static_cast<std::int32_t>(next_position_)}));
+      upload_current_retrievals();
+    }
     return h;
   }
 
@@ -140,53 +197,141 @@ class DrtDecoder final : public IncrementalDecoder<T> {
   }
 
  private:
+  // The retrieved chunks of current[g], on the device, for the recorded step's GCA.
+  struct RetrievalOnDevice {
+    ChunkRetrieval<T> retrieval;  // what the buffers below hold
+    Tensor<T> keys, values;       // (k, N, H, d): slot j holds chunk retrieval.index[j]
+    IndexTensor slot;             // (k): j, or −1 for an empty slot
+    Tensor<T> weight;             // (k)
+  };
+
   Index chunk_of(Index position) const { return position / S_; }
   bool is_landmark(Index position) const { return position % S_ == S_ - 1; }
+
+  // One token that does not complete a chunk, on the device, reading its id and position from
+  // token_ and position_ and reading nothing back: the work that step() records into a graph.
+  // Host-side counters are advanced by step() afterwards.
+  void token_step_on_device() {
+    const std::int32_t* position = position_.data();
+    const Index D = c_.hidden_size;
+    Tensor<T> x = Tensor<T>::empty({1, 1, D}, step_arena(), device_);
+    DRT_ON_DEVICE("DrtDecoder", cuda::decode::embed_rows(model_.token_embedding().value(), token_, x));
+    Var<T> h = constant(x);
+    std::size_t layer = 0;
+    for (const auto& lower : model_.lower_layers()) {
+      const Var<T> a = attend_block_cached(*lower, h, caches_[layer++], position);
+      h = lower->feed_forward(a, a);
+    }
+    const Tensor<T> row = h.value().contiguous(step_arena());
+    DRT_ON_DEVICE("DrtDecoder", cuda::decode::write_row_at_position(row, chunk_rows_, 0, position));
+    for (int g = 0; g < c_.groups(); ++g)
+      for (const auto& upper : model_.upper_layers(g)) {
+        const Var<T> a = attend_block_cached(upper->block, h, caches_[layer++], position);
+        h = upper->combine(a, gca_token_on_device(upper->gca, a, g));
+      }
+    logits_.copy_from(head(h).value().reshape({c_.vocab_size}));
+    DRT_ON_DEVICE("DrtDecoder", cuda::decode::advance_position(position_.data(), 1));
+  }
+
+  // The GCA layer's output (1, 1, D) for the token: it attends to what the latest landmark
+  // retrieved, already on the device (upload_current_retrievals).
+  Var<T> gca_token_on_device(const GcaLayer<T>& gca, const Var<T>& a, int g) const {
+    const RetrievalOnDevice& r = on_device_[g];
+    if (r.retrieval.index.empty() || r.retrieval.empty())
+      return constant(Tensor<T>::zeros(a.shape(), step_arena(), device_));
+    const Index D = c_.hidden_size, H = gca.heads, d = gca.head_dim;
+    const Tensor<T> q = linear(rms_norm(a, gca.pre_norm, gca.eps), gca.q_proj).value().contiguous(step_arena());
+    Tensor<T> o = Tensor<T>::empty({1, H, d}, step_arena(), device_);
+    DRT_ON_DEVICE("DrtDecoder", cuda::decode::gca_decode(q.reshape({1, H, d}), r.keys, r.values, r.slot, r.weight,
+                                                         T(1) / std::sqrt(T(d)), o));
+    return linear(constant(o.reshape({1, 1, D})), gca.o_proj);
+  }
+
+  // Streams the chunks of every group's current retrieval from the store to the device, when it
+  // has changed (once per chunk boundary while decoding).
+  void upload_current_retrievals() {
+    const Index k = c_.chunk_topk, D = c_.hidden_size;
+    for (int g = 0; g < c_.groups(); ++g) {
+      const ChunkRetrieval<T>& want = current_[g];
+      RetrievalOnDevice& have = on_device_[g];
+      if (want.index == have.retrieval.index && want.weight == have.retrieval.weight) continue;
+      have.retrieval = want;
+      if (want.index.empty() || want.empty()) continue;
+      Tensor<T> keys = Tensor<T>::zeros({k, N_, Index(c_.num_attention_heads), c_.head_dim()});
+      Tensor<T> values = Tensor<T>::zeros(keys.shape());
+      std::vector<std::int32_t> slot(static_cast<std::size_t>(k), -1);
+      for (Index j = 0; j < k; ++j) {
+        if (want.index[j] < 0 || want.weight[j] == T(0)) continue;
+        store_->read(want.index[j], keys.data() + j * N_ * D, values.data() + j * N_ * D);
+        slot[j] = static_cast<std::int32_t>(j);
+      }
+      have.keys = keys.to(device_);
+      have.values = values.to(device_);
+      have.slot = IndexTensor::from({k}, slot).to(device_);
+      have.weight = Tensor<T>::from({k}, want.weight).to(device_);
+    }
+  }
 
   // Moves the lower stack's rows h (1, L, D) into the chunk being built; every chunk this
   // segment completes goes through the encoder (all of them in one batch) into the store.
   void store_completed_chunks(const Tensor<T>& h, Index p0) {
     const Index L = h.size(1), D = c_.hidden_size;
-    const Tensor<T> rows = h.contiguous(step_arena());
-    std::vector<T> completed;
+    const Tensor<T> rows = h.select(0, 0);  // (L, D)
     Index chunks = 0;
-    for (Index r = 0; r < L; ++r) {
-      chunk_rows_.insert(chunk_rows_.end(), rows.data() + r * D, rows.data() + (r + 1) * D);
-      if (is_landmark(p0 + r)) {
-        completed.insert(completed.end(), chunk_rows_.begin(), chunk_rows_.end());
-        chunk_rows_.clear();
-        ++chunks;
+    for (Index r = 0; r < L; ++r) chunks += is_landmark(p0 + r) ? 1 : 0;
+    Tensor<T> completed = Tensor<T>::empty({chunks * S_, D}, step_arena(), device_);
+    for (Index r = 0, e = 0; r < L;) {
+      const Index slot = (p0 + r) % S_, run = std::min(L - r, S_ - slot);
+      chunk_rows_.slice(0, slot, slot + run).copy_from(rows.slice(0, r, r + run));
+      r += run;
+      if (slot + run == S_) {  // a landmark row: the chunk is complete
+        completed.slice(0, S_ * e, S_ * (e + 1)).copy_from(chunk_rows_);
+        ++e;
       }
     }
     if (chunks == 0) return;
-    const Tensor<T> input = Tensor<T>::from({1, chunks * S_, D}, completed, step_arena());
-    const ChunkMemory<T> memory = model_.encode_chunks(constant(input));
-    const Tensor<T> keys = memory.keys.value().contiguous(step_arena()), values = memory.values.value().contiguous(step_arena()),
-                    landmarks = memory.landmarks.value().contiguous(step_arena());
+    const ChunkMemory<T> memory = model_.encode_chunks(constant(completed.reshape({1, chunks * S_, D})));
+    auto on_host = [](const Var<T>& v) { return v.value().to(Device::cpu, step_arena()).contiguous(step_arena()); };
+    const Tensor<T> keys = on_host(memory.keys), values = on_host(memory.values), landmarks = on_host(memory.landmarks);
     const Index per_chunk = N_ * D;
     for (Index e = 0; e < chunks; ++e)
       store_->append(keys.data() + e * per_chunk, values.data() + e * per_chunk, landmarks.data() + e * D);
+    if (device_ != Device::cpu) mirror_landmarks(memory.landmarks.value().contiguous(step_arena()).reshape({chunks, D}));
+  }
+
+  // Appends new κ rows (n, D) to the device copy of the store's landmarks (grown by doubling).
+  void mirror_landmarks(const Tensor<T>& fresh) {
+    const Index n = fresh.size(0), E = landmarks_on_device_count_, D = c_.hidden_size;
+    if (!landmarks_on_device_.defined() || E + n > landmarks_on_device_.size(0)) {
+      Tensor<T> grown = Tensor<T>::empty({std::max<Index>({64, 2 * E, E + n}), D}, nullptr, device_);
+      if (E > 0) grown.slice(0, 0, E).copy_from(landmarks_on_device_.slice(0, 0, E));
+      landmarks_on_device_ = grown;
+    }
+    landmarks_on_device_.slice(0, E, E + n).copy_from(fresh);
+    landmarks_on_device_count_ = E + n;
   }
 
   // Group g's retrieval for every landmark of this segment, by chunk: the query is the stream h
   // (1, L, D) at the landmark, through lmk_norm[g]; the keys are every stored κ of an earlier chunk.
   std::map<Index, ChunkRetrieval<T>> retrieve_in_segment(const Var<T>& h, int g, Index p0) const {
     std::map<Index, ChunkRetrieval<T>> out;
-    std::vector<Index> rows;
-    for (Index r = 0; r < h.size(1); ++r)
-      if (is_landmark(p0 + r)) rows.push_back(r);
-    if (rows.empty()) return out;
-    const Index n = static_cast<Index>(rows.size()), D = c_.hidden_size, E = store_->size();
-    Tensor<T> at_landmarks = Tensor<T>::empty({1, n, D}, step_arena());
-    for (Index i = 0; i < n; ++i) at_landmarks.select(1, i).copy_from(h.value().select(1, rows[i]));
-    const Tensor<T> query =
-        rms_norm(constant(at_landmarks), model_.landmark_norm(g), static_cast<T>(ModelConfig::kLandmarkNormEps)).value();
-    const Tensor<T> kappa = Tensor<T>::wrap(const_cast<T*>(store_->landmarks()), {E, D});
-    const Tensor<T> scores = matmul(query.reshape({n, D}), kappa.transpose(0, 1), step_arena());  // (n, E)
+    Index first = 0;  // the segment's first landmark row; the others follow every S rows
+    while (first < h.size(1) && !is_landmark(p0 + first)) ++first;
+    if (first == h.size(1)) return out;
+    const Index D = c_.hidden_size, E = store_->size();
+    const Tensor<T> at_landmarks = h.value().select(0, 0).slice(0, first, h.size(1), S_).contiguous(step_arena());
+    const Index n = at_landmarks.size(0);
+    const Tensor<T> query = rms_norm(constant(at_landmarks.reshape({1, n, D})), model_.landmark_norm(g),
+                                     static_cast<T>(ModelConfig::kLandmarkNormEps))
+                                .value()
+                                .reshape({n, D});
+    const Tensor<T> kappa = device_ == Device::cpu ? Tensor<T>::wrap(const_cast<T*>(store_->landmarks()), {E, D})
+                                                   : landmarks_on_device_.slice(0, 0, E);
+    const Tensor<T> scores = matmul(query, kappa.transpose(0, 1), step_arena()).to(Device::cpu, step_arena());  // (n, E)
     const T scale = T(1) / std::sqrt(T(D));
     std::vector<T> row(static_cast<std::size_t>(E));
     for (Index i = 0; i < n; ++i) {
-      const Index c = chunk_of(p0 + rows[i]);
+      const Index c = chunk_of(p0 + first + i * S_);
       for (Index e = 0; e < c; ++e) row[e] = scores(i, e) * scale;
       out[c] = select_chunks(row.data(), c, c_.chunk_topk);
     }
@@ -211,19 +356,19 @@ class DrtDecoder final : public IncrementalDecoder<T> {
       const Index first = std::max(c * S_, p0) - p0, last = std::min((c + 1) * S_, p0 + L) - p0;
       chunks.push_back({first, last - first, r});
     }
-    Tensor<T> out = Tensor<T>::zeros({1, L, D}, step_arena());
+    Tensor<T> out = Tensor<T>::zeros({1, L, D}, step_arena(), device_);
     if (chunks.empty()) return constant(out);
 
     // Queries as (Z, H, M, d), padded with zero rows to the longest chunk's M.
     const Index Z = static_cast<Index>(chunks.size());
     Index M = 0;
     for (const auto& q : chunks) M = std::max(M, q.rows);
-    const Tensor<T> q = linear(rms_norm(a, gca.pre_norm, gca.eps), gca.q_proj).value().contiguous(step_arena());
-    Tensor<T> queries = Tensor<T>::zeros({Z, H, M, d}, step_arena());
+    const Tensor<T> q_rows =
+        linear(rms_norm(a, gca.pre_norm, gca.eps), gca.q_proj).value().contiguous(step_arena()).reshape({L, H, d});
+    Tensor<T> queries = Tensor<T>::zeros({Z, H, M, d}, step_arena(), device_);
     for (Index z = 0; z < Z; ++z)
-      for (Index m = 0; m < chunks[z].rows; ++m)
-        for (Index hh = 0; hh < H; ++hh)
-          std::copy_n(q.data() + (chunks[z].first_row + m) * D + hh * d, d, &queries(z, hh, m, Index(0)));
+      queries.select(0, z).slice(1, 0, chunks[z].rows).copy_from(
+          q_rows.slice(0, chunks[z].first_row, chunks[z].first_row + chunks[z].rows).permute({1, 0, 2}));
 
     // The retrieved chunks, each read from the store once, as a memory (1, U, N, H, d).
     std::map<std::int32_t, Index> slot_of;
@@ -242,28 +387,37 @@ class DrtDecoder final : public IncrementalDecoder<T> {
     Tensor<T> keys = Tensor<T>::empty({1, U, N_, H, d}, step_arena()), values = Tensor<T>::empty({1, U, N_, H, d}, step_arena());
     for (const auto& [e, u] : slot_of) store_->read(e, keys.data() + u * N_ * D, values.data() + u * N_ * D);
 
-    const Tensor<T> o = gca_forward_values(queries, keys, values, index, weight, d);  // (Z, H, M, d)
+    const Tensor<T> o = drt::gca(constant(queries), constant(keys.to(device_)), constant(values.to(device_)), index,
+                                 constant(weight.to(device_)), T(1) / std::sqrt(T(d)))
+                            .value();  // (Z, H, M, d)
+    const Tensor<T> out_rows = out.reshape({L, H, d});
     for (Index z = 0; z < Z; ++z)
-      for (Index m = 0; m < chunks[z].rows; ++m)
-        for (Index hh = 0; hh < H; ++hh)
-          std::copy_n(&o(z, hh, m, Index(0)), d, out.data() + (chunks[z].first_row + m) * D + hh * d);
+      out_rows.slice(0, chunks[z].first_row, chunks[z].first_row + chunks[z].rows)
+          .permute({1, 0, 2})
+          .copy_from(o.select(0, z).slice(1, 0, chunks[z].rows));
     return linear(constant(out), gca.o_proj);
-  }
-
-  static Tensor<T> gca_forward_values(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, const IndexTensor& index,
-                                      const Tensor<T>& weight, Index d) {
-    return gca(constant(q), constant(k), constant(v), index, constant(weight), T(1) / std::sqrt(T(d))).value();
   }
 
   const DrtModel<T>& model_;
   const ModelConfig& c_;
+  const Device device_;
   const Index S_, N_;
   std::unique_ptr<ChunkStore<T>> store_;
   std::vector<WindowKvCache<T>> caches_;
-  std::vector<T> chunk_rows_;
+  Tensor<T> chunk_rows_;
   std::vector<ChunkRetrieval<T>> current_;
   Index next_position_ = 0;
   int tokens_in_chunk_ = 0;
+
+  // The GPU's: κ mirrored for scoring, and what a recorded step reads and writes.
+  Tensor<T> landmarks_on_device_;
+  Index landmarks_on_device_count_ = 0;
+  IndexTensor token_, position_;
+  Tensor<T> logits_;
+  std::vector<RetrievalOnDevice> on_device_;
+  std::unique_ptr<StepRecorder> recorder_;
+  bool use_graph_ = true;
+  Index recordings_ = 0;
 };
 
 }  // namespace drt
