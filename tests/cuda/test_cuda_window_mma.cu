@@ -1,5 +1,6 @@
-// test_cuda_window_mma — window attention version 3 (bf16 tensor cores, taken in bf16 mode at
-// d = 64) against the CPU op in double, output and the gradients of q, k and v.
+// test_cuda_window_mma — window attention versions 3 and 4 (bf16 tensor cores, taken in bf16
+// mode at d = 64; version 4 by default, version 3 under attention::VersionCap(3)) against the CPU
+// op in double, output and the gradients of q, k and v; and versions 3 and 4 against each other.
 //
 // The CPU op runs on the SAME bf16-rounded q, k, v and output gradient (rounded here, on the
 // host), so the inputs version 3 rounds as it stages them are exact, and what is left is the
@@ -18,6 +19,8 @@
 // So the expected error is ~0.1–0.5% of each tensor's largest magnitude and the worst case ~1%:
 // 2e-2 relative to that magnitude bounds it, and still catches any fragment-layout or mask
 // mistake (those move whole probabilities: errors of order the tensor's magnitude itself).
+// Version 4 rounds the same values at the same points as version 3 (only the ALiBi bias is summed
+// in another order, ~1e-7 relative), so the two agree far inside that bound: kV3V4Tol.
 #include "gpu_test.hpp"
 
 #include <algorithm>
@@ -33,6 +36,9 @@ using namespace drt;
 using namespace drt::gpu_test;
 
 constexpr double kBf16Tol = 2e-2;
+// Version 4 against version 3, relative to the largest |v3|: a P or dS whose bf16 rounding flips
+// between them moves one term by 2^-8 of itself; a layout or mask mistake moves whole terms.
+constexpr double kV3V4Tol = 2e-3;
 
 // |gpu − cpu| ≤ tol · max|cpu|, the GPU result in float against the CPU's in double.
 void expect_near_relative_to_max(const Tensor<double>& cpu, const Tensor<float>& gpu, double tol,
@@ -69,30 +75,44 @@ Result<T> run_window(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v,
   return r;
 }
 
-void check_version3(const WindowCase& c) {
-  constexpr Index d = 64;
-  SCOPED_TRACE(::testing::Message() << "B" << c.B << " T" << c.T << " H" << c.H << "/" << c.Hkv << " W" << c.W);
-  const Tensor<float> q = rounded_to_bf16(uniform<float>({c.B, c.T, c.H, d}, 21));
-  const Tensor<float> k = rounded_to_bf16(uniform<float>({c.B, c.T, c.Hkv, d}, 22));
-  const Tensor<float> v = rounded_to_bf16(uniform<float>({c.B, c.T, c.Hkv, d}, 23));
-  const Tensor<float> seed = rounded_to_bf16(uniform<float>({c.B, c.T, c.H, d}, 24));
+// The bf16-rounded inputs of a case (the CPU op then sees exactly what the kernels stage).
+struct WindowInputs {
+  Tensor<float> q, k, v, seed, slopes;
   // 4× the usual 1/√d: peaked softmaxes, so a probability applied to the wrong key shows
   // (near-uniform probabilities would hide it).
-  const float scale = 0.5f;
+  float scale = 0.5f;
+  explicit WindowInputs(const WindowCase& c, Index d = 64)
+      : q(rounded_to_bf16(uniform<float>({c.B, c.T, c.H, d}, 21))),
+        k(rounded_to_bf16(uniform<float>({c.B, c.T, c.Hkv, d}, 22))),
+        v(rounded_to_bf16(uniform<float>({c.B, c.T, c.Hkv, d}, 23))),
+        seed(rounded_to_bf16(uniform<float>({c.B, c.T, c.H, d}, 24))),
+        slopes(alibi_slopes<float>(static_cast<int>(c.H))) {}
+};
+
+// The GPU op in bf16 mode with the attention version capped at `version` (and checked to be the
+// one the dispatch takes).
+Result<float> run_bf16_version(const WindowInputs& in, const WindowCase& c, int version) {
+  cuda::attention::VersionCap cap(version);
+  MatmulPrecisionScope scope(Precision::bf16);  // forward and backward both in bf16 mode
+  EXPECT_EQ(cuda::attention::window_attention_version<float>(64, matmul_precision()), version);
+  return run_window(in.q, in.k, in.v, in.seed, in.slopes, c.W, in.scale, Device::cuda);
+}
+
+void check_bf16_version(const WindowCase& c, int version) {
+  SCOPED_TRACE(::testing::Message() << "v" << version << " B" << c.B << " T" << c.T << " H" << c.H << "/" << c.Hkv
+                                    << " W" << c.W);
+  const WindowInputs in(c);
+  const Tensor<float>&q = in.q, &k = in.k, &v = in.v, &seed = in.seed, &slopes = in.slopes;
+  const float scale = in.scale;
   const Result<double> cpu = run_window(q.cast<double>(), k.cast<double>(), v.cast<double>(), seed.cast<double>(),
                                         alibi_slopes<double>(static_cast<int>(c.H)), c.W, double(scale), Device::cpu);
-  const Tensor<float> slopes = alibi_slopes<float>(static_cast<int>(c.H));
-  Result<float> gpu;
-  {
-    MatmulPrecisionScope scope(Precision::bf16);  // forward and backward both in bf16 mode
-    gpu = run_window(q, k, v, seed, slopes, c.W, scale, Device::cuda);
-  }
+  const Result<float> gpu = run_bf16_version(in, c, version);
   expect_near_relative_to_max(cpu.out, gpu.out, kBf16Tol, "out");
   expect_near_relative_to_max(cpu.dq, gpu.dq, kBf16Tol, "dq");
   expect_near_relative_to_max(cpu.dk, gpu.dk, kBf16Tol, "dk");
   expect_near_relative_to_max(cpu.dv, gpu.dv, kBf16Tol, "dv");
-  // And it was version 3 that ran: version 2 (fp32 mode) on the same inputs differs by far more
-  // than fp32 rounding (the bf16 P).
+  // And a bf16 version ran: version 2 (fp32 mode) on the same inputs differs by far more than
+  // fp32 rounding (the bf16 P).
   const Result<float> fp32 = run_window(q, k, v, seed, slopes, c.W, scale, Device::cuda);
   EXPECT_GT(max_abs_difference(gpu.out.to(Device::cpu), fp32.out.to(Device::cpu)), 1e-5);
   EXPECT_GT(max_abs_difference(gpu.dk.to(Device::cpu), fp32.dk.to(Device::cpu)), 1e-5);
@@ -100,13 +120,24 @@ void check_version3(const WindowCase& c) {
 
 TEST_F(Gpu, WindowAttentionVersionFollowsPrecision) {
   using cuda::attention::window_attention_version;
-  EXPECT_EQ(window_attention_version<float>(64, Precision::bf16), 3);
+  EXPECT_EQ(window_attention_version<float>(64, Precision::bf16), 4);
   EXPECT_EQ(window_attention_version<float>(64, Precision::fp32), 2);
   EXPECT_EQ(window_attention_version<float>(64, Precision::tf32), 2);
   EXPECT_EQ(window_attention_version<float>(64, Precision::bf16, /*vector_aligned=*/false), 2);
   EXPECT_EQ(window_attention_version<float>(32, Precision::bf16), 2);
   EXPECT_EQ(window_attention_version<float>(80, Precision::bf16), 1);
   EXPECT_EQ(window_attention_version<double>(64, Precision::bf16), 1);
+}
+
+TEST_F(Gpu, WindowAttentionVersionCapLowersVersion4) {
+  using cuda::attention::VersionCap;
+  using cuda::attention::window_attention_version;
+  for (int cap = 4; cap >= 1; --cap) {
+    VersionCap lab(cap);
+    EXPECT_EQ(window_attention_version<float>(64, Precision::bf16), cap) << "cap " << cap;
+    EXPECT_EQ(window_attention_version<float>(64, Precision::fp32), cap >= 2 ? 2 : 1) << "cap " << cap;
+  }
+  EXPECT_THROW({ VersionCap bad(5); }, Error);
 }
 
 TEST_F(Gpu, WindowAttentionBf16TensorCoresMatchCpu) {
@@ -117,7 +148,43 @@ TEST_F(Gpu, WindowAttentionBf16TensorCoresMatchCpu) {
            WindowCase{2, 230, 4, 2, 100},  // grouped heads (2 per kv head), two sequences
            WindowCase{2, 700, 4, 2, 512},  // DRT's window: 9 key tiles per query tile
        })
-    check_version3(c);
+    check_bf16_version(c, 3);
+}
+
+// Version 4: 128-query blocks for the forward and dQ, so T is also chosen around multiples of 128;
+// warps whose 16 rows lie wholly past T, tiles the mask is skipped on (W = 512, T ≥ 640), and
+// dK/dV's flat (head, query tile) walk over 2 and 4 heads per kv head.
+TEST_F(Gpu, WindowAttentionVersion4MatchesCpu) {
+  for (const WindowCase& c : {
+           WindowCase{1, 100, 2, 2, 512},   // T below W and below one 128-query block
+           WindowCase{1, 130, 2, 2, 512},   // a second 128-query block with 2 rows
+           WindowCase{1, 256, 2, 2, 64},    // window edges on tile edges
+           WindowCase{1, 300, 3, 3, 100},   // window edge inside a tile; T tail of 44
+           WindowCase{2, 230, 4, 2, 100},   // grouped heads (2 per kv head), two sequences
+           WindowCase{2, 700, 4, 2, 512},   // DRT's window: 10 key tiles per 128 queries
+           WindowCase{1, 1100, 4, 1, 512},  // 4 heads per kv head; interior tiles without mask
+           WindowCase{3, 200, 4, 2, 1},     // W = 1: two keys per query, almost every tile masked
+       })
+    check_bf16_version(c, 4);
+}
+
+// Versions 3 and 4 on the same inputs, against each other (far tighter than against the CPU).
+TEST_F(Gpu, WindowAttentionVersion4AgreesWithVersion3) {
+  for (const WindowCase& c : {
+           WindowCase{1, 300, 3, 3, 100},
+           WindowCase{2, 700, 4, 2, 512},
+           WindowCase{1, 1100, 4, 1, 512},
+       }) {
+    SCOPED_TRACE(::testing::Message() << "B" << c.B << " T" << c.T << " H" << c.H << "/" << c.Hkv << " W" << c.W);
+    const WindowInputs in(c);
+    const Result<float> v3 = run_bf16_version(in, c, 3);
+    const Result<float> v4 = run_bf16_version(in, c, 4);
+    const Tensor<float>* pairs[][2] = {{&v3.out, &v4.out}, {&v3.dq, &v4.dq}, {&v3.dk, &v4.dk}, {&v3.dv, &v4.dv}};
+    const char* names[] = {"out", "dq", "dk", "dv"};
+    for (int i = 0; i < 4; ++i)
+      expect_near_relative_to_max(pairs[i][0]->to(Device::cpu).cast<double>(), pairs[i][1]->to(Device::cpu), kV3V4Tol,
+                                  names[i]);
+  }
 }
 
 }  // namespace

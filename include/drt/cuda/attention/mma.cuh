@@ -243,4 +243,73 @@ __device__ inline float group_max(float x) {
   return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
 }
 
+
+// ---- added for version 4 of window attention (window_attention_v4.cuh) -------------------------
+
+// 4 bytes global → shared, asynchronously (cp.async.ca: the .cg form only moves 16 bytes). For
+// per-row statistics (lse, δ) whose rows are not 16-byte aligned.
+__device__ inline void copy_async_4(void* shared_dst, const void* global_src) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(shared_address(shared_dst)),
+               "l"(static_cast<unsigned long long>(__cvta_generic_to_global(global_src)))
+               : "memory");
+}
+
+// Waits until at most `pending` of this thread's most recently committed groups of copies are
+// still in flight (cp.async.wait_group): with one group per tile, wait_async_copies_but<1>()
+// lets the tile just requested keep loading while the one before it is used. As with
+// wait_async_copies(), a __syncthreads() after it makes every thread's copies visible.
+template <int pending>
+__device__ inline void wait_async_copies_but() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(pending) : "memory");
+}
+
+// stage_bf16_async where src(r) may be nullptr (a row past the end of a sequence): such rows are
+// zero-filled with plain shared stores (for the reason stage_bf16 gives), the others copied
+// asynchronously. Both have landed after wait_async_copies*() and a barrier.
+template <class RowPointer>
+__device__ inline void stage_bf16_async_or_zero(BfTile& tile, RowPointer src) {
+  constexpr int kVectorsPerRow = kTileCols / 8;  // 16 bytes = 8 bf16
+  for (int idx = threadIdx.x; idx < kTileRows * kVectorsPerRow; idx += blockDim.x) {
+    const int r = idx / kVectorsPerRow, c = (idx % kVectorsPerRow) * 8;
+    const __nv_bfloat16* row = src(r);
+    if (row != nullptr) copy_async_16(&tile.at[r][c], row + c);
+    else *reinterpret_cast<uint4*>(&tile.at[r][c]) = make_uint4(0u, 0u, 0u, 0u);
+  }
+}
+
+// multiply_by_transposed with A = rows row0..row0+15 of the stored tile `a`, its fragments
+// loaded from shared memory one 16-column block at a time (4 registers live instead of 16):
+// acc[r][n] += Σ_k a[row0 + r][k] · x[n][k].
+__device__ inline void multiply_rows_by_transposed(Accumulator16x64& acc, const BfTile& a, int row0, const BfTile& x) {
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) {
+    std::uint32_t af[4];
+    load_a(af, a, row0, 16 * kk);
+#pragma unroll
+    for (int jj = 0; jj < 4; ++jj) {
+      std::uint32_t b[4];
+      load_b_pair_from_rows(b, x, 16 * kk, 16 * jj);
+      mma_bf16(acc.c[2 * jj], af, b[0], b[1]);
+      mma_bf16(acc.c[2 * jj + 1], af, b[2], b[3]);
+    }
+  }
+}
+
+// multiply with A = bf16(p) for a 16×64 fp32 accumulator p, packed one 16-column block at a time
+// (the same values as a_fragments, 4 registers live instead of 16): acc[r][n] += Σ_k p[r][k] x[k][n].
+__device__ inline void multiply_packed(Accumulator16x64& acc, const Accumulator16x64& p, const BfTile& x) {
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) {
+    std::uint32_t af[4];
+    a_from_accumulators(af, p, kk);
+#pragma unroll
+    for (int jj = 0; jj < 4; ++jj) {
+      std::uint32_t b[4];
+      load_b_pair_from_columns(b, x, 16 * kk, 16 * jj);
+      mma_bf16(acc.c[2 * jj], af, b[0], b[1]);
+      mma_bf16(acc.c[2 * jj + 1], af, b[2], b[3]);
+    }
+  }
+}
+
 }  // namespace drt::cuda::attention::mma

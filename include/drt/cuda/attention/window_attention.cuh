@@ -17,6 +17,10 @@
 //   version 3 (float, d = 64, matmul_precision() == bf16): flash-attention-2 style on bf16
 //     tensor cores (mma.sync m16n8k16, drt/cuda/attention/mma.cuh), fp32 accumulators and
 //     softmax; one warp per 16 rows of a 64-row tile.
+//   version 4 (the same calls as version 3; drt/cuda/attention/window_attention_v4.cuh): version 3's
+//     math with K/V (and Q/dO) tiles copied by cp.async from bf16 copies into two shared-memory
+//     stages, fewer registers held per warp, the mask only on tiles that need it, and 128-query
+//     blocks of 8 warps for the forward and dQ.
 // window_attention_version() says which version a call takes.
 #pragma once
 
@@ -643,20 +647,33 @@ static __global__ void __launch_bounds__(window_mma::kThreads) window_dq_mma(con
   }
 }
 
+}  // namespace attention
+}  // namespace drt::cuda
+
+// Version 4 builds on version 3's shape and helpers above.
+#include "drt/cuda/attention/window_attention_v4.cuh"
+
+namespace drt::cuda {
+namespace attention {
+
 inline dim3 tiled_grid(const WindowShape& s, int heads) {
   return dim3(static_cast<unsigned>((s.T + tiles::kTile - 1) / tiles::kTile), static_cast<unsigned>(heads),
               static_cast<unsigned>(s.B));
 }
 
-// The version a call takes: 3 (bf16 tensor cores) for float at d = 64 when the precision switch
-// says bf16 (the user's one switch: in bf16 mode attention takes bf16 operands as GEMMs do) and
-// the tensors allow 16-byte vector access; 2 (tiled fp32) for other float calls with d ≤ 64 (fp32
-// and tf32 modes included); 1 for everything else (double, wider heads).
+// The version a call takes: 4 (bf16 tensor cores, cp.async stages) for float at d = 64 when the
+// precision switch says bf16 (the user's one switch: in bf16 mode attention takes bf16 operands as
+// GEMMs do) and the tensors allow 16-byte vector access, or 3 on the same calls under a cap of 3;
+// 2 (tiled fp32) for other float calls with d ≤ 64 (fp32 and tf32 modes included); 1 for
+// everything else (double, wider heads).
 // version_cap() (version.cuh) lowers the ceiling for the kernel lab.
 template <class T>
 int window_attention_version(int d, Precision precision, bool vector_aligned = true) {
   if (!std::is_same_v<T, float>) return 1;
-  if (version_cap() >= 3 && precision == Precision::bf16 && vector_aligned && d == window_mma::kD) return 3;
+  if (precision == Precision::bf16 && vector_aligned && d == window_mma::kD) {
+    if (version_cap() >= 4) return 4;
+    if (version_cap() >= 3) return 3;
+  }
   return version_cap() >= 2 && d <= tiles::kTileD ? 2 : 1;
 }
 
@@ -677,6 +694,10 @@ void window_attention_forward(const Tensor<T>& q, const Tensor<T>& k, const Tens
   const int version = attention::window_attention_version<T>(
       s.d, matmul_precision(), attention::all_aligned(16, {q.data(), k.data(), v.data(), out.data()}));
   if constexpr (std::is_same_v<T, float>) {
+    if (version == 4) {
+      attention::window_v4::forward(q.data(), k.data(), v.data(), slopes.data(), s, scale, out.data(), lse.data());
+      return;
+    }
     if (version == 3) {
       attention::window_forward_mma<<<attention::tiled_grid(s, s.H), attention::window_mma::kThreads, 0, ::drt::cuda::stream()>>>(
           q.data(), k.data(), v.data(), slopes.data(), s, scale, out.data(), lse.data());
@@ -712,6 +733,12 @@ void window_attention_backward(const Tensor<T>& q, const Tensor<T>& k, const Ten
       attention::all_aligned(16, {q.data(), k.data(), v.data(), dout.data(), dq ? dq->data() : nullptr,
                                   dk ? dk->data() : nullptr, dv ? dv->data() : nullptr}));
   if constexpr (std::is_same_v<T, float>) {
+    if (version == 4) {
+      attention::window_v4::backward(q.data(), k.data(), v.data(), slopes.data(), s, scale, lse.data(), delta.data(),
+                                     dout.data(), dq ? dq->data() : nullptr, dk ? dk->data() : nullptr,
+                                     dv ? dv->data() : nullptr);
+      return;
+    }
     if (version == 3) {
       if (dq) {
         attention::window_dq_mma<<<attention::tiled_grid(s, s.H), attention::window_mma::kThreads, 0, ::drt::cuda::stream()>>>(

@@ -1,0 +1,469 @@
+// drt/cuda/attention/window_attention_v4.cuh — version 4 of sliding-window ALiBi attention on the
+// GPU (forward and backward). Included by window_attention.cuh after version 3, whose shape
+// (WindowShape) and helpers (window_mma: tile walk, masks, online softmax) it reuses; not meant
+// to be included on its own.
+//
+// Same math, same numerics contract and same tile geometry inside a warp as version 3 (bf16
+// mma.sync m16n8k16, fp32 accumulators and softmax, base-2 scores, one warp per 16 rows of a
+// 64-row tile, the fragment layouts and loaders of mma.cuh). What changes is how tiles reach
+// shared memory and how many registers a warp holds, because Nsight Compute showed version 3
+// limited by occupancy (244 / 255 / 168 registers, 12–18% of warp slots active):
+//   - K/V (and, for dK/dV, Q/dO) tiles are copied with cp.async from bf16 copies of the inputs
+//     (made once per call, drt/cuda/bf16.cuh) into two shared-memory stages: the next tile lands
+//     while the current one is multiplied, with no registers held for it (version 3 held the
+//     next tile pair as 64 float4 registers per thread). The copies cost one pass over the
+//     inputs (read fp32, write bf16) but halve the bytes every later tile read moves, and a tile
+//     is read by ~9 blocks.
+//   - Operands that stay in shared memory anyway (Q, dO in dQ; K, V in dK/dV) have their A
+//     fragments loaded 16 columns at a time where they are used, instead of being held as
+//     32 registers for the whole kernel; P and dS are packed to bf16 16 columns at a time.
+//   - The window/causal mask is applied only to (warp, tile) pairs that need it: most of a
+//     warp's 9 key tiles lie strictly inside the band and take only the ALiBi bias, computed as
+//     two FMAs from a per-row constant and a compile-time column offset.
+//   - Forward and dQ take 128 queries per block (8 warps): each K/V tile then serves 128 queries,
+//     halving the key tiles read per query (10 per 128 instead of 9 per 64).
+// __launch_bounds__ carries a minimum-blocks hint so that ptxas keeps each kernel within the
+// registers that hint allows (see docs/kernels.md, "Version 4", for the counts).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "drt/cuda/attention/mma.cuh"
+#include "drt/cuda/bf16.cuh"
+#include "drt/cuda/error.cuh"
+#include "drt/cuda/stream.cuh"
+
+namespace drt::cuda::attention {
+namespace window_v4 {
+
+using namespace mma;
+using window_mma::first_key_tile;
+using window_mma::kD;
+using window_mma::kTile;
+using window_mma::OnlineSoftmax16;
+using window_mma::warp_keys_see_tile;
+using window_mma::warp_sees_tile;
+
+inline constexpr int kQueryWarps = 8;                  // forward and dQ: 128 queries per block
+inline constexpr int kQueryThreads = kQueryWarps * kWarp;
+inline constexpr int kQueries = kQueryWarps * 16;      // = 2 tiles of 64
+inline constexpr int kKeyWarps = 4;                    // dK/dV: 64 keys per block, as version 3
+inline constexpr int kKeyThreads = kKeyWarps * kWarp;
+
+// Row t of sequence b, head `head` of a bf16 (B, T, heads, 64) copy, or nullptr past the end.
+__device__ inline const __nv_bfloat16* bf16_row_or_null(const __nv_bfloat16* x, const WindowShape& s, int b, int t,
+                                                        int head, int heads) {
+  return t < s.T ? x + ((static_cast<long long>(b) * s.T + t) * heads + head) * kD : nullptr;
+}
+
+// Whether a warp's 16 queries first_query.. against key tile j0 need the per-entry mask: some
+// key after a query (j > t), some key below a window (j < t − W), or a query row past T. Keys
+// past T never need their own test: they only occur beside queries they follow (j > t) or
+// queries past T.
+__device__ inline bool query_strip_needs_mask(int first_query, int j0, const WindowShape& s) {
+  return j0 + kTile - 1 > first_query || j0 < first_query + 15 - s.W || first_query + 16 > s.T;
+}
+
+// The same for a warp's 16 keys first_key.. against query tile t0 (the dK/dV orientation).
+__device__ inline bool key_strip_needs_mask(int first_key, int t0, const WindowShape& s) {
+  return t0 < first_key + 15 || t0 + kTile - 1 > first_key + s.W || t0 + kTile > s.T;
+}
+
+// Raw products x = ⟨q_t, k_j⟩ of a tile whose ROWS are queries (t = t0 + at.row(u)) and whose
+// columns are keys (j = j0 + at.col(jj, u)) become base-2 scores
+//   log2(e)·(scale·x − slope·(t − j)),
+// and, when kMasked, −∞ outside the window (j > t, j < t − W) or past T (t ≥ T), exactly as
+// window_mma::window_scores. For this lane, t − j = dt[half] − c with dt[half] = t − j0 − 2·pair
+// and c = 8·jj + u % 2 a compile-time constant, so the bias is one FMA on a per-row constant:
+// −bf·(t − j) = −bf·dt + bf·c.
+template <bool kMasked>
+__device__ inline void query_row_scores(Accumulator16x64& x, const FragmentLane& at, float score_factor,
+                                        float bias_factor, int t0, int j0, const WindowShape& s) {
+  int dt[2];
+  float row_bias[2];
+  bool row_inside[2];
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int t = t0 + at.row(2 * half);
+    dt[half] = t - j0 - 2 * at.pair;
+    row_bias[half] = -bias_factor * float(dt[half]);
+    row_inside[half] = t < s.T;
+  }
+#pragma unroll
+  for (int jj = 0; jj < 8; ++jj)
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+      const int c = 8 * jj + u % 2;
+      float score = fmaf(x.c[jj][u], score_factor, fmaf(bias_factor, float(c), row_bias[u / 2]));
+      if constexpr (kMasked) {
+        const int t_minus_j = dt[u / 2] - c;
+        if (t_minus_j < 0 || t_minus_j > s.W || !row_inside[u / 2]) score = -INFINITY;
+      }
+      x.c[jj][u] = score;
+    }
+}
+
+// The transposed orientation (dK/dV): ROWS are keys (j = j0 + at.row(u)), columns queries
+// (t = t0 + at.col(jj, u)). Here t − j = dk[half] + c with dk[half] = t0 + 2·pair − j, c as
+// above, and a query is past T when c ≥ T − t0 − 2·pair.
+template <bool kMasked>
+__device__ inline void key_row_scores(Accumulator16x64& x, const FragmentLane& at, float score_factor,
+                                      float bias_factor, int t0, int j0, const WindowShape& s) {
+  int dk[2];
+  float row_bias[2];
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    dk[half] = t0 + 2 * at.pair - (j0 + at.row(2 * half));
+    row_bias[half] = -bias_factor * float(dk[half]);
+  }
+  const int columns_inside = s.T - t0 - 2 * at.pair;  // c < this: query t < T
+#pragma unroll
+  for (int jj = 0; jj < 8; ++jj)
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+      const int c = 8 * jj + u % 2;
+      float score = fmaf(x.c[jj][u], score_factor, fmaf(-bias_factor, float(c), row_bias[u / 2]));
+      if constexpr (kMasked) {
+        const int t_minus_j = dk[u / 2] + c;
+        if (t_minus_j < 0 || t_minus_j > s.W || c >= columns_inside) score = -INFINITY;
+      }
+      x.c[jj][u] = score;
+    }
+}
+
+// K and V tiles, twice: stage i % 2 holds key tile i of a block's walk while stage (i + 1) % 2
+// receives tile i + 1 (cp.async). 4 × 9,216 = 36,864 bytes.
+struct KeyValueStages {
+  BfTile keys[2], values[2];
+};
+
+// Starts copying key tile j0 (K and V rows j0..j0+63 of kv head g, zeros past T) into `stage`
+// and commits the copies as one group.
+__device__ inline void fetch_key_tile(KeyValueStages& kv, int stage, const __nv_bfloat16* k, const __nv_bfloat16* v,
+                                      const WindowShape& s, int b, int j0, int g) {
+  stage_bf16_async_or_zero(kv.keys[stage], [&](int r) { return bf16_row_or_null(k, s, b, j0 + r, g, s.Hkv); });
+  stage_bf16_async_or_zero(kv.values[stage], [&](int r) { return bf16_row_or_null(v, s, b, j0 + r, g, s.Hkv); });
+  commit_async_copies();
+}
+
+// The pipeline step every kernel here takes at the top of tile i: request tile i + 1 (if any)
+// into the other stage, wait for this thread's copies of tile i (one commit group per tile, so
+// "all but the newest group" is exactly tile i), then a barrier makes every thread's copies and
+// zero stores visible. The barrier at the BOTTOM of the previous iteration is what makes the
+// request safe: every warp was done reading the other stage (tile i − 1) before anyone refills it.
+template <class Fetch>
+__device__ inline void next_tile_then_wait(bool has_next, Fetch fetch_next) {
+  if (has_next) {
+    fetch_next();
+    wait_async_copies_but<1>();
+  } else {
+    wait_async_copies_but<0>();
+  }
+  __syncthreads();
+}
+
+// The last key tile a block of queries t0..t0+rows−1 reaches (the diagonal one, clipped to T).
+__device__ inline int last_key_tile(int t0, int rows, const WindowShape& s) {
+  return min(t0 + rows - 1, s.T - 1) / kTile * kTile;
+}
+
+}  // namespace window_v4
+
+// Forward. Shapes: q (B, T, H, 64) fp32, k16, v16 (B, T, Hkv, 64) bf16 copies of k and v,
+// out (B, T, H, 64), lse (B, H, T).
+// Grid (⌈T/128⌉, H, B), 256 threads (8 warps); warp w owns queries t0 + 16w .. t0 + 16w + 15 and
+// holds them as A fragments (staged once, through stage 1 of the K/V buffers, which the first
+// key tile does not use). Key tiles walk from the one holding t0 − W to the diagonal one
+// (10 at W = 512; each warp meets 9 of them). Per tile, all in registers: S = Q·Kᵀ, base-2
+// scores (mask only where the warp's strip needs it), online softmax, O += bf16(P)·V; then
+// out = O / l and lse = m + log l, as versions 2 and 3 write them.
+// Registers: ≤ 128 (2 blocks of 8 warps per SM, twice version 3's warps); shared: 36,864 bytes.
+static __global__ void __launch_bounds__(window_v4::kQueryThreads, 2)
+    window_forward_v4(const float* q, const __nv_bfloat16* k16, const __nv_bfloat16* v16, const float* slopes,
+                      WindowShape s, float scale, float* out, float* lse) {
+  using namespace window_v4;
+  __shared__ KeyValueStages kv;
+  const int t0 = blockIdx.x * kQueries, h = blockIdx.y, b = blockIdx.z, g = h / s.heads_per_kv;
+  const FragmentLane at;  // at.row0 = 16·warp, 0..112: rows of the 128-query block
+  const int first_tile = first_key_tile(t0, s.W), last_tile = last_key_tile(t0, kQueries, s);
+  // Tile 0's copy starts first so it flies while Q is rounded to bf16 (plain loads) into stage 1:
+  // queries t0.. into keys[1], t0 + 64.. into values[1].
+  fetch_key_tile(kv, 0, k16, v16, s, b, first_tile, g);
+  stage_bf16(kv.keys[1], [&](int r) { return window_mma::row_or_null(q, s, b, t0 + r, h, s.H); });
+  stage_bf16(kv.values[1], [&](int r) { return window_mma::row_or_null(q, s, b, t0 + kTile + r, h, s.H); });
+  __syncthreads();
+  std::uint32_t qa[4][4];  // this warp's 16 queries, for every key tile
+  load_a_rows(qa, at.row0 < kTile ? kv.keys[1] : kv.values[1], at.row0 % kTile);
+  __syncthreads();  // every warp has its Q: stage 1 may now receive key tile 1
+  const float score_factor = scale * kLog2e, bias_factor = slopes[h] * kLog2e;
+  const int first_query = t0 + at.row0;
+  OnlineSoftmax16 softmax;
+  Accumulator16x64 o;
+  o.zero();
+  for (int j0 = first_tile, i = 0; j0 <= last_tile; j0 += kTile, ++i) {
+    const int stage = i & 1;
+    next_tile_then_wait(j0 < last_tile, [&] { fetch_key_tile(kv, stage ^ 1, k16, v16, s, b, j0 + kTile, g); });
+    if (first_query < s.T && warp_sees_tile(first_query, j0, s.W)) {
+      Accumulator16x64 scores;
+      scores.zero();
+      multiply_by_transposed(scores, qa, kv.keys[stage]);
+      if (query_strip_needs_mask(first_query, j0, s))
+        query_row_scores<true>(scores, at, score_factor, bias_factor, t0, j0, s);
+      else
+        query_row_scores<false>(scores, at, score_factor, bias_factor, t0, j0, s);
+      softmax.add_tile(scores, o);
+      multiply_packed(o, scores, kv.values[stage]);
+    }
+    __syncthreads();  // every warp is done with this stage before it is refilled (tile i + 2)
+  }
+  const float row_sum[2] = {group_sum(softmax.row_sum[0]), group_sum(softmax.row_sum[1])};  // all lanes shuffle
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int t = t0 + at.row(2 * half);
+    if (t >= s.T) continue;  // padding rows: nothing to write (their l may be 0)
+    const float inv = 1.0f / row_sum[half];
+    float* out_row = out + ((static_cast<long long>(b) * s.T + t) * s.H + h) * kD;
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+      *reinterpret_cast<float2*>(out_row + at.col(j, 0)) =
+          make_float2(o.c[j][2 * half] * inv, o.c[j][2 * half + 1] * inv);
+    if (at.pair == 0)
+      lse[(static_cast<long long>(b) * s.H + h) * s.T + t] = softmax.row_max[half] * kLn2 + logf(row_sum[half]);
+  }
+}
+
+namespace window_v4 {
+
+// dQ's shared memory: its 128 queries' Q and dO (resident), and two stages of K, V.
+// 8 × 9,216 = 73,728 bytes: dynamic (above the 48 KB of static shared memory).
+struct DqShared {
+  BfTile queries[2], douts[2];
+  KeyValueStages kv;
+};
+
+// dK/dV's: its 64 keys' K and V (resident), and two stages of Q, dO with their lse and δ.
+// 6 × 9,216 + 1,024 = 56,320 bytes: dynamic.
+struct DkvShared {
+  BfTile keys, values;
+  BfTile queries[2], douts[2];
+  float lse[2][kTile], delta[2][kTile];  // as written by the forward and window_delta_kernel
+};
+
+}  // namespace window_v4
+
+// dQ. Shapes: q, dout, dq (B, T, H, 64) fp32, k16, v16 (B, T, Hkv, 64) bf16 copies, lse, delta
+// (B, H, T). Grid (⌈T/128⌉, H, B), 256 threads; warp w owns queries t0 + 16w .. + 15 and walks
+// the forward's key tiles. Per tile: S = Q·Kᵀ, P = exp2(S − lse), dP = dO·Vᵀ,
+// dS = P ∘ (dP − δ), dQ += bf16(dS)·K, with Q's and dO's A fragments read from shared memory as
+// needed (version 3 held both: 32 registers). Adds scale·dQ into dq.
+// Registers: ≤ 128 (2 blocks of 8 warps per SM); shared: 73,728 bytes (DqShared).
+static __global__ void __launch_bounds__(window_v4::kQueryThreads, 2)
+    window_dq_v4(const float* q, const __nv_bfloat16* k16, const __nv_bfloat16* v16, const float* slopes,
+                 WindowShape s, float scale, const float* lse, const float* delta, const float* dout, float* dq) {
+  using namespace window_v4;
+  extern __shared__ __align__(16) unsigned char dq_shared_bytes[];
+  DqShared& sh = *reinterpret_cast<DqShared*>(dq_shared_bytes);
+  const int t0 = blockIdx.x * kQueries, h = blockIdx.y, b = blockIdx.z, g = h / s.heads_per_kv;
+  const FragmentLane at;
+  const int first_tile = first_key_tile(t0, s.W), last_tile = last_key_tile(t0, kQueries, s);
+  fetch_key_tile(sh.kv, 0, k16, v16, s, b, first_tile, g);
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {  // Q and dO are read once per block: plain loads, rounded
+    stage_bf16(sh.queries[half], [&](int r) { return window_mma::row_or_null(q, s, b, t0 + kTile * half + r, h, s.H); });
+    stage_bf16(sh.douts[half], [&](int r) { return window_mma::row_or_null(dout, s, b, t0 + kTile * half + r, h, s.H); });
+  }
+  float row_lse[2], row_delta[2];  // this lane's two queries; lse in base 2
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int t = t0 + at.row(2 * half);
+    const long long stat = (static_cast<long long>(b) * s.H + h) * s.T + t;
+    row_lse[half] = t < s.T ? lse[stat] * kLog2e : 0.0f;
+    row_delta[half] = t < s.T ? delta[stat] : 0.0f;
+  }
+  // Q and dO become visible at the loop's first barrier, before any warp reads them.
+  const BfTile& my_queries = sh.queries[at.row0 / kTile];
+  const BfTile& my_douts = sh.douts[at.row0 / kTile];
+  const int my_row = at.row0 % kTile;
+  const float score_factor = scale * kLog2e, bias_factor = slopes[h] * kLog2e;
+  const int first_query = t0 + at.row0;
+  Accumulator16x64 dq_acc;
+  dq_acc.zero();
+  for (int j0 = first_tile, i = 0; j0 <= last_tile; j0 += kTile, ++i) {
+    const int stage = i & 1;
+    next_tile_then_wait(j0 < last_tile, [&] { fetch_key_tile(sh.kv, stage ^ 1, k16, v16, s, b, j0 + kTile, g); });
+    if (first_query < s.T && warp_sees_tile(first_query, j0, s.W)) {
+      Accumulator16x64 p;  // S, then P
+      p.zero();
+      multiply_rows_by_transposed(p, my_queries, my_row, sh.kv.keys[stage]);
+      if (query_strip_needs_mask(first_query, j0, s))
+        query_row_scores<true>(p, at, score_factor, bias_factor, t0, j0, s);
+      else
+        query_row_scores<false>(p, at, score_factor, bias_factor, t0, j0, s);
+      window_mma::probabilities_from_lse(p, at, [&](int u, int) { return row_lse[u / 2]; });
+      Accumulator16x64 ds;  // dP, then dS
+      ds.zero();
+      multiply_rows_by_transposed(ds, my_douts, my_row, sh.kv.values[stage]);
+      window_mma::score_gradients(ds, p, at, [&](int u, int) { return row_delta[u / 2]; });
+      multiply_packed(dq_acc, ds, sh.kv.keys[stage]);
+    }
+    __syncthreads();  // every warp is done with this stage before it is refilled
+  }
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int t = t0 + at.row(2 * half);
+    if (t >= s.T) continue;
+    float* dq_row = dq + ((static_cast<long long>(b) * s.T + t) * s.H + h) * kD;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      float2* x = reinterpret_cast<float2*>(dq_row + at.col(j, 0));
+      *x = make_float2(x->x + scale * dq_acc.c[j][2 * half], x->y + scale * dq_acc.c[j][2 * half + 1]);
+    }
+  }
+}
+
+// dK and dV. Shapes: k, v, dk, dv (B, T, Hkv, 64) fp32, q16, dout16 (B, T, H, 64) bf16 copies,
+// lse, delta (B, H, T). Grid (⌈T/64⌉, Hkv, B), 128 threads; warp w owns keys j0 + 16w .. + 15 of
+// kv head g and walks, for every head of the group, the query tiles from the diagonal one to the
+// one holding j0 + 63 + W: one flat sequence of (head, query tile) steps, pipelined through two
+// stages of Q, dO, lse, δ. Per step, keys as rows (so bf16(Pᵀ), bf16(dSᵀ) are A operands):
+// Sᵀ = K·Qᵀ, Pᵀ = exp2(Sᵀ − lse), dV += bf16(Pᵀ)·dO, dPᵀ = V·dOᵀ, dSᵀ = Pᵀ ∘ (dPᵀ − δ),
+// dK += bf16(dSᵀ)·Q, with K's and V's A fragments read from shared memory as needed.
+// Adds scale·dK into dk and dV into dv (either may be null), as versions 2 and 3 do.
+// Registers: ≤ 168 (3 blocks of 4 warps per SM; dK and dV alone take 64); shared: 56,320 bytes.
+static __global__ void __launch_bounds__(window_v4::kKeyThreads, 3)
+    window_dkv_v4(const float* k, const float* v, const __nv_bfloat16* q16, const __nv_bfloat16* dout16,
+                  const float* slopes, WindowShape s, float scale, const float* lse, const float* delta, float* dk,
+                  float* dv) {
+  using namespace window_v4;
+  extern __shared__ __align__(16) unsigned char dkv_shared_bytes[];
+  DkvShared& sh = *reinterpret_cast<DkvShared*>(dkv_shared_bytes);
+  const int j0 = blockIdx.x * kTile, g = blockIdx.y, b = blockIdx.z;
+  const FragmentLane at;
+  const int last_tile = min(s.T - 1, j0 + kTile - 1 + s.W) / kTile * kTile;
+  const int tiles_per_head = (last_tile - j0) / kTile + 1;
+  const int steps = s.heads_per_kv * tiles_per_head;
+  // Step i: head g·heads_per_kv + i / tiles_per_head, query tile j0 + 64·(i % tiles_per_head).
+  auto head_of = [&](int i) { return g * s.heads_per_kv + i / tiles_per_head; };
+  auto tile_of = [&](int i) { return j0 + kTile * (i % tiles_per_head); };
+  auto fetch_step = [&](int i, int stage) {
+    const int h = head_of(i), t0 = tile_of(i);
+    stage_bf16_async_or_zero(sh.queries[stage], [&](int r) { return bf16_row_or_null(q16, s, b, t0 + r, h, s.H); });
+    stage_bf16_async_or_zero(sh.douts[stage], [&](int r) { return bf16_row_or_null(dout16, s, b, t0 + r, h, s.H); });
+    if (threadIdx.x < kTile) {
+      const int t = t0 + threadIdx.x;
+      const long long stat = (static_cast<long long>(b) * s.H + h) * s.T + t;
+      if (t < s.T) {
+        copy_async_4(&sh.lse[stage][threadIdx.x], lse + stat);
+        copy_async_4(&sh.delta[stage][threadIdx.x], delta + stat);
+      } else {  // padding queries: their scores are masked (P = 0); 0 keeps the arithmetic finite
+        sh.lse[stage][threadIdx.x] = 0.0f;
+        sh.delta[stage][threadIdx.x] = 0.0f;
+      }
+    }
+    commit_async_copies();
+  };
+  fetch_step(0, 0);
+  // K and V are read once per block: plain loads, rounded to bf16 (visible at the first barrier).
+  stage_bf16(sh.keys, [&](int r) { return window_mma::row_or_null(k, s, b, j0 + r, g, s.Hkv); });
+  stage_bf16(sh.values, [&](int r) { return window_mma::row_or_null(v, s, b, j0 + r, g, s.Hkv); });
+  const float score_factor = scale * kLog2e;
+  const int first_key = j0 + at.row0;
+  Accumulator16x64 dk_acc, dv_acc;
+  dk_acc.zero();
+  dv_acc.zero();
+  for (int i = 0; i < steps; ++i) {
+    const int stage = i & 1;
+    next_tile_then_wait(i + 1 < steps, [&] { fetch_step(i + 1, stage ^ 1); });
+    const int h = head_of(i), t0 = tile_of(i);
+    if (first_key < s.T && warp_keys_see_tile(first_key, t0, s.W)) {
+      const float bias_factor = slopes[h] * kLog2e;
+      Accumulator16x64 p;  // Sᵀ, then Pᵀ: rows keys, columns queries
+      p.zero();
+      multiply_rows_by_transposed(p, sh.keys, at.row0, sh.queries[stage]);
+      if (key_strip_needs_mask(first_key, t0, s))
+        key_row_scores<true>(p, at, score_factor, bias_factor, t0, j0, s);
+      else
+        key_row_scores<false>(p, at, score_factor, bias_factor, t0, j0, s);
+      window_mma::probabilities_from_lse(p, at, [&](int, int c) { return sh.lse[stage][c] * kLog2e; });
+      multiply_packed(dv_acc, p, sh.douts[stage]);
+      Accumulator16x64 ds;  // dPᵀ, then dSᵀ
+      ds.zero();
+      multiply_rows_by_transposed(ds, sh.values, at.row0, sh.douts[stage]);
+      window_mma::score_gradients(ds, p, at, [&](int, int c) { return sh.delta[stage][c]; });
+      multiply_packed(dk_acc, ds, sh.queries[stage]);
+    }
+    __syncthreads();  // every warp is done with this stage before it is refilled
+  }
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int j = j0 + at.row(2 * half);
+    if (j >= s.T) continue;
+    const long long key = ((static_cast<long long>(b) * s.T + j) * s.Hkv + g) * kD;
+#pragma unroll
+    for (int jj = 0; jj < 8; ++jj) {
+      const int c = at.col(jj, 0);
+      if (dk) {
+        float2* x = reinterpret_cast<float2*>(dk + key + c);
+        *x = make_float2(x->x + scale * dk_acc.c[jj][2 * half], x->y + scale * dk_acc.c[jj][2 * half + 1]);
+      }
+      if (dv) {
+        float2* x = reinterpret_cast<float2*>(dv + key + c);
+        *x = make_float2(x->x + dv_acc.c[jj][2 * half], x->y + dv_acc.c[jj][2 * half + 1]);
+      }
+    }
+  }
+}
+
+namespace window_v4 {
+
+// Host side: the launches, with the bf16 copies they read. All tensors fp32, contiguous, on the
+// GPU, 16-byte aligned (window_attention_version checked it).
+
+static inline dim3 query_grid(const WindowShape& s) {
+  return dim3(static_cast<unsigned>((s.T + kQueries - 1) / kQueries), static_cast<unsigned>(s.H),
+              static_cast<unsigned>(s.B));
+}
+static inline dim3 key_grid(const WindowShape& s) {
+  return dim3(static_cast<unsigned>((s.T + kTile - 1) / kTile), static_cast<unsigned>(s.Hkv),
+              static_cast<unsigned>(s.B));
+}
+
+static inline void forward(const float* q, const float* k, const float* v, const float* slopes, const WindowShape& s,
+                           float scale, float* out, float* lse) {
+  const long long kv_elements = static_cast<long long>(s.B) * s.T * s.Hkv * kD;
+  const auto k16 = bf16_copy(k, kv_elements), v16 = bf16_copy(v, kv_elements);
+  window_forward_v4<<<query_grid(s), kQueryThreads, 0, ::drt::cuda::stream()>>>(q, as_bf16(k16), as_bf16(v16), slopes, s,
+                                                                               scale, out, lse);
+  DRT_CUDA_CHECK_LAUNCH();
+}  // the copies return to the allocator's cache; later work on the one stream is ordered after the kernel
+
+// delta (B, H, T) = ⟨dO, O⟩ per query, already computed. dq, dk, dv may each be null.
+static inline void backward(const float* q, const float* k, const float* v, const float* slopes, const WindowShape& s,
+                            float scale, const float* lse, const float* delta, const float* dout, float* dq, float* dk,
+                            float* dv) {
+  const long long q_elements = static_cast<long long>(s.B) * s.T * s.H * kD;
+  const long long kv_elements = static_cast<long long>(s.B) * s.T * s.Hkv * kD;
+  if (dq) {
+    constexpr int bytes = int(sizeof(DqShared));
+    // Set on every call: cheap, and it holds for whichever device is current.
+    DRT_CUDA_CHECK(cudaFuncSetAttribute(window_dq_v4, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+    const auto k16 = bf16_copy(k, kv_elements), v16 = bf16_copy(v, kv_elements);
+    window_dq_v4<<<query_grid(s), kQueryThreads, bytes, ::drt::cuda::stream()>>>(
+        q, as_bf16(k16), as_bf16(v16), slopes, s, scale, lse, delta, dout, dq);
+    DRT_CUDA_CHECK_LAUNCH();
+  }
+  if (dk || dv) {
+    constexpr int bytes = int(sizeof(DkvShared));
+    DRT_CUDA_CHECK(cudaFuncSetAttribute(window_dkv_v4, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+    const auto q16 = bf16_copy(q, q_elements), dout16 = bf16_copy(dout, q_elements);
+    window_dkv_v4<<<key_grid(s), kKeyThreads, bytes, ::drt::cuda::stream()>>>(
+        k, v, as_bf16(q16), as_bf16(dout16), slopes, s, scale, lse, delta, dk, dv);
+    DRT_CUDA_CHECK_LAUNCH();
+  }
+}
+
+}  // namespace window_v4
+}  // namespace drt::cuda::attention
