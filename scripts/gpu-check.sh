@@ -42,5 +42,7 @@ if [[ -z "${GPU_CHECK_SKIP_BENCH:-}" ]]; then
   # The paper-size run of issue 6: config_63 with bf16 GEMMs at 16,380 tokens x batch 4 (four
   # micro-batches of one sequence; see include/drt/cuda/README.md for why).
   bench bench_cuda_train --precision bf16 --batch 4 --micro-batch 1 --phases
+  # Inference (issue 7): prefill tokens/s and decode ms/token after 64K and 1M tokens of context.
+  bench bench_cuda_decode
 fi
 exit $status

@@ -45,7 +45,8 @@ inline const CommandSpec& generate_spec() {
        {"segment", "N", "prefill segment in positions (memory is bounded by it)", false, "4096"},
        {"offload", "DIR", "keep the chunk memory in a memory-mapped file in DIR instead of RAM"},
        {"gpt2-dir", "DIR", "GPT-2 tokenizer files, for models with vocab_size >= 50257", false, "data/gpt2"},
-       {"threads", "N", "OpenMP threads (default: OMP_NUM_THREADS or all cores)"}}};
+       {"threads", "N", "OpenMP threads (default: OMP_NUM_THREADS or all cores)"},
+       device_flag_spec()}};
   return spec;
 }
 

@@ -53,7 +53,8 @@ inline const CommandSpec& niah_spec() {
        {"segment", "N", "prefill segment in positions (memory is bounded by it)", false, "4096"},
        {"offload", "DIR", "keep the chunk memory in a memory-mapped file in DIR instead of RAM"},
        {"out", "DIR", "where results.md/.csv and the plots go", false, "runs/niah"},
-       {"threads", "N", "OpenMP threads (default: OMP_NUM_THREADS or all cores)"}}};
+       {"threads", "N", "OpenMP threads (default: OMP_NUM_THREADS or all cores)"},
+       device_flag_spec()}};
   return spec;
 }
 

@@ -1,4 +1,4 @@
-// tools/device_flag.hpp — the --device flag of `drt train` and `drt eval`.
+// tools/device_flag.hpp — the --device flag of `drt train`, `eval`, `generate` and `niah`.
 //
 // `drt` itself is built by the host compiler and runs on the CPU. Where nvcc exists the build
 // also makes `drt-gpu`: the same commands compiled by nvcc with the CUDA backend linked in

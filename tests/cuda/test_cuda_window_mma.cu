@@ -182,7 +182,7 @@ TEST_F(Gpu, WindowAttentionVersion4AgreesWithVersion3) {
     const Tensor<float>* pairs[][2] = {{&v3.out, &v4.out}, {&v3.dq, &v4.dq}, {&v3.dk, &v4.dk}, {&v3.dv, &v4.dv}};
     const char* names[] = {"out", "dq", "dk", "dv"};
     for (int i = 0; i < 4; ++i)
-      expect_near_relative_to_max(pairs[i][0]->to(Device::cpu).cast<double>(), pairs[i][1]->to(Device::cpu), kV3V4Tol,
+      expect_near_relative_to_max(pairs[i][0]->to(Device::cpu).cast<double>(), pairs[i][1]->to(Device::cuda), kV3V4Tol,
                                   names[i]);
   }
 }

@@ -80,6 +80,12 @@ class CachingAllocator {
     release_cached();
   }
 
+  // Starts a new peak from what is in use now (to measure one phase of a program).
+  void reset_peak() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stats_.peak_bytes_in_use = stats_.bytes_in_use;
+  }
+
   AllocatorStats stats() const {
     std::lock_guard<std::mutex> lock(mutex_);
     return stats_;
@@ -138,5 +144,6 @@ inline CachingAllocator& allocator() {
 
 inline AllocatorStats allocator_stats() { return allocator().stats(); }
 inline void empty_cache() { allocator().empty_cache(); }
+inline void reset_peak_memory() { allocator().reset_peak(); }
 
 }  // namespace drt::cuda

@@ -45,9 +45,7 @@ class BaselineDecoder final : public IncrementalDecoder<T> {
     return h;
   }
 
-  Var<T> head(const Var<T>& rows) const override {
-    return linear(rms_norm(rows, model_.final_norm(), static_cast<T>(model_.config().rms_norm_eps)), model_.lm_head());
-  }
+  Var<T> head(const Var<T>& rows) const override { return model_.head_logits(rows); }
 
  private:
   const SlidingWindowLM<T>& model_;

@@ -117,6 +117,18 @@ class DrtDecoder final : public IncrementalDecoder<T> {
   // The retrieval the next tokens use in group g (what the latest landmark chose).
   const ChunkRetrieval<T>& current_retrieval(int g) const { return current_.at(g); }
 
+  // On the GPU: keep every stored chunk's keys and values on the device instead of in the store
+  // (only κ goes on being mirrored). GCA then reads them in place instead of having them copied
+  // in from host memory at every segment, which is what makes a prefill fast; the price is
+  // 2·N·D values of GPU memory per chunk (0.4 MB at config_63 in fp32, 6 GB at 1M tokens). The
+  // store stays empty. Call before the first token.
+  void keep_chunks_on_device(bool on) {
+    DRT_CHECK(!on || device_ != Device::cpu, "DrtDecoder::keep_chunks_on_device: the model is on the CPU");
+    DRT_CHECK(stored_chunks() == 0, "DrtDecoder::keep_chunks_on_device: call it before any chunk is stored");
+    chunks_on_device_ = on;
+  }
+  Index stored_chunks() const { return chunks_on_device_ ? landmarks_on_device_count_ : store_->size(); }
+
   // On the GPU: whether step() replays a recorded graph (the default) or issues the same kernels
   // one by one (for comparison and debugging).
   void use_step_graph(bool on) {
@@ -178,9 +190,10 @@ class DrtDecoder final : public IncrementalDecoder<T> {
     store_completed_chunks(h.value(), p0);
     for (int g = 0; g < c_.groups(); ++g) {
       const std::map<Index, ChunkRetrieval<T>> retrieved = retrieve_in_segment(h, g, p0);
+      const SegmentMemory memory = segment_memory(p0, L, g, retrieved);
       for (const auto& upper : model_.upper_layers(g)) {
         const Var<T> a = attend_block_cached(upper->block, h, caches_[layer++]);
-        h = upper->combine(a, gca_rows(upper->gca, a, p0, g, retrieved));
+        h = upper->combine(a, gca_rows(upper->gca, a, memory));
       }
       if (!retrieved.empty()) current_[g] = retrieved.rbegin()->second;
     }
@@ -192,9 +205,7 @@ class DrtDecoder final : public IncrementalDecoder<T> {
     return h;
   }
 
-  Var<T> head(const Var<T>& rows) const override {
-    return linear(rms_norm(rows, model_.final_norm(), static_cast<T>(c_.rms_norm_eps)), model_.lm_head());
-  }
+  Var<T> head(const Var<T>& rows) const override { return model_.head_logits(rows); }
 
  private:
   // The retrieved chunks of current[g], on the device, for the recorded step's GCA.
@@ -229,7 +240,7 @@ class DrtDecoder final : public IncrementalDecoder<T> {
         const Var<T> a = attend_block_cached(upper->block, h, caches_[layer++], position);
         h = upper->combine(a, gca_token_on_device(upper->gca, a, g));
       }
-    logits_.copy_from(head(h).value().reshape({c_.vocab_size}));
+    logits_.copy_from(head(h).value().select(0, 0).select(0, 0));
     DRT_ON_DEVICE("DrtDecoder", cuda::decode::advance_position(position_.data(), 1));
   }
 
@@ -254,12 +265,21 @@ class DrtDecoder final : public IncrementalDecoder<T> {
     for (int g = 0; g < c_.groups(); ++g) {
       const ChunkRetrieval<T>& want = current_[g];
       RetrievalOnDevice& have = on_device_[g];
-      if (want.index == have.retrieval.index && want.weight == have.retrieval.weight) continue;
+      if (want.index == have.retrieval.index && want.weight == have.retrieval.weight && !chunks_on_device_) continue;
       have.retrieval = want;
       if (want.index.empty() || want.empty()) continue;
+      std::vector<std::int32_t> slot(static_cast<std::size_t>(k), -1);
+      have.weight = Tensor<T>::from({k}, want.weight).to(device_);
+      if (chunks_on_device_) {  // read in place: the slots are the chunk ids
+        for (Index j = 0; j < k; ++j)
+          if (want.index[j] >= 0 && want.weight[j] != T(0)) slot[j] = want.index[j];
+        have.keys = keys_on_device_;
+        have.values = values_on_device_;
+        have.slot = IndexTensor::from({k}, slot).to(device_);
+        continue;
+      }
       Tensor<T> keys = Tensor<T>::zeros({k, N_, Index(c_.num_attention_heads), c_.head_dim()});
       Tensor<T> values = Tensor<T>::zeros(keys.shape());
-      std::vector<std::int32_t> slot(static_cast<std::size_t>(k), -1);
       for (Index j = 0; j < k; ++j) {
         if (want.index[j] < 0 || want.weight[j] == T(0)) continue;
         store_->read(want.index[j], keys.data() + j * N_ * D, values.data() + j * N_ * D);
@@ -268,7 +288,6 @@ class DrtDecoder final : public IncrementalDecoder<T> {
       have.keys = keys.to(device_);
       have.values = values.to(device_);
       have.slot = IndexTensor::from({k}, slot).to(device_);
-      have.weight = Tensor<T>::from({k}, want.weight).to(device_);
     }
   }
 
@@ -291,6 +310,12 @@ class DrtDecoder final : public IncrementalDecoder<T> {
     }
     if (chunks == 0) return;
     const ChunkMemory<T> memory = model_.encode_chunks(constant(completed.reshape({1, chunks * S_, D})));
+    if (chunks_on_device_) {
+      keep_on_device(memory.keys.value().select(0, 0), keys_on_device_);
+      keep_on_device(memory.values.value().select(0, 0), values_on_device_);
+      mirror_landmarks(memory.landmarks.value().contiguous(step_arena()).reshape({chunks, D}));
+      return;
+    }
     auto on_host = [](const Var<T>& v) { return v.value().to(Device::cpu, step_arena()).contiguous(step_arena()); };
     const Tensor<T> keys = on_host(memory.keys), values = on_host(memory.values), landmarks = on_host(memory.landmarks);
     const Index per_chunk = N_ * D;
@@ -299,16 +324,25 @@ class DrtDecoder final : public IncrementalDecoder<T> {
     if (device_ != Device::cpu) mirror_landmarks(memory.landmarks.value().contiguous(step_arena()).reshape({chunks, D}));
   }
 
-  // Appends new κ rows (n, D) to the device copy of the store's landmarks (grown by doubling).
-  void mirror_landmarks(const Tensor<T>& fresh) {
-    const Index n = fresh.size(0), E = landmarks_on_device_count_, D = c_.hidden_size;
-    if (!landmarks_on_device_.defined() || E + n > landmarks_on_device_.size(0)) {
-      Tensor<T> grown = Tensor<T>::empty({std::max<Index>({64, 2 * E, E + n}), D}, nullptr, device_);
-      if (E > 0) grown.slice(0, 0, E).copy_from(landmarks_on_device_.slice(0, 0, E));
-      landmarks_on_device_ = grown;
+  // Appends rows fresh (n, ...) after the first `count` rows of a device buffer that grows by
+  // doubling (the rows before are copied over when it grows).
+  void append_rows(const Tensor<T>& fresh, Tensor<T>& buffer, Index count) const {
+    const Index n = fresh.size(0);
+    if (!buffer.defined() || count + n > buffer.size(0)) {
+      Shape grown_shape = fresh.shape();
+      grown_shape[0] = std::max<Index>({64, 2 * count, count + n});
+      Tensor<T> grown = Tensor<T>::empty(grown_shape, nullptr, device_);
+      if (count > 0) grown.slice(0, 0, count).copy_from(buffer.slice(0, 0, count));
+      buffer = grown;
     }
-    landmarks_on_device_.slice(0, E, E + n).copy_from(fresh);
-    landmarks_on_device_count_ = E + n;
+    buffer.slice(0, count, count + n).copy_from(fresh);
+  }
+  // New chunks' keys or values (n, N, H, d), kept on the device (keep_chunks_on_device).
+  void keep_on_device(const Tensor<T>& fresh, Tensor<T>& buffer) { append_rows(fresh, buffer, landmarks_on_device_count_); }
+  // New κ rows (n, D) appended to the device copy of the landmarks (it counts the stored chunks).
+  void mirror_landmarks(const Tensor<T>& fresh) {
+    append_rows(fresh, landmarks_on_device_, landmarks_on_device_count_);
+    landmarks_on_device_count_ += fresh.size(0);
   }
 
   // Group g's retrieval for every landmark of this segment, by chunk: the query is the stream h
@@ -318,7 +352,7 @@ class DrtDecoder final : public IncrementalDecoder<T> {
     Index first = 0;  // the segment's first landmark row; the others follow every S rows
     while (first < h.size(1) && !is_landmark(p0 + first)) ++first;
     if (first == h.size(1)) return out;
-    const Index D = c_.hidden_size, E = store_->size();
+    const Index D = c_.hidden_size, E = stored_chunks();
     const Tensor<T> at_landmarks = h.value().select(0, 0).slice(0, first, h.size(1), S_).contiguous(step_arena());
     const Index n = at_landmarks.size(0);
     const Tensor<T> query = rms_norm(constant(at_landmarks.reshape({1, n, D})), model_.landmark_norm(g),
@@ -338,63 +372,92 @@ class DrtDecoder final : public IncrementalDecoder<T> {
     return out;
   }
 
-  // The GCA layer's output (1, L, D) for this segment's rows: the rows of chunk c attend to what
-  // landmark c − 1 retrieved; chunk 0, and chunks whose retrieval is empty, get 0.
-  Var<T> gca_rows(const GcaLayer<T>& gca, const Var<T>& a, Index p0, int g,
-                  const std::map<Index, ChunkRetrieval<T>>& retrieved) const {
-    const Index L = a.size(1), D = c_.hidden_size, H = gca.heads, d = gca.head_dim, k = c_.chunk_topk;
+  // What the GCA layers of group g read in this segment: which rows belong to which chunk, what
+  // each chunk's preceding landmark retrieved, and the retrieved chunks themselves, read from the
+  // store once per segment and group (every upper layer of the group shares them).
+  struct SegmentMemory {
     struct QueryChunk {
-      Index first_row, rows;
-      const ChunkRetrieval<T>* retrieval;
+      Index first_row, rows;  // the rows of one chunk within the segment
     };
-    std::vector<QueryChunk> chunks;
+    std::vector<QueryChunk> chunks;  // chunks with a non-empty retrieval (chunk 0 never has one)
+    Index longest = 0;               // M: the most rows of one chunk
+    IndexTensor index;               // (Z, k) slots into keys/values, −1 = empty
+    Tensor<T> weight;                // (Z, k) on the device
+    Tensor<T> keys, values;          // (1, U, N, H, d) on the device: the U distinct chunks retrieved
+  };
+
+  // The rows of chunk c attend to what landmark c − 1 retrieved (in this segment, or current[g]
+  // from an earlier one).
+  SegmentMemory segment_memory(Index p0, Index L, int g, const std::map<Index, ChunkRetrieval<T>>& retrieved) const {
+    SegmentMemory m;
+    std::vector<const ChunkRetrieval<T>*> of_chunk;
     for (Index c = chunk_of(p0); c <= chunk_of(p0 + L - 1); ++c) {
       if (c == 0) continue;
       const auto it = retrieved.find(c - 1);
       const ChunkRetrieval<T>* r = it != retrieved.end() ? &it->second : &current_[g];
       if (r->index.empty() || r->empty()) continue;
       const Index first = std::max(c * S_, p0) - p0, last = std::min((c + 1) * S_, p0 + L) - p0;
-      chunks.push_back({first, last - first, r});
+      m.chunks.push_back({first, last - first});
+      m.longest = std::max(m.longest, last - first);
+      of_chunk.push_back(r);
     }
-    Tensor<T> out = Tensor<T>::zeros({1, L, D}, step_arena(), device_);
-    if (chunks.empty()) return constant(out);
-
-    // Queries as (Z, H, M, d), padded with zero rows to the longest chunk's M.
-    const Index Z = static_cast<Index>(chunks.size());
-    Index M = 0;
-    for (const auto& q : chunks) M = std::max(M, q.rows);
-    const Tensor<T> q_rows =
-        linear(rms_norm(a, gca.pre_norm, gca.eps), gca.q_proj).value().contiguous(step_arena()).reshape({L, H, d});
-    Tensor<T> queries = Tensor<T>::zeros({Z, H, M, d}, step_arena(), device_);
-    for (Index z = 0; z < Z; ++z)
-      queries.select(0, z).slice(1, 0, chunks[z].rows).copy_from(
-          q_rows.slice(0, chunks[z].first_row, chunks[z].first_row + chunks[z].rows).permute({1, 0, 2}));
-
-    // The retrieved chunks, each read from the store once, as a memory (1, U, N, H, d).
-    std::map<std::int32_t, Index> slot_of;
-    IndexTensor index = IndexTensor::full({Z, k}, -1, step_arena());
+    if (m.chunks.empty()) return m;
+    const Index Z = static_cast<Index>(m.chunks.size()), k = c_.chunk_topk, D = c_.hidden_size;
+    std::map<std::int32_t, Index> slot_of;  // stored chunk → its slot in keys/values
+    m.index = IndexTensor::full({Z, k}, -1, step_arena());
     Tensor<T> weight = Tensor<T>::zeros({Z, k}, step_arena());
     for (Index z = 0; z < Z; ++z)
       for (Index j = 0; j < k; ++j) {
-        const std::int32_t e = chunks[z].retrieval->index[j];
-        const T w = chunks[z].retrieval->weight[j];
+        const std::int32_t e = of_chunk[z]->index[j];
+        const T w = of_chunk[z]->weight[j];
         if (e < 0 || w == T(0)) continue;
         const auto [it, added] = slot_of.insert({e, static_cast<Index>(slot_of.size())});
-        index(z, j) = static_cast<std::int32_t>(it->second);
+        m.index(z, j) = static_cast<std::int32_t>(it->second);
         weight(z, j) = w;
       }
+    m.weight = weight.to(device_);
+    if (chunks_on_device_) {  // read in place: the index is the chunk ids themselves
+      for (Index z = 0; z < Z; ++z)
+        for (Index j = 0; j < k; ++j)
+          if (m.index(z, j) >= 0) m.index(z, j) = of_chunk[z]->index[j];
+      m.keys = keys_on_device_.slice(0, 0, stored_chunks()).unsqueeze(0);
+      m.values = values_on_device_.slice(0, 0, stored_chunks()).unsqueeze(0);
+      return m;
+    }
     const Index U = static_cast<Index>(slot_of.size());
-    Tensor<T> keys = Tensor<T>::empty({1, U, N_, H, d}, step_arena()), values = Tensor<T>::empty({1, U, N_, H, d}, step_arena());
+    Tensor<T> keys = Tensor<T>::empty({1, U, N_, Index(c_.num_attention_heads), c_.head_dim()}, step_arena());
+    Tensor<T> values = Tensor<T>::empty(keys.shape(), step_arena());
     for (const auto& [e, u] : slot_of) store_->read(e, keys.data() + u * N_ * D, values.data() + u * N_ * D);
+    m.keys = keys.to(device_);
+    m.values = values.to(device_);
+    return m;
+  }
 
-    const Tensor<T> o = drt::gca(constant(queries), constant(keys.to(device_)), constant(values.to(device_)), index,
-                                 constant(weight.to(device_)), T(1) / std::sqrt(T(d)))
+  // The GCA layer's output (1, L, D) for this segment's rows; rows of chunks without a retrieval get 0.
+  Var<T> gca_rows(const GcaLayer<T>& gca, const Var<T>& a, const SegmentMemory& m) const {
+    const Index L = a.size(1), D = c_.hidden_size, H = gca.heads, d = gca.head_dim;
+    Tensor<T> out = Tensor<T>::zeros({1, L, D}, step_arena(), device_);
+    if (m.chunks.empty()) return constant(out);
+    // Queries as (Z, H, M, d), padded with zero rows to the longest chunk's M.
+    const Index Z = static_cast<Index>(m.chunks.size());
+    const Tensor<T> q_rows =
+        linear(rms_norm(a, gca.pre_norm, gca.eps), gca.q_proj).value().contiguous(step_arena()).reshape({L, H, d});
+    Tensor<T> queries = Tensor<T>::zeros({Z, H, m.longest, d}, step_arena(), device_);
+    for (Index z = 0; z < Z; ++z) {
+      const auto& chunk = m.chunks[z];
+      queries.select(0, z).slice(1, 0, chunk.rows).copy_from(
+          q_rows.slice(0, chunk.first_row, chunk.first_row + chunk.rows).permute({1, 0, 2}));
+    }
+    const Tensor<T> o = drt::gca(constant(queries), constant(m.keys), constant(m.values), m.index, constant(m.weight),
+                                 T(1) / std::sqrt(T(d)))
                             .value();  // (Z, H, M, d)
     const Tensor<T> out_rows = out.reshape({L, H, d});
-    for (Index z = 0; z < Z; ++z)
-      out_rows.slice(0, chunks[z].first_row, chunks[z].first_row + chunks[z].rows)
+    for (Index z = 0; z < Z; ++z) {
+      const auto& chunk = m.chunks[z];
+      out_rows.slice(0, chunk.first_row, chunk.first_row + chunk.rows)
           .permute({1, 0, 2})
-          .copy_from(o.select(0, z).slice(1, 0, chunks[z].rows));
+          .copy_from(o.select(0, z).slice(1, 0, chunk.rows));
+    }
     return linear(constant(out), gca.o_proj);
   }
 
@@ -409,9 +472,11 @@ class DrtDecoder final : public IncrementalDecoder<T> {
   Index next_position_ = 0;
   int tokens_in_chunk_ = 0;
 
-  // The GPU's: κ mirrored for scoring, and what a recorded step reads and writes.
-  Tensor<T> landmarks_on_device_;
+  // The GPU's: κ mirrored for scoring (and, with keep_chunks_on_device, the keys and values), and
+  // what a recorded step reads and writes.
+  Tensor<T> landmarks_on_device_, keys_on_device_, values_on_device_;
   Index landmarks_on_device_count_ = 0;
+  bool chunks_on_device_ = false;
   IndexTensor token_, position_;
   Tensor<T> logits_;
   std::vector<RetrievalOnDevice> on_device_;

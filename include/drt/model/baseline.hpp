@@ -80,6 +80,11 @@ class SlidingWindowLM {
   Var<T> logits(const IndexTensor& tokens) const {
     Var<T> h = embedding(*embed_tokens_, baseline_ids(tokens));  // no padding row
     for (const auto& layer : layers_) h = (*layer)(h);
+    return head_logits(h);
+  }
+
+  // The final norm and the LM head: rows (..., D) → logits (..., V), over the padded table on a GPU.
+  Var<T> head_logits(const Var<T>& h) const {
     return padded_head_.visible(
         linear(rms_norm(h, *norm_, static_cast<T>(config_.rms_norm_eps)), padded_head_.table(lm_head())));
   }

@@ -71,7 +71,13 @@ class DrtModel {
       const Retrieval<T> retrieval = retrieve_for_group(h, g, memory, options);
       for (const auto& layer : upper_[g]) h = (*layer)(h, memory, retrieval, S);
     }
-    return padded_head_.visible(linear(rms_norm(h, *norm_, static_cast<T>(c.rms_norm_eps)), padded_head_.table(lm_head())));
+    return head_logits(h);
+  }
+
+  // The final norm and the LM head: rows (..., D) → logits (..., V). On a GPU the product runs
+  // over the padded table (padded_vocab.hpp) and the logits are its first V columns.
+  Var<T> head_logits(const Var<T>& h) const {
+    return padded_head_.visible(linear(rms_norm(h, *norm_, static_cast<T>(config_.rms_norm_eps)), padded_head_.table(lm_head())));
   }
 
   // Moves every parameter and buffer to `device`; the model then runs there through the same
