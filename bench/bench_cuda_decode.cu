@@ -80,7 +80,8 @@ struct Figures {
   Index recordings = 0;
 };
 
-Figures run(const DrtModel<float>& model, const Options& o, Index context, bool graph, bool chunks_on_device) {
+Figures run(const DrtModel<float>& model, const Options& o, Index context, bool graph, bool chunks_on_device,
+            Precision decode_precision) {
   std::unique_ptr<ChunkStore<float>> store;
   const ModelConfig& c = model.config();
   const Index N = c.drops_landmark_row() ? c.chunk_positions() - 1 : c.chunk_positions();
@@ -98,6 +99,7 @@ Figures run(const DrtModel<float>& model, const Options& o, Index context, bool 
   cuda::synchronize();
   f.prefill_s = seconds_since(t0);
   std::int32_t next = greedy(logits);
+  set_matmul_precision(decode_precision);
   // Each step ends with its logits copied to the host, so host time per step is GPU time too.
   double ordinary = 0, landmark = 0;
   int landmarks = 0;
@@ -112,6 +114,7 @@ Figures run(const DrtModel<float>& model, const Options& o, Index context, bool 
   f.decode_ms = 1e3 * (ordinary + landmark) / o.steps;
   f.ordinary_ms = 1e3 * ordinary / std::max(1, o.steps - landmarks);
   f.landmark_ms = landmarks > 0 ? 1e3 * landmark / landmarks : 0.0;
+  set_matmul_precision(o.precision);
   f.peak_gib = double(cuda::allocator_stats().peak_bytes_in_use) / double(1 << 30);
   f.launches = decoder.step_graph_launches();
   f.recordings = decoder.step_graph_recordings();
@@ -132,21 +135,27 @@ int main(int argc, char** argv) {
                 precision_name(o.precision), static_cast<long long>(o.segment));
     std::printf("the chunk memory in %s; %d decode steps after each prefill\n\n",
                 o.disk.empty() ? "host memory" : "a file", o.steps);
-    std::printf("%-9s %-8s %-6s %9s %13s %10s %10s %10s %9s %9s\n", "context", "step", "chunks", "prefill s",
-                "prefill tok/s", "decode ms", "ordinary", "landmark", "launches", "peak GiB");
+    std::printf("%-9s %-8s %-6s %-6s %9s %13s %10s %10s %10s %9s %9s\n", "context", "step", "chunks", "decode",
+                "prefill s", "prefill tok/s", "decode ms", "ordinary", "landmark", "launches", "peak GiB");
     struct Row {
       bool graph, on_device;
+      Precision decode;
+      bool first_context_only;  // the comparisons: op by op, and the other GEMM precision while decoding
     };
+    const Precision other = o.precision == Precision::fp32 ? Precision::bf16 : Precision::fp32;
     for (const Index context : o.contexts)
-      for (const Row row : {Row{true, false}, Row{false, false}, Row{true, true}}) {
-        if (!row.graph && context != o.contexts.front()) continue;  // op by op once: it is the baseline
-        const Figures f = run(model, o, context, row.graph, row.on_device);
-        std::printf("%-9lld %-8s %-6s %9.3f %13.0f %10.3f %10.3f %10.3f %9s %9.2f\n", static_cast<long long>(context),
-                    row.graph ? "graph" : "op-by-op", row.on_device ? "device" : "host", f.prefill_s,
-                    double(context) / f.prefill_s, f.decode_ms, f.ordinary_ms, f.landmark_ms,
+      for (const Row row : {Row{true, false, o.precision, false}, Row{false, false, o.precision, true},
+                            Row{true, true, o.precision, false}, Row{true, true, other, true}}) {
+        if (row.first_context_only && context != o.contexts.front()) continue;
+        const Figures f = run(model, o, context, row.graph, row.on_device, row.decode);
+        std::printf("%-9lld %-8s %-6s %-6s %9.3f %13.0f %10.3f %10.3f %10.3f %9s %9.2f\n", static_cast<long long>(context),
+                    row.graph ? "graph" : "op-by-op", row.on_device ? "device" : "host", precision_name(row.decode),
+                    f.prefill_s, double(context) / f.prefill_s, f.decode_ms, f.ordinary_ms, f.landmark_ms,
                     row.graph ? std::to_string(f.launches).c_str() : "-", f.peak_gib);
         tape().reset();
       }
+    std::printf("\ndecode: mean ms per token over all steps; ordinary: steps inside a chunk (a graph replay);\n"
+                "landmark: the step that closes a chunk (encoder, retrieval, streaming, recording the next graph)\n");
     std::printf("\nreference (authors' code, bf16, H200): prefill of 65,520 tokens 0.171 s (~382,000 tokens/s, 16.5 GiB);\n"
                 "decode 15.1 ms/token after it (781 launches per token, host-bound)\n");
     return 0;

@@ -299,15 +299,23 @@ class DrtDecoder final : public IncrementalDecoder<T> {
     Index chunks = 0;
     for (Index r = 0; r < L; ++r) chunks += is_landmark(p0 + r) ? 1 : 0;
     Tensor<T> completed = Tensor<T>::empty({chunks * S_, D}, step_arena(), device_);
-    for (Index r = 0, e = 0; r < L;) {
-      const Index slot = (p0 + r) % S_, run = std::min(L - r, S_ - slot);
-      chunk_rows_.slice(0, slot, slot + run).copy_from(rows.slice(0, r, r + run));
-      r += run;
-      if (slot + run == S_) {  // a landmark row: the chunk is complete
-        completed.slice(0, S_ * e, S_ * (e + 1)).copy_from(chunk_rows_);
-        ++e;
+    Index r = 0, done = 0;  // rows of h moved, chunks of `completed` filled
+    // The chunk in progress, if this segment does not start one: its rows so far are in chunk_rows.
+    if (const Index slot = p0 % S_; slot != 0) {
+      const Index run = std::min(L, S_ - slot);
+      chunk_rows_.slice(0, slot, slot + run).copy_from(rows.slice(0, 0, run));
+      r = run;
+      if (slot + run == S_) {  // the segment reaches its landmark: complete
+        completed.slice(0, 0, S_).copy_from(chunk_rows_);
+        done = 1;
       }
     }
+    // Whole chunks, in one copy.
+    const Index whole = (L - r) / S_;
+    if (whole > 0) completed.slice(0, done * S_, (done + whole) * S_).copy_from(rows.slice(0, r, r + whole * S_));
+    r += whole * S_;
+    // The start of the next chunk.
+    if (r < L) chunk_rows_.slice(0, 0, L - r).copy_from(rows.slice(0, r, L));
     if (chunks == 0) return;
     const ChunkMemory<T> memory = model_.encode_chunks(constant(completed.reshape({1, chunks * S_, D})));
     if (chunks_on_device_) {
@@ -433,6 +441,19 @@ class DrtDecoder final : public IncrementalDecoder<T> {
     return m;
   }
 
+  // Calls copy(z, n, first_row, rows) for runs of n consecutive chunks of equal size: a prefill
+  // segment of whole chunks is one run, so its rows move in one strided copy, not one per chunk.
+  template <class Copy>
+  static void for_each_chunk_run(const SegmentMemory& m, Copy copy) {
+    const Index Z = static_cast<Index>(m.chunks.size());
+    for (Index z = 0, n = 1; z < Z; z += n, n = 1) {
+      const auto& first = m.chunks[z];
+      while (z + n < Z && m.chunks[z + n].rows == first.rows && m.chunks[z + n].first_row == first.first_row + n * first.rows)
+        ++n;
+      copy(z, n, first.first_row, first.rows);
+    }
+  }
+
   // The GCA layer's output (1, L, D) for this segment's rows; rows of chunks without a retrieval get 0.
   Var<T> gca_rows(const GcaLayer<T>& gca, const Var<T>& a, const SegmentMemory& m) const {
     const Index L = a.size(1), D = c_.hidden_size, H = gca.heads, d = gca.head_dim;
@@ -443,21 +464,20 @@ class DrtDecoder final : public IncrementalDecoder<T> {
     const Tensor<T> q_rows =
         linear(rms_norm(a, gca.pre_norm, gca.eps), gca.q_proj).value().contiguous(step_arena()).reshape({L, H, d});
     Tensor<T> queries = Tensor<T>::zeros({Z, H, m.longest, d}, step_arena(), device_);
-    for (Index z = 0; z < Z; ++z) {
-      const auto& chunk = m.chunks[z];
-      queries.select(0, z).slice(1, 0, chunk.rows).copy_from(
-          q_rows.slice(0, chunk.first_row, chunk.first_row + chunk.rows).permute({1, 0, 2}));
-    }
+    // Rows [first, first + n·rows) of the segment as n chunks: (n, H, rows, d).
+    auto as_chunks = [&](const Tensor<T>& rows_of_segment, Index first, Index n, Index rows) {
+      return rows_of_segment.slice(0, first, first + n * rows).reshape({n, rows, H, d}).permute({0, 2, 1, 3});
+    };
+    for_each_chunk_run(m, [&](Index z, Index n, Index first, Index rows) {
+      queries.slice(0, z, z + n).slice(2, 0, rows).copy_from(as_chunks(q_rows, first, n, rows));
+    });
     const Tensor<T> o = drt::gca(constant(queries), constant(m.keys), constant(m.values), m.index, constant(m.weight),
                                  T(1) / std::sqrt(T(d)))
                             .value();  // (Z, H, M, d)
     const Tensor<T> out_rows = out.reshape({L, H, d});
-    for (Index z = 0; z < Z; ++z) {
-      const auto& chunk = m.chunks[z];
-      out_rows.slice(0, chunk.first_row, chunk.first_row + chunk.rows)
-          .permute({1, 0, 2})
-          .copy_from(o.select(0, z).slice(1, 0, chunk.rows));
-    }
+    for_each_chunk_run(m, [&](Index z, Index n, Index first, Index rows) {
+      as_chunks(out_rows, first, n, rows).copy_from(o.slice(0, z, z + n).slice(2, 0, rows));
+    });
     return linear(constant(out), gca.o_proj);
   }
 
