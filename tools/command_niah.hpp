@@ -127,13 +127,15 @@ struct NiahLengthResult {
   Index length = 0;
   double reference_accuracy = 0, exact_match = 0, seconds_per_trial = 0, tokens_per_second = 0;
   std::size_t peak_resident = 0, chunks_in_ram = 0, chunks_on_disk = 0;
+  std::size_t peak_device = 0;  // with --device cuda: the most GPU memory in use while testing this length
 };
 
 inline NiahLengthResult run_niah_length(const EvalModel& m, const NiahTask& task, Index length, Index trials, Index segment,
-                                        const std::string& offload) {
+                                        const std::string& offload, Device device) {
   NiahLengthResult r;
   r.length = length;
   reset_peak_resident();
+  if (device != Device::cpu) device_backend(device).reset_peak_memory();
   Index scored = 0, hits = 0, exact = 0, tokens = 0;
   const auto start = std::chrono::steady_clock::now();
   for (Index trial = 0; trial < trials; ++trial) {
@@ -162,6 +164,7 @@ inline NiahLengthResult run_niah_length(const EvalModel& m, const NiahTask& task
   r.seconds_per_trial = seconds / static_cast<double>(trials);
   r.tokens_per_second = static_cast<double>(tokens) / seconds;
   r.peak_resident = peak_resident_bytes();
+  if (device != Device::cpu) r.peak_device = device_backend(device).peak_memory();
   return r;
 }
 
@@ -242,12 +245,14 @@ inline int run_niah(const Args& args, std::ostream& out) {
   out << title << "\nhaystack " << haystack.name() << "\n";
   std::vector<detail::NiahLengthResult> results;
   for (Index length : lengths) {
-    results.push_back(detail::run_niah_length(m, task, length, static_cast<Index>(trials), static_cast<Index>(segment), offload));
+    results.push_back(detail::run_niah_length(m, task, length, static_cast<Index>(trials), static_cast<Index>(segment), offload,
+                                              device_flag(args)));
     const auto& r = results.back();
     char line[256];
-    std::snprintf(line, sizeof line, "length %lld  reference %.2f  exact %.2f  %.2f s/trial  %.0f tokens/s  peak RSS %s\n",
+    std::snprintf(line, sizeof line, "length %lld  reference %.2f  exact %.2f  %.2f s/trial  %.0f tokens/s  peak RSS %s%s%s\n",
                   static_cast<long long>(r.length), r.reference_accuracy, r.exact_match, r.seconds_per_trial, r.tokens_per_second,
-                  mib(r.peak_resident).c_str());
+                  mib(r.peak_resident).c_str(), r.peak_device > 0 ? "  peak GPU memory " : "",
+                  r.peak_device > 0 ? mib(r.peak_device).c_str() : "");
     out << line << std::flush;
   }
   const std::string md = detail::niah_markdown(title, results);

@@ -116,6 +116,9 @@ struct DeviceBackend {
   void (*reduce)(DType type, ReduceKind kind, const void* in, const LaneLayout& lanes, void* out,
                  std::int32_t* argmax);
   void (*gemm)(DType type, const GemmArgs& args);
+  // The most device memory in use at once since the last reset_peak_memory(), in bytes.
+  std::size_t (*peak_memory)();
+  void (*reset_peak_memory)();
 };
 
 namespace detail {

@@ -16,7 +16,8 @@
 namespace drt::cuda {
 
 inline const DeviceBackend& backend() {
-  static const DeviceBackend table{&allocate_device, &copy, &fill, &reduce, &gemm};
+  static const DeviceBackend table{&allocate_device, &copy, &fill, &reduce, &gemm,
+                                   [] { return allocator_stats().peak_bytes_in_use; }, &reset_peak_memory};
   return table;
 }
 

@@ -21,6 +21,9 @@
 // bf16, as cuBLAS's operands are in bf16 mode (k and v into a bf16 copy made once per call,
 // which the blocks gather from; q and dO as they are staged); so are P (before P·V) and, in the
 // backward, P and dS (before the products that consume them). Everything stored stays fp32.
+// Version 4 (the same calls; gca_v4.cuh): version 3's math with cp.async-staged chunks and fewer
+// registers, P normalised and weighted before P·V, and a backward in two passes (query-major:
+// dQ, δ, dW fused; key-major per memory chunk: dK/dV in registers, no atomics).
 // gca_version() says which version a call takes.
 #pragma once
 
@@ -602,6 +605,15 @@ static __global__ void __launch_bounds__(gca_mma::kThreads) gca_backward_mma(con
     }
 }
 
+}  // namespace attention
+}  // namespace drt::cuda
+
+// Version 4 builds on version 3's shape and helpers above.
+#include "drt/cuda/attention/gca_v4.cuh"
+
+namespace drt::cuda {
+namespace attention {
+
 inline bool use_tiled(const GcaShape& s) {
   return s.M <= tiles::kTile && s.N <= tiles::kTile && s.d <= tiles::kTileD;
 }
@@ -614,16 +626,19 @@ inline GcaShape gca_shape(const Shape& q, const Shape& k, const Shape& index) {
   return s;
 }
 
-// The version a call takes: 3 (bf16 tensor cores) for float at M = N = d = 64 when the precision
-// switch says bf16 and the tensors allow 16-byte vector access; 2 (tiled fp32) for other float
-// shapes with M, N, d ≤ 64; 1 for everything else (double, larger shapes).
+// The version a call takes: 4 (bf16 tensor cores, cp.async stages, key-major dK/dV) for float at
+// M = N = d = 64 when the precision switch says bf16 and the tensors allow 16-byte vector access,
+// or 3 on the same calls under a cap of 3; 2 (tiled fp32) for other float shapes with
+// M, N, d ≤ 64; 1 for everything else (double, larger shapes).
 // version_cap() (version.cuh) lowers the ceiling for the kernel lab.
 template <class T>
 int gca_version(const GcaShape& s, Precision precision, bool vector_aligned = true) {
   if (!std::is_same_v<T, float>) return 1;
-  if (version_cap() >= 3 && precision == Precision::bf16 && vector_aligned && s.M == gca_mma::kSize &&
-      s.N == gca_mma::kSize && s.d == gca_mma::kSize)
-    return 3;
+  if (precision == Precision::bf16 && vector_aligned && s.M == gca_mma::kSize && s.N == gca_mma::kSize &&
+      s.d == gca_mma::kSize) {
+    if (version_cap() >= 4) return 4;
+    if (version_cap() >= 3) return 3;
+  }
   return version_cap() >= 2 && use_tiled(s) ? 2 : 1;
 }
 
@@ -639,6 +654,11 @@ void gca_forward(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, con
   const bool aligned = attention::all_aligned(16, {q.data(), k.data(), v.data(), out.data()});
   const int version = attention::gca_version<T>(s, matmul_precision(), aligned);
   if constexpr (std::is_same_v<T, float>) {
+    if (version == 4) {
+      attention::gca_v4::forward(q.data(), k.data(), v.data(), index.data(), weight.data(), s, scale, out.data(),
+                                 lse.data());
+      return;
+    }
     if (version == 3) {
       // The chunk memory as bf16, once per call: each chunk is gathered ~Kc times (once per row
       // that retrieved it), and that gather is what bounds version 3; bf16 halves its bytes.
@@ -675,6 +695,12 @@ void gca_backward(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, co
                        attention::all_aligned(8, {data(dq), data(dk), data(dv)});  // float2 gradients
   const int version = attention::gca_version<T>(s, matmul_precision(), aligned);
   if constexpr (std::is_same_v<T, float>) {
+    if (version == 4) {
+      attention::gca_v4::backward(q.data(), k.data(), v.data(), index.data(), weight.data(), s, scale, lse.data(),
+                                  dout.data(), delta.data(), dq ? dq->data() : nullptr, dk ? dk->data() : nullptr,
+                                  dv ? dv->data() : nullptr, dweight ? dweight->data() : nullptr);
+      return;
+    }
     if (version == 3) {
       constexpr int bytes = int(sizeof(attention::gca_mma::BackwardShared));
       // Set on every call: cheap, and it holds for whichever device is current.

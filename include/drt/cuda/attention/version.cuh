@@ -1,9 +1,9 @@
 // drt/cuda/attention/version.cuh — a cap on which version of the attention kernels runs.
 //
 // Each attention op on the GPU comes in numbered versions (window_attention.cuh, gca.cuh):
-// 1 warp per row, 2 tiled fp32, 3 bf16 tensor cores, 4 (window attention only) bf16 tensor cores
-// with cp.async-staged tiles. A call takes the highest version that fits its shape, element type
-// and precision switch (GCA's highest is 3: a cap of 4 leaves it at 3). The cap lowers that
+// 1 warp per row, 2 tiled fp32, 3 bf16 tensor cores, 4 bf16 tensor cores with cp.async-staged
+// tiles (window_attention_v4.cuh, gca_v4.cuh). A call takes the highest version that fits its
+// shape, element type and precision switch. The cap lowers that
 // ceiling, so that the kernel lab (bench/kernel_lab.cu) and the tests can run every version on
 // the same inputs and show how the fast one was reached; programs never need it. Version 1 takes every call, so any cap ≥ 1
 // leaves every call a version.
