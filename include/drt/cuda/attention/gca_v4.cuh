@@ -106,8 +106,9 @@ __device__ inline float warp_total(float x) {
 //   out += bf16(P · w / Σ_n P) · V,   lse_i = ln2·max + ln Σ_n P.
 // Skipped slots (index −1 or weight 0) get lse = −inf and no work, as in versions 1–3.
 // Chunk i + 1 is copied (cp.async, from the bf16 copies k16, v16) into the other stage while
-// chunk i is multiplied. Registers: ≤ 128 (4 blocks of 4 warps per SM); shared: 36,864 bytes.
-static __global__ void __launch_bounds__(gca_v4::kThreads, 4)
+// chunk i is multiplied. Registers: ≤ 102 (5 blocks of 4 warps per SM: ptxas -v gives 96 and a
+// 12-byte spill; a hint of 4 gives 127 and none); shared: 36,864 bytes (6 blocks would fit).
+static __global__ void __launch_bounds__(gca_v4::kThreads, 5)
     gca_forward_v4(const float* q, const __nv_bfloat16* k16, const __nv_bfloat16* v16, const std::int32_t* index,
                    const float* weight, GcaShape s, float scale, float* out, float* lse) {
   using namespace gca_v4;
