@@ -228,6 +228,31 @@ TEST_F(Gpu, MatmulTf32IsClose) {
 // bf16 operands, fp32 sums: the GPU must compute what the CPU's emulation computes (the same
 // rounded operands; only the order of the fp32 sums differs), and differ from the exact fp32
 // product by what bf16 rounding explains.
+// One output row (a decoding step's linear layers) takes cuda/gemv.cuh instead of cuBLAS: x·Wᵀ
+// with W's rows contiguous (16-byte loads when K allows), x·B with B row-major, a strided x, β = 1,
+// in fp32 and in bf16 (operands rounded as read), against the CPU (which emulates bf16 rounding).
+TEST_F(Gpu, SingleRowProductsMatchTheCpu) {
+  for (const Precision precision : {Precision::fp32, Precision::bf16}) {
+    MatmulPrecisionScope scope(precision);
+    for (const Index K : {Index(256), Index(301)}) {
+      const Index N = 700;
+      const double tol = 4e-6 * double(K);
+      const Tensor<float> x = uniform<float>({1, K}, 71), W = uniform<float>({N, K}, 72), B = uniform<float>({K, N}, 73);
+      const Tensor<float> dx = cuda::to_device(x), dW = cuda::to_device(W), dB = cuda::to_device(B);
+      expect_close(drt::matmul(x, W.transpose(0, 1)), drt::matmul(dx, dW.transpose(0, 1)), tol, 0, "x Wt");
+      expect_close(drt::matmul(x, B), drt::matmul(dx, dB), tol, 0, "x B");
+      const Tensor<float> column = uniform<float>({K, 3}, 74);  // x as a strided view: a column, transposed
+      expect_close(drt::matmul(column.slice(1, 1, 2).transpose(0, 1), B),
+                   drt::matmul(cuda::to_device(column).slice(1, 1, 2).transpose(0, 1), dB), tol, 0, "strided x");
+      Tensor<float> C = uniform<float>({1, N}, 75);
+      Tensor<float> dC = cuda::to_device(C);
+      drt::gemm(x, W.transpose(0, 1), C, 1.0f, 1.0f);
+      drt::gemm(dx, dW.transpose(0, 1), dC, 1.0f, 1.0f);
+      expect_close(C, dC, tol, 0, "beta 1");
+    }
+  }
+}
+
 TEST_F(Gpu, MatmulBf16MatchesTheCpuEmulation) {
   const Index M = 67, K = 300, N = 45;
   const Tensor<float> A = uniform<float>({M, K}, 52), B = uniform<float>({K, N}, 53);

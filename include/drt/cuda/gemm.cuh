@@ -25,6 +25,7 @@
 #include "drt/cuda/bf16.cuh"
 #include "drt/cuda/copy.cuh"
 #include "drt/cuda/error.cuh"
+#include "drt/cuda/gemv.cuh"
 
 #define DRT_CUBLAS_CHECK(call)                                                                       \
   do {                                                                                               \
@@ -65,6 +66,7 @@ inline Index operand_span(Index rows, Index cols, bool row_major, Index ld, Inde
 inline void gemm(DType type, const GemmArgs& g) {
   DRT_CHECK(type == DType::f32 || type == DType::f64, "device gemm: only float and double are supported");
   if (g.M == 0 || g.N == 0 || g.batch == 0) return;
+  if (gemv_applies(type, g)) return gemv(g);  // one output row: a decoding step's linear layers
   const bool f32 = type == DType::f32;
   const bool bf16 = f32 && g.precision == Precision::bf16;
   const cudaDataType_t out_type = f32 ? CUDA_R_32F : CUDA_R_64F;

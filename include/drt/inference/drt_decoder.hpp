@@ -49,6 +49,7 @@
 #include "drt/inference/step_recorder.hpp"
 #include "drt/inference/window_cache.hpp"
 #include "drt/model/drt.hpp"
+#include "drt/nn/topk.hpp"
 
 namespace drt {
 
@@ -367,15 +368,48 @@ class DrtDecoder final : public IncrementalDecoder<T> {
                                      static_cast<T>(ModelConfig::kLandmarkNormEps))
                                 .value()
                                 .reshape({n, D});
-    const Tensor<T> kappa = device_ == Device::cpu ? Tensor<T>::wrap(const_cast<T*>(store_->landmarks()), {E, D})
-                                                   : landmarks_on_device_.slice(0, 0, E);
-    const Tensor<T> scores = matmul(query, kappa.transpose(0, 1), step_arena()).to(Device::cpu, step_arena());  // (n, E)
+    if (device_ != Device::cpu) return top_chunks_on_device(query, p0 + first);
+    const Tensor<T> kappa = Tensor<T>::wrap(const_cast<T*>(store_->landmarks()), {E, D});
+    const Tensor<T> scores = matmul(query, kappa.transpose(0, 1), step_arena());  // (n, E)
     const T scale = T(1) / std::sqrt(T(D));
     std::vector<T> row(static_cast<std::size_t>(E));
     for (Index i = 0; i < n; ++i) {
       const Index c = chunk_of(p0 + first + i * S_);
       for (Index e = 0; e < c; ++e) row[e] = scores(i, e) * scale;
       out[c] = select_chunks(row.data(), c, c_.chunk_topk);
+    }
+    return out;
+  }
+
+  // The GPU's retrieval for landmarks at first_landmark, + S, ...: scores, causal mask and top-k
+  // on the device, so that only k ids and scores per landmark come back to the host (at 1M tokens
+  // a landmark has 16k candidates). The same choice and weights as select_chunks: top-k orders
+  // by score, then lower index.
+  std::map<Index, ChunkRetrieval<T>> top_chunks_on_device(const Tensor<T>& query, Index first_landmark) const {
+    const Index n = query.size(0), D = c_.hidden_size, E = stored_chunks(), c0 = chunk_of(first_landmark), k = c_.chunk_topk;
+    const Tensor<T> raw = matmul(query, landmarks_on_device_.slice(0, 0, E).transpose(0, 1), step_arena());  // (n, E)
+    const Tensor<T> scores = eval(raw * (T(1) / std::sqrt(T(D))), step_arena());
+    // Landmark i (chunk c0 + i) sees chunks e < c0 + i: only columns c0 .. E − 1 can be hidden.
+    Tensor<T> hidden = Tensor<T>::zeros({n, E - c0}, step_arena());
+    for (Index i = 0; i < n; ++i)
+      for (Index j = i; j < E - c0; ++j) hidden(i, j) = -std::numeric_limits<T>::infinity();
+    const Tensor<T> tail = scores.slice(1, c0, E);
+    tail.assign(tail + hidden.to(device_, step_arena()));
+    const int best = static_cast<int>(std::min(k, E));
+    const IndexTensor picked = topk_indices(scores, best, 1, step_arena());
+    const Tensor<T> top = gather(scores, 1, picked, step_arena()).to(Device::cpu, step_arena());
+    const IndexTensor ids = picked.to(Device::cpu, step_arena());
+    std::map<Index, ChunkRetrieval<T>> out;
+    for (Index i = 0; i < n; ++i) {
+      const Index chosen = std::min(c0 + i, k);
+      ChunkRetrieval<T> r{std::vector<std::int32_t>(static_cast<std::size_t>(k), -1), std::vector<T>(static_cast<std::size_t>(k), T(0))};
+      T total = 0;
+      for (Index j = 0; j < chosen; ++j) {
+        r.index[j] = ids(i, j);
+        total += (r.weight[j] = std::exp(top(i, j) - top(i, 0)));
+      }
+      for (Index j = 0; j < chosen; ++j) r.weight[j] /= total;
+      out[c0 + i] = std::move(r);
     }
     return out;
   }
