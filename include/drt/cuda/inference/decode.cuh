@@ -62,6 +62,36 @@ struct OnlineSoftmax {
   }
 };
 
+// Where one key is: its key and value rows and the bias added to its score.
+template <class T>
+struct KeyRef {
+  const T* key;
+  const T* value;
+  T bias;
+};
+
+// Feeds the keys j = first, first + stride, ... ≤ last to `state`, four at a time: a step is
+// latency-bound (each key is a dependent global load), so the four keys' loads go out together.
+template <class T, class KeyAt>
+__device__ void add_keys(OnlineSoftmax<T>& state, const T* q, Index first, Index last, Index stride, int d, int lane,
+                         T scale, KeyAt key_at) {
+  constexpr int kUnroll = 4;
+  for (Index j0 = first; j0 <= last; j0 += kUnroll * stride) {
+    T score[kUnroll];
+    KeyRef<T> at[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const Index j = j0 + u * stride;
+      if (j > last) break;
+      at[u] = key_at(j);
+      score[u] = scale * attention::warp_dot(q, at[u].key, d, lane) + at[u].bias;
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u)
+      if (j0 + u * stride <= last) state.add(score[u], at[u].value, d, lane);
+  }
+}
+
 // Merges the block's kDecodeWarps online softmaxes; returns, in every lane of warp 0, Σ p·v / Σ p
 // (element lane + 32·t in acc[t]). Warps that saw no key have max = −∞ and drop out.
 template <class T>
@@ -111,14 +141,13 @@ __global__ void cached_window_attention_kernel(const T* __restrict__ q, const T*
   const T* qi = q + (static_cast<Index>(r) * H + h) * d;
   const T slope = slopes[h];
   OnlineSoftmax<T> state;
-  for (Index j = first + warp; j <= i; j += kDecodeWarps) {
+  add_keys(state, qi, first + warp, i, kDecodeWarps, d, lane, scale, [&](Index j) {
     // Keys before this call's first position are in the ring, the rest in this call's k_new.
     const Index row = j < first_new ? (j % W) : (j - first_new);
-    const T* kj = (j < first_new ? cache_k : k_new) + (row * Hkv + g) * d;
-    const T* vj = (j < first_new ? cache_v : v_new) + (row * Hkv + g) * d;
-    const T score = scale * attention::warp_dot(qi, kj, d, lane) - slope * static_cast<T>(i - j);
-    state.add(score, vj, d, lane);
-  }
+    const Index at = (row * Hkv + g) * d;
+    return KeyRef<T>{(j < first_new ? cache_k : k_new) + at, (j < first_new ? cache_v : v_new) + at,
+                     -slope * static_cast<T>(i - j)};
+  });
   merge_warps(state, d, warp, lane, out + (static_cast<Index>(r) * H + h) * d, T(1), false);
 }
 
@@ -156,10 +185,10 @@ __global__ void gca_decode_kernel(const T* __restrict__ q, const T* __restrict__
     const T w = weight[j];
     if (u < 0 || w == T(0)) continue;
     OnlineSoftmax<T> state;
-    for (int n = warp; n < N; n += kDecodeWarps) {
+    add_keys(state, qi, warp, N - 1, kDecodeWarps, d, lane, scale, [&](Index n) {
       const Index at = ((static_cast<Index>(u) * N + n) * H + h) * d;
-      state.add(scale * attention::warp_dot(qi, keys + at, d, lane), values + at, d, lane);
-    }
+      return KeyRef<T>{keys + at, values + at, T(0)};
+    });
     merge_warps(state, d, warp, lane, out_row, w, true);
   }
 }
