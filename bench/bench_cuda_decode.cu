@@ -10,9 +10,10 @@
 //
 // Prefill: the prompt goes through DrtDecoder::feed in segments (only the last row reaches the
 // LM head), timed to the end of the GPU's work. Decode: greedy steps after it; "decode" is the
-// mean over all steps, which covers the S − 1 ordinary steps of a chunk and the landmark step
-// that closes it (encoder, retrieval, streaming the new retrieval to the device, recording the
-// next graph); the ordinary and the landmark steps are also shown apart. The chunk memory is in
+// mean over all steps, which covers the S − 1 ordinary steps of a chunk (the first of which
+// records the chunk's graph) and the landmark step that closes it (encoder, retrieval,
+// streaming the new retrieval to the device); the ordinary and the landmark steps are also
+// shown apart. The chunk memory is in
 // host memory (--disk: a file in DIR), or on the device ("device" rows: keep_chunks_on_device).
 #include <algorithm>
 #include <chrono>
@@ -155,7 +156,8 @@ int main(int argc, char** argv) {
         tape().reset();
       }
     std::printf("\ndecode: mean ms per token over all steps; ordinary: steps inside a chunk (a graph replay);\n"
-                "landmark: the step that closes a chunk (encoder, retrieval, streaming, recording the next graph)\n");
+                "landmark: the step that closes a chunk (encoder, retrieval, streaming the retrieved chunks in);\n"
+                "the first ordinary step of a chunk records its graph\n");
     std::printf("\nreference (authors' code, bf16, H200): prefill of 65,520 tokens 0.171 s (~382,000 tokens/s, 16.5 GiB);\n"
                 "decode 15.1 ms/token after it (781 launches per token, host-bound)\n");
     return 0;

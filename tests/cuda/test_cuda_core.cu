@@ -225,12 +225,11 @@ TEST_F(Gpu, MatmulTf32IsClose) {
   expect_close(drt::matmul(A, B), d, 1e-3 * std::sqrt(double(K)) * 3, 0, "tf32");
 }
 
-// bf16 operands, fp32 sums: the GPU must compute what the CPU's emulation computes (the same
-// rounded operands; only the order of the fp32 sums differs), and differ from the exact fp32
-// product by what bf16 rounding explains.
-// One output row (a decoding step's linear layers) takes cuda/gemv.cuh instead of cuBLAS: x·Wᵀ
-// with W's rows contiguous (16-byte loads when K allows), x·B with B row-major, a strided x, β = 1,
-// in fp32 and in bf16 (operands rounded as read), against the CPU (which emulates bf16 rounding).
+// One output row times a transposed-stored B (a decoding step's linear layers: x·Wᵀ) takes
+// cuda/gemv.cuh instead of cuBLAS: W's rows read with 16-byte loads when K allows (K 256) or
+// element by element (K 301), x strided, α ≠ 1 and β = 1, in fp32 and in bf16 (operands rounded
+// as read), against the CPU (which emulates bf16 rounding). x·B with B row-major stays with
+// cuBLAS and is checked too.
 TEST_F(Gpu, SingleRowProductsMatchTheCpu) {
   for (const Precision precision : {Precision::fp32, Precision::bf16}) {
     MatmulPrecisionScope scope(precision);
@@ -242,17 +241,22 @@ TEST_F(Gpu, SingleRowProductsMatchTheCpu) {
       expect_close(drt::matmul(x, W.transpose(0, 1)), drt::matmul(dx, dW.transpose(0, 1)), tol, 0, "x Wt");
       expect_close(drt::matmul(x, B), drt::matmul(dx, dB), tol, 0, "x B");
       const Tensor<float> column = uniform<float>({K, 3}, 74);  // x as a strided view: a column, transposed
-      expect_close(drt::matmul(column.slice(1, 1, 2).transpose(0, 1), B),
-                   drt::matmul(cuda::to_device(column).slice(1, 1, 2).transpose(0, 1), dB), tol, 0, "strided x");
+      const Tensor<float> strided = column.slice(1, 1, 2).transpose(0, 1);
+      const Tensor<float> d_strided = cuda::to_device(column).slice(1, 1, 2).transpose(0, 1);
+      expect_close(drt::matmul(strided, W.transpose(0, 1)), drt::matmul(d_strided, dW.transpose(0, 1)), tol, 0,
+                   "strided x, Wt");
       Tensor<float> C = uniform<float>({1, N}, 75);
       Tensor<float> dC = cuda::to_device(C);
-      drt::gemm(x, W.transpose(0, 1), C, 1.0f, 1.0f);
-      drt::gemm(dx, dW.transpose(0, 1), dC, 1.0f, 1.0f);
-      expect_close(C, dC, tol, 0, "beta 1");
+      drt::gemm(x, W.transpose(0, 1), C, 0.5f, 1.0f);
+      drt::gemm(dx, dW.transpose(0, 1), dC, 0.5f, 1.0f);
+      expect_close(C, dC, tol, 0, "alpha 0.5, beta 1");
     }
   }
 }
 
+// bf16 operands, fp32 sums: the GPU must compute what the CPU's emulation computes (the same
+// rounded operands; only the order of the fp32 sums differs), and differ from the exact fp32
+// product by what bf16 rounding explains.
 TEST_F(Gpu, MatmulBf16MatchesTheCpuEmulation) {
   const Index M = 67, K = 300, N = 45;
   const Tensor<float> A = uniform<float>({M, K}, 52), B = uniform<float>({K, N}, 53);

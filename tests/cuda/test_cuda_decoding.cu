@@ -100,8 +100,8 @@ TEST_F(DecodeKernels, CachedAttentionMatchesTheCpu) {
     }
 }
 
-// The position may come from device memory (what a replayed graph sees): same result as p0 from
-// the host, and the host count is left for note_pushed().
+// The position may come from device memory (what a replayed graph sees): the kernels must read
+// it there, not the host's p0 (given wrong on purpose), and the host count is left for note_pushed().
 TEST_F(DecodeKernels, PositionReadFromTheDevice) {
   NoGradGuard no_grad;
   const Index W = 40, H = 4, Hkv = 2, d = 16;
@@ -111,14 +111,20 @@ TEST_F(DecodeKernels, PositionReadFromTheDevice) {
                       v = uniform<float>({1, Hkv, d}, 3).to(Device::cuda);
   const IndexTensor position = IndexTensor::from({1}, {57}).to(Device::cuda);
   const Tensor<float> from_host = cached_attention(q, k, v, a.device, slopes, 0.25f);
-  const Tensor<float> from_device = cached_attention(q, k, v, b.device, slopes, 0.25f, position.data());
+  Tensor<float> from_device = Tensor<float>::empty({1, H, d}, nullptr, Device::cuda);
+  cuda::decode::cached_window_attention(q, k, v, b.device.keys(), b.device.values(), slopes, 0.25f, /*p0=*/0,
+                                        position.data(), from_device);
   EXPECT_EQ(max_abs_difference(from_host.to(Device::cpu), from_device.to(Device::cpu)), 0.0);
   a.device.push(k, v);
-  b.device.push(k, v, position.data());
-  EXPECT_EQ(b.device.next_position(), 57);
-  b.device.note_pushed(1);
-  EXPECT_EQ(b.device.next_position(), a.device.next_position());
+  cuda::decode::push_to_window_cache(k, v, b.device.keys(), b.device.values(), /*p0=*/0, position.data());
   EXPECT_EQ(max_abs_difference(a.device.keys().to(Device::cpu), b.device.keys().to(Device::cpu)), 0.0);
+  EXPECT_EQ(max_abs_difference(a.device.values().to(Device::cpu), b.device.values().to(Device::cpu)), 0.0);
+  // Through the cache: with a device position the host count waits for note_pushed().
+  CachePair c(W, Hkv, d, 57, 7);
+  c.device.push(k, v, position.data());
+  EXPECT_EQ(c.device.next_position(), 57);
+  c.device.note_pushed(1);
+  EXPECT_EQ(c.device.next_position(), a.device.next_position());
   tape().reset();
 }
 
@@ -179,22 +185,44 @@ TEST_F(GpuDecoding, DrtDecoderMatchesTheCpu) {
   EXPECT_GT(on_gpu.step_graph_launches(), 30u);
 }
 
-// The replayed graph and the same step issued kernel by kernel give the same logits.
+// The replayed graph and the same step issued kernel by kernel give the same logits, in fp32 and
+// in bf16 mode, with steps before any feed and a feed between steps.
 TEST_F(GpuDecoding, GraphReplayEqualsTheStepRunOpByOp) {
   const ModelConfig c = small_config();
   DrtModel<float> model(c, 4);
   perturb(model, 6);
   model.move_to(Device::cuda);
-  DrtDecoder<float> replayed(model), op_by_op(model);
-  op_by_op.use_step_graph(false);
-  const std::vector<std::int32_t> prompt = random_ids(100, 1, 49, 31), tokens = random_ids(90, 1, 49, 32);
-  replayed.feed(prompt, {});
-  op_by_op.feed(prompt, {});
+  for (const Precision precision : {Precision::fp32, Precision::bf16}) {
+    MatmulPrecisionScope scope(precision);
+    DrtDecoder<float> replayed(model), op_by_op(model);
+    op_by_op.use_step_graph(false);
+    const std::vector<std::int32_t> first = random_ids(20, 1, 49, 30), prompt = random_ids(100, 1, 49, 31),
+                                     tokens = random_ids(90, 1, 49, 32);
+    double worst = 0;
+    for (const std::int32_t t : first) worst = std::max(worst, max_abs_difference(replayed.step(t), op_by_op.step(t)));
+    worst = std::max(worst, max_abs_difference(replayed.feed(prompt, all_rows(100)), op_by_op.feed(prompt, all_rows(100))));
+    for (const std::int32_t t : tokens) worst = std::max(worst, max_abs_difference(replayed.step(t), op_by_op.step(t)));
+    EXPECT_LE(worst, 1e-6) << precision_name(precision);
+    EXPECT_EQ(op_by_op.step_graph_recordings(), 0);
+    EXPECT_GE(replayed.step_graph_recordings(), 3);
+    EXPECT_THROW(replayed.step(c.vocab_size), Error);  // a token outside the vocabulary
+  }
+}
+
+// Steps before the first feed and a feed between steps: the GPU follows the CPU.
+TEST_F(GpuDecoding, StepsAndFeedsInterleavedMatchTheCpu) {
+  const ModelConfig c = small_config();
+  DrtModel<float> cpu_model(c, 12), gpu_model(c, 12);
+  perturb(cpu_model, 13);
+  perturb(gpu_model, 13);
+  gpu_model.move_to(Device::cuda);
+  DrtDecoder<float> on_cpu(cpu_model), on_gpu(gpu_model);
   double worst = 0;
-  for (const std::int32_t t : tokens) worst = std::max(worst, max_abs_difference(replayed.step(t), op_by_op.step(t)));
-  EXPECT_LE(worst, 1e-6);
-  EXPECT_EQ(op_by_op.step_graph_recordings(), 0);
-  EXPECT_GE(replayed.step_graph_recordings(), 1);
+  for (const std::int32_t t : random_ids(70, 1, 49, 61)) worst = std::max(worst, max_abs_difference(on_cpu.step(t), on_gpu.step(t)));
+  const std::vector<std::int32_t> middle = random_ids(90, 1, 49, 62);
+  worst = std::max(worst, max_abs_difference(on_cpu.feed(middle, all_rows(90), 33), on_gpu.feed(middle, all_rows(90), 33)));
+  for (const std::int32_t t : random_ids(70, 1, 49, 63)) worst = std::max(worst, max_abs_difference(on_cpu.step(t), on_gpu.step(t)));
+  EXPECT_LT(worst, 1e-3);
 }
 
 // Chunks kept on the device (read in place by GCA) give the logits of chunks streamed from the

@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "drt/cuda/error.cuh"
+#include "drt/cuda/stream.cuh"
 
 namespace drt::cuda {
 
@@ -111,7 +112,7 @@ class CachingAllocator {
     void* p = nullptr;
     cudaError_t status = cudaMalloc(&p, size);
     ++stats_.malloc_calls;
-    if (status == cudaErrorMemoryAllocation) {
+    if (status == cudaErrorMemoryAllocation && !capturing()) {
       (void)cudaGetLastError();  // clear it, free the cache, and try once more
       release_cached();
       status = cudaMalloc(&p, size);
@@ -120,6 +121,12 @@ class CachingAllocator {
     DRT_CHECK(status == cudaSuccess, "device allocation of ", size, " bytes failed: ", cudaGetErrorString(status),
               " (", stats_.bytes_in_use, " bytes in use)");
     return p;
+  }
+
+  // Whether this thread's stream is being recorded into a graph: cudaFree is not allowed then.
+  static bool capturing() {
+    cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+    return cudaStreamIsCapturing(stream(), &status) == cudaSuccess && status != cudaStreamCaptureStatusNone;
   }
 
   void release_cached() {

@@ -63,50 +63,31 @@ __global__ void gemv_transposed_kernel(const float* __restrict__ a, Index a_step
   if (lane == 0) c[n] = alpha * sum + (beta != 0.0f ? beta * c[n] : 0.0f);
 }
 
-// c[n] = α·Σ_k a[k·a_step]·b[k·ldb + n] + β·c[n]; one thread per n.
-template <bool Bf16>
-__global__ void gemv_row_major_kernel(const float* __restrict__ a, Index a_step, const float* __restrict__ b, Index ldb,
-                                      float* c, Index N, Index K, float alpha, float beta) {
-  const Index n = static_cast<Index>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (n >= N) return;
-  float sum = 0.0f;
-  for (Index k = 0; k < K; ++k) sum += operand<Bf16>(a[k * a_step]) * operand<Bf16>(b[k * ldb + n]);
-  c[n] = alpha * sum + (beta != 0.0f ? beta * c[n] : 0.0f);
-}
-
 }  // namespace detail
 
-// Whether gemv() takes this product: one float output row, fp32 or bf16 precision.
+// Whether gemv() takes this product: one float output row times a transposed-stored B, fp32 or bf16.
 inline bool gemv_applies(DType type, const GemmArgs& g) {
-  return type == DType::f32 && g.M == 1 && g.batch == 1 && g.K > 0 &&
+  return type == DType::f32 && g.M == 1 && g.batch == 1 && g.K > 0 && !g.b_row_major &&
          (g.precision == Precision::fp32 || g.precision == Precision::bf16);
 }
 
+// c (1×N) = α·a (1×K)·B + β·c with B(k, n) = b[n·ldb + k].
 inline void gemv(const GemmArgs& g) {
   const auto* a = static_cast<const float*>(g.a);
   const auto* b = static_cast<const float*>(g.b);
   auto* c = static_cast<float*>(g.c);
   const Index a_step = g.a_row_major ? 1 : g.lda;  // A is 1×K: its k-th element
   const float alpha = float(g.alpha), beta = float(g.beta);
-  const bool bf16 = g.precision == Precision::bf16;
   constexpr int kThreads = 256;
-  if (!g.b_row_major) {  // B(k, n) = b[n·ldb + k]
-    const bool vector_loads = a_step == 1 && g.ldb % 4 == 0 && reinterpret_cast<std::uintptr_t>(a) % 16 == 0 &&
-                              reinterpret_cast<std::uintptr_t>(b) % 16 == 0;
-    const unsigned blocks = static_cast<unsigned>((g.N * 32 + kThreads - 1) / kThreads);
-    if (bf16)
-      detail::gemv_transposed_kernel<true><<<blocks, kThreads, 0, stream()>>>(a, a_step, b, g.ldb, c, g.N, g.K, alpha, beta,
-                                                                              vector_loads);
-    else
-      detail::gemv_transposed_kernel<false><<<blocks, kThreads, 0, stream()>>>(a, a_step, b, g.ldb, c, g.N, g.K, alpha, beta,
-                                                                               vector_loads);
-  } else {
-    const unsigned blocks = static_cast<unsigned>((g.N + kThreads - 1) / kThreads);
-    if (bf16)
-      detail::gemv_row_major_kernel<true><<<blocks, kThreads, 0, stream()>>>(a, a_step, b, g.ldb, c, g.N, g.K, alpha, beta);
-    else
-      detail::gemv_row_major_kernel<false><<<blocks, kThreads, 0, stream()>>>(a, a_step, b, g.ldb, c, g.N, g.K, alpha, beta);
-  }
+  const bool vector_loads = a_step == 1 && g.ldb % 4 == 0 && reinterpret_cast<std::uintptr_t>(a) % 16 == 0 &&
+                            reinterpret_cast<std::uintptr_t>(b) % 16 == 0;
+  const unsigned blocks = static_cast<unsigned>((g.N * 32 + kThreads - 1) / kThreads);
+  if (g.precision == Precision::bf16)
+    detail::gemv_transposed_kernel<true><<<blocks, kThreads, 0, stream()>>>(a, a_step, b, g.ldb, c, g.N, g.K, alpha, beta,
+                                                                            vector_loads);
+  else
+    detail::gemv_transposed_kernel<false><<<blocks, kThreads, 0, stream()>>>(a, a_step, b, g.ldb, c, g.N, g.K, alpha, beta,
+                                                                             vector_loads);
   DRT_CUDA_CHECK_LAUNCH();
 }
 

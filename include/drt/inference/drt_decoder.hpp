@@ -143,6 +143,7 @@ class DrtDecoder final : public IncrementalDecoder<T> {
   Tensor<T> step(std::int32_t token) override {
     const bool completes_chunk = tokens_in_chunk_ + 1 == c_.enc_chunk_size;
     if (device_ == Device::cpu || completes_chunk) return IncrementalDecoder<T>::step(token);
+    DRT_CHECK(token < c_.vocab_size, "DrtDecoder::step: token ", token, " is outside the vocabulary of ", c_.vocab_size);
     NoGradGuard no_grad;
     token_.copy_from(IndexTensor::from({1}, {token < 0 ? c_.pad_id : token}));
     if (use_graph_ && recorder_) {
@@ -200,6 +201,8 @@ class DrtDecoder final : public IncrementalDecoder<T> {
     }
     next_position_ += L;
     if (device_ != Device::cpu) {
+      DRT_CHECK(next_position_ < std::numeric_limits<std::int32_t>::max(), "DrtDecoder: ", next_position_,
+                " positions do not fit the GPU's 32-bit position counter");
       position_.copy_from(IndexTensor::from({1}, {static_cast<std::int32_t>(next_position_)}));
       upload_current_retrievals();
     }

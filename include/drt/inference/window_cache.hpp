@@ -48,6 +48,12 @@ class WindowKvCache {
     values_ = Tensor<T>::zeros({window, kv_heads, head_dim}, nullptr, device);
   }
 
+  // The ring is a tensor handle: a copy would share it while counting positions apart.
+  WindowKvCache(const WindowKvCache&) = delete;
+  WindowKvCache& operator=(const WindowKvCache&) = delete;
+  WindowKvCache(WindowKvCache&&) = default;
+  WindowKvCache& operator=(WindowKvCache&&) = default;
+
   Index window() const { return window_; }
   Index next_position() const { return next_; }  // how many positions have gone through
   Device device() const { return keys_.device(); }
@@ -62,8 +68,10 @@ class WindowKvCache {
   // host count is left for note_pushed().
   void push(const Tensor<T>& k, const Tensor<T>& v, const std::int32_t* position_on_device = nullptr) {
     const Index L = k.size(0);
-    DRT_CHECK(k.shape() == v.shape() && k.numel() == L * row() && k.device() == device(), "WindowKvCache::push: k ",
-              k.shape().str(), " and v ", v.shape().str(), " do not fit a cache of ", keys_.shape().str());
+    DRT_CHECK(k.shape() == v.shape() && k.numel() == L * row() && k.device() == device() && k.is_contiguous() &&
+                  v.is_contiguous(),
+              "WindowKvCache::push: k ", k.shape().str(), " and v ", v.shape().str(),
+              " must be contiguous and fit a cache of ", keys_.shape().str());
     if (device() != Device::cpu) {
       DRT_ON_DEVICE("WindowKvCache::push",
                     cuda::decode::push_to_window_cache(k, v, keys_, values_, next_, position_on_device));

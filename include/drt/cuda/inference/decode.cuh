@@ -92,8 +92,8 @@ __device__ void add_keys(OnlineSoftmax<T>& state, const T* q, Index first, Index
   }
 }
 
-// Merges the block's kDecodeWarps online softmaxes; returns, in every lane of warp 0, Σ p·v / Σ p
-// (element lane + 32·t in acc[t]). Warps that saw no key have max = −∞ and drop out.
+// Merges the block's kDecodeWarps online softmaxes into out_row (d values): factor·Σ p·v / Σ p,
+// added to out_row when `accumulate`. Warps that saw no key have max = −∞ and drop out.
 template <class T>
 __device__ void merge_warps(OnlineSoftmax<T>& mine, int d, int warp, int lane, T* out_row, T factor, bool accumulate) {
   __shared__ T maxes[kDecodeWarps], sums[kDecodeWarps];
@@ -238,7 +238,8 @@ void cached_window_attention(const Tensor<T>& q, const Tensor<T>& k_new, const T
   const char* op = "cached_window_attention";
   const Index L = q.size(0), H = q.size(1), d = q.size(2), Hkv = k_new.size(1), W = cache_k.size(0);
   DRT_CHECK(d <= attention::kMaxHeadDim && H % Hkv == 0 && out.shape() == q.shape() && cache_k.size(1) == Hkv &&
-                cache_k.size(2) == d && k_new.size(0) == L,
+                cache_k.size(2) == d && k_new.size(0) == L && v_new.shape() == k_new.shape() &&
+                cache_v.shape() == cache_k.shape() && slopes.numel() == H,
             op, ": q ", q.shape().str(), ", k ", k_new.shape().str(), ", cache ", cache_k.shape().str(), " and out ",
             out.shape().str(), " do not fit together (d ≤ ", attention::kMaxHeadDim, ")");
   if (L == 0) return;
@@ -255,7 +256,8 @@ void push_to_window_cache(const Tensor<T>& k_new, const Tensor<T>& v_new, const 
                           const Tensor<T>& cache_v, Index p0, const std::int32_t* position_on_device) {
   const char* op = "push_to_window_cache";
   const Index L = k_new.size(0), row = cache_k.numel() / cache_k.size(0), W = cache_k.size(0);
-  DRT_CHECK(k_new.shape() == v_new.shape() && k_new.numel() == L * row, op, ": new rows ", k_new.shape().str(),
+  DRT_CHECK(k_new.shape() == v_new.shape() && k_new.numel() == L * row && cache_v.shape() == cache_k.shape(), op,
+            ": new rows ", k_new.shape().str(),
             " do not fit a cache of ", cache_k.shape().str());
   if (L == 0) return;
   push_to_window_cache_kernel<T><<<detail::element_grid(L * row), 256, 0, ::drt::cuda::stream()>>>(

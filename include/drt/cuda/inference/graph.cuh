@@ -42,27 +42,29 @@ class StepGraph {
   template <class Step>
   void record(Step&& step) {
     reset();
-    std::vector<std::shared_ptr<void>> kept;
-    detail::blocks_kept_for_graph() = &kept;
     // Relaxed: a block the allocator has not cached yet may still be cudaMalloc'ed while recording.
     DRT_CUDA_CHECK(cudaStreamBeginCapture(stream(), cudaStreamCaptureModeRelaxed));
+    std::vector<std::shared_ptr<void>> kept;
     cudaGraph_t graph = nullptr;
-    try {
-      step();
-    } catch (...) {
-      detail::blocks_kept_for_graph() = nullptr;
-      (void)cudaStreamEndCapture(stream(), &graph);
-      if (graph != nullptr) (void)cudaGraphDestroy(graph);
-      (void)cudaGetLastError();
-      throw;
+    {
+      const KeepBlocks keeping(kept);
+      try {
+        step();
+      } catch (...) {
+        (void)cudaStreamEndCapture(stream(), &graph);
+        if (graph != nullptr) (void)cudaGraphDestroy(graph);
+        (void)cudaGetLastError();
+        throw;
+      }
     }
-    detail::blocks_kept_for_graph() = nullptr;
     const cudaError_t ended = cudaStreamEndCapture(stream(), &graph);
     DRT_CHECK(ended == cudaSuccess && graph != nullptr, "StepGraph: recording the decoding step failed (",
               cudaGetErrorString(ended), "); something in the step synchronised with the host");
     std::unique_ptr<CUgraph_st, cudaError_t (*)(cudaGraph_t)> owned(graph, cudaGraphDestroy);
-    DRT_CUDA_CHECK(cudaGraphGetNodes(graph, nullptr, &nodes_));
+    std::size_t nodes = 0;
+    DRT_CUDA_CHECK(cudaGraphGetNodes(graph, nullptr, &nodes));
     DRT_CUDA_CHECK(cudaGraphInstantiate(&exec_, graph, 0));
+    nodes_ = nodes;
     kept_ = std::move(kept);
   }
 
@@ -79,6 +81,20 @@ class StepGraph {
   }
 
  private:
+  // While alive, every block the allocator hands out on this thread is also kept in `kept`.
+  class KeepBlocks {
+   public:
+    explicit KeepBlocks(std::vector<std::shared_ptr<void>>& kept) : previous_(detail::blocks_kept_for_graph()) {
+      detail::blocks_kept_for_graph() = &kept;
+    }
+    ~KeepBlocks() { detail::blocks_kept_for_graph() = previous_; }
+    KeepBlocks(const KeepBlocks&) = delete;
+    KeepBlocks& operator=(const KeepBlocks&) = delete;
+
+   private:
+    std::vector<std::shared_ptr<void>>* previous_;
+  };
+
   cudaGraphExec_t exec_ = nullptr;
   std::size_t nodes_ = 0;
   std::vector<std::shared_ptr<void>> kept_;
