@@ -8,7 +8,12 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include "support/decoding.hpp"
+
 using namespace drt;
+using drt::test_support::all_rows;
+using drt::test_support::perturb;
+using drt::test_support::random_ids;
 
 namespace {
 
@@ -31,23 +36,6 @@ ModelConfig decoding_config(int chunk_tokens = 63) {
   return c;
 }
 
-// Every parameter perturbed, the norms' gains included, so that lmk_norm is not the identity
-// (the reference's decoder skips it, spec §14 A5, which only shows with trained gains).
-template <class Model>
-void perturb(const Model& model, std::uint64_t seed) {
-  std::uint64_t counter = 0;
-  for (const auto& p : model.named_parameters()) {
-    const Tensor<float>& v = p.parameter->value();
-    for (Index i = 0; i < v.numel(); ++i) v.data()[i] += 0.3f * static_cast<float>(uniform01(seed, counter++) - 0.5);
-  }
-}
-
-std::vector<std::int32_t> random_ids(Index n, int low, int high, std::uint64_t seed) {
-  std::vector<std::int32_t> ids(static_cast<std::size_t>(n));
-  for (Index i = 0; i < n; ++i) ids[i] = low + static_cast<int>(random_bits(seed, i) % static_cast<std::uint64_t>(high - low));
-  return ids;
-}
-
 // Batch logits (T, V) of a DRT, landmark rows dropped: row t predicts token t + 1.
 Tensor<float> drt_batch_logits(const DrtModel<float>& model, const std::vector<std::int32_t>& tokens) {
   NoGradGuard no_grad;
@@ -55,12 +43,6 @@ Tensor<float> drt_batch_logits(const DrtModel<float>& model, const std::vector<s
   Tensor<float> logits = drop_landmark_rows(model.logits(t).value(), model.config().enc_chunk_size);
   tape().reset();
   return logits.reshape({static_cast<Index>(tokens.size()), model.config().vocab_size});
-}
-
-std::vector<Index> all_rows(Index n) {
-  std::vector<Index> rows(static_cast<std::size_t>(n));
-  for (Index i = 0; i < n; ++i) rows[i] = i;
-  return rows;
 }
 
 float max_abs_difference(const Tensor<float>& a, const Tensor<float>& b) {

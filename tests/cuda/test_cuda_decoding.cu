@@ -4,8 +4,12 @@
 #include <drt/model.hpp>
 
 #include "gpu_test.hpp"
+#include "../support/decoding.hpp"
 
 using namespace drt;
+using drt::test_support::all_rows;
+using drt::test_support::perturb;
+using drt::test_support::random_ids;
 using drt::gpu_test::Gpu;
 using drt::gpu_test::max_abs_difference;
 using drt::gpu_test::uniform;
@@ -33,28 +37,6 @@ ModelConfig small_config() {
   c.tie_word_embeddings = true;
   c.initializer_range = 0.3;
   return c;
-}
-
-// Every parameter perturbed (norm gains included), identically for equal seeds.
-template <class Model>
-void perturb(const Model& model, std::uint64_t seed) {
-  std::uint64_t counter = 0;
-  for (const auto& p : model.named_parameters()) {
-    const Tensor<float>& v = p.parameter->value();
-    for (Index i = 0; i < v.numel(); ++i) v.data()[i] += 0.3f * static_cast<float>(uniform01(seed, counter++) - 0.5);
-  }
-}
-
-std::vector<std::int32_t> random_ids(Index n, int low, int high, std::uint64_t seed) {
-  std::vector<std::int32_t> ids(static_cast<std::size_t>(n));
-  for (Index i = 0; i < n; ++i) ids[i] = low + static_cast<int>(random_bits(seed, i) % static_cast<std::uint64_t>(high - low));
-  return ids;
-}
-
-std::vector<Index> all_rows(Index n) {
-  std::vector<Index> rows(static_cast<std::size_t>(n));
-  for (Index i = 0; i < n; ++i) rows[i] = i;
-  return rows;
 }
 
 // The same ring on the host and on the device after pushing `filled` random positions.
