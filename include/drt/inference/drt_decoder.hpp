@@ -448,7 +448,9 @@ class DrtDecoder final : public IncrementalDecoder<T> {
     }
     if (m.chunks.empty()) return m;
     const Index Z = static_cast<Index>(m.chunks.size()), k = c_.chunk_topk, D = c_.hidden_size;
-    std::map<std::int32_t, Index> slot_of;  // stored chunk → its slot in keys/values
+    // The index points into keys/values: with the chunks on the device those are the whole
+    // memory (the chunk ids themselves); otherwise a gathered copy of the U distinct chunks.
+    std::map<std::int32_t, Index> slot_of;  // stored chunk → its slot in the gathered copy
     m.index = IndexTensor::full({Z, k}, -1, step_arena());
     Tensor<T> weight = Tensor<T>::zeros({Z, k}, step_arena());
     for (Index z = 0; z < Z; ++z)
@@ -456,15 +458,12 @@ class DrtDecoder final : public IncrementalDecoder<T> {
         const std::int32_t e = of_chunk[z]->index[j];
         const T w = of_chunk[z]->weight[j];
         if (e < 0 || w == T(0)) continue;
-        const auto [it, added] = slot_of.insert({e, static_cast<Index>(slot_of.size())});
-        m.index(z, j) = static_cast<std::int32_t>(it->second);
         weight(z, j) = w;
+        if (chunks_on_device_) m.index(z, j) = e;
+        else m.index(z, j) = static_cast<std::int32_t>(slot_of.insert({e, static_cast<Index>(slot_of.size())}).first->second);
       }
     m.weight = weight.to(device_);
-    if (chunks_on_device_) {  // read in place: the index is the chunk ids themselves
-      for (Index z = 0; z < Z; ++z)
-        for (Index j = 0; j < k; ++j)
-          if (m.index(z, j) >= 0) m.index(z, j) = of_chunk[z]->index[j];
+    if (chunks_on_device_) {
       m.keys = keys_on_device_.slice(0, 0, stored_chunks()).unsqueeze(0);
       m.values = values_on_device_.slice(0, 0, stored_chunks()).unsqueeze(0);
       return m;
