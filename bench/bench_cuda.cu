@@ -99,53 +99,95 @@ void chain_op_by_op(benchmark::State& state) {
 
 // ---- GEMM -----------------------------------------------------------------------------------------
 
-struct Gemm {
-  Tensor<float> A = device_uniform({kGemm, kGemm}, 4), B = device_uniform({kGemm, kGemm}, 5);
-  Tensor<float> C = Tensor<float>::empty({kGemm, kGemm}, nullptr, Device::cuda);
-  // bf16 copies of A and B for the cuBLAS baseline (drt makes its own on every call).
-  std::shared_ptr<void> A16 = cuda::bf16_copy(A.data(), A.numel());
-  std::shared_ptr<void> B16 = cuda::bf16_copy(B.data(), B.numel());
+// Two shapes: the classic square one, and a prefill segment's MLP product (16,320 rows of width
+// 768 times a 768 × 2048 weight), where rounding the operands costs most next to the product.
+struct GemmShape {
+  const char* name;
+  Index M, K, N;
 };
-constexpr double kGemmFlops = 2.0 * double(kGemm) * kGemm * kGemm;
-Gemm& gemm_operands() {
-  static Gemm g;
-  return g;
+constexpr GemmShape kGemmShapes[] = {{"gemm4096", kGemm, kGemm, kGemm}, {"gemm_prefill", 16320, 768, 2048}};
+
+struct Gemm {
+  explicit Gemm(const GemmShape& s)
+      : shape(s), A(device_uniform({s.M, s.K}, 4)), B(device_uniform({s.K, s.N}, 5)),
+        C(Tensor<float>::empty({s.M, s.N}, nullptr, Device::cuda)), A16(cuda::bf16_copy(A.data(), A.numel())),
+        B16(cuda::bf16_copy(B.data(), B.numel())) {}
+  GemmShape shape;
+  Tensor<float> A, B, C;
+  // bf16 copies of A and B for the cuBLAS baseline (drt makes its own on every call).
+  std::shared_ptr<void> A16, B16;
+  double flops() const { return 2.0 * double(shape.M) * double(shape.K) * double(shape.N); }
+};
+Gemm& gemm_operands(int shape) {
+  static std::map<int, std::unique_ptr<Gemm>> made;
+  auto& g = made[shape];
+  if (!g) g = std::make_unique<Gemm>(kGemmShapes[shape]);
+  return *g;
 }
 
 // drt::gemm under the precision switch; in bf16 that includes rounding both operands to bf16.
-void gemm_drt(benchmark::State& state, Precision precision) {
-  Gemm& g = gemm_operands();
+void gemm_drt(benchmark::State& state, int shape, Precision precision) {
+  Gemm& g = gemm_operands(shape);
   MatmulPrecisionScope scope(precision);
   time_on_gpu(state, [&] { drt::gemm(g.A, g.B, g.C); });
-  state.counters["TFLOP/s"] = per_second(kGemmFlops * 1e-12);
+  state.counters["TFLOP/s"] = per_second(g.flops() * 1e-12);
 }
 
 // The same product straight through cuBLAS (row-major C = A·B as column-major Cᵀ = Bᵀ·Aᵀ), on
-// operands already in the input type.
-void gemm_cublas(benchmark::State& state, Precision precision) {
-  Gemm& g = gemm_operands();
-  const bool bf16 = precision == Precision::bf16;
-  const cublasComputeType_t compute = precision == Precision::tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+// operands already in the input type; `fast_bf16`: fp32 operands with CUBLAS_COMPUTE_32F_FAST_16BF,
+// cuBLAS rounding them to bf16 itself (the candidate for drt's bf16 mode without its own copies).
+void cublas_product(const Gemm& g, Precision precision, bool fast_bf16) {
+  const bool bf16 = precision == Precision::bf16 && !fast_bf16;
+  const cublasComputeType_t compute = fast_bf16 ? CUBLAS_COMPUTE_32F_FAST_16BF
+                                      : precision == Precision::tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32
+                                                                     : CUBLAS_COMPUTE_32F;
   const cudaDataType_t in = bf16 ? CUDA_R_16BF : CUDA_R_32F;
   const void* a = bf16 ? g.A16.get() : g.A.data();
   const void* b = bf16 ? g.B16.get() : g.B.data();
   const float alpha = 1, beta = 0;
-  const int n = int(kGemm);
-  time_on_gpu(state, [&] {
-    DRT_CUBLAS_CHECK(cublasGemmEx(cuda::blas_handle(), CUBLAS_OP_N, CUBLAS_OP_N, n, n, n, &alpha, b, in, n, a, in, n,
-                                  &beta, g.C.data(), CUDA_R_32F, n, compute, CUBLAS_GEMM_DEFAULT));
-  });
-  state.counters["TFLOP/s"] = per_second(kGemmFlops * 1e-12);
+  const int M = int(g.shape.M), K = int(g.shape.K), N = int(g.shape.N);
+  DRT_CUBLAS_CHECK(cublasGemmEx(cuda::blas_handle(), CUBLAS_OP_N, CUBLAS_OP_N, N, M, K, &alpha, b, in, N, a, in, K, &beta,
+                                g.C.data(), CUDA_R_32F, N, compute, CUBLAS_GEMM_DEFAULT));
+}
+void gemm_cublas(benchmark::State& state, int shape, Precision precision, bool fast_bf16) {
+  Gemm& g = gemm_operands(shape);
+  time_on_gpu(state, [&] { cublas_product(g, precision, fast_bf16); });
+  state.counters["TFLOP/s"] = per_second(g.flops() * 1e-12);
+}
+
+// How far cuBLAS's own bf16 rounding (FAST_16BF) lands from drt's bf16 product, against how far
+// the bf16 product is from exact fp32: if the first is far below the second, the two roundings
+// agree up to summation order.
+void print_fast_bf16_agreement(int shape) {
+  Gemm& g = gemm_operands(shape);
+  auto product = [&](auto run) {
+    run();
+    return g.C.to(Device::cpu);
+  };
+  const Tensor<float> exact = product([&] { MatmulPrecisionScope s(Precision::fp32); drt::gemm(g.A, g.B, g.C); });
+  const Tensor<float> ours = product([&] { MatmulPrecisionScope s(Precision::bf16); drt::gemm(g.A, g.B, g.C); });
+  const Tensor<float> fast = product([&] { cublas_product(g, Precision::bf16, true); });
+  double to_exact = 0, to_fast = 0;
+  for (Index i = 0; i < exact.numel(); ++i) {
+    to_exact = std::max(to_exact, double(std::abs(ours.data()[i] - exact.data()[i])));
+    to_fast = std::max(to_fast, double(std::abs(ours.data()[i] - fast.data()[i])));
+  }
+  std::printf("  %s: max |drt bf16 - cuBLAS FAST_16BF| = %.3g; max |drt bf16 - fp32| = %.3g\n", g.shape.name, to_fast,
+              to_exact);
 }
 
 void register_benchmarks() {
   auto manual = [](benchmark::internal::Benchmark* b) { b->UseManualTime()->Unit(benchmark::kMicrosecond); };
   manual(benchmark::RegisterBenchmark("chain_16M/fused", chain_fused));
   manual(benchmark::RegisterBenchmark("chain_16M/op_by_op", chain_op_by_op));
-  for (Precision p : {Precision::fp32, Precision::tf32, Precision::bf16}) {
-    const std::string name = std::string("gemm4096/") + precision_name(p);
-    manual(benchmark::RegisterBenchmark((name + "/drt").c_str(), gemm_drt, p));
-    manual(benchmark::RegisterBenchmark((name + "/cublas").c_str(), gemm_cublas, p));
+  for (int shape = 0; shape < 2; ++shape) {
+    for (Precision p : {Precision::fp32, Precision::tf32, Precision::bf16}) {
+      const std::string name = std::string(kGemmShapes[shape].name) + "/" + precision_name(p);
+      manual(benchmark::RegisterBenchmark((name + "/drt").c_str(), gemm_drt, shape, p));
+      manual(benchmark::RegisterBenchmark((name + "/cublas").c_str(), gemm_cublas, shape, p, false));
+    }
+    const std::string fast = std::string(kGemmShapes[shape].name) + "/bf16/cublas_fast16bf";
+    manual(benchmark::RegisterBenchmark(fast.c_str(), gemm_cublas, shape, Precision::bf16, true));
   }
 }
 
@@ -188,6 +230,13 @@ void print_summary(const RatioReporter& r) {
               "gemm4096/bf16/cublas", "TFLOP/s");
   print_ratio(r, "GEMM 4096^3: drt tf32 / drt fp32", "gemm4096/tf32/drt", "gemm4096/fp32/drt", "TFLOP/s");
   print_ratio(r, "GEMM 4096^3: drt bf16 / drt fp32", "gemm4096/bf16/drt", "gemm4096/fp32/drt", "TFLOP/s");
+  print_ratio(r, "GEMM 4096^3 bf16: cuBLAS FAST_16BF on fp32 / drt", "gemm4096/bf16/cublas_fast16bf", "gemm4096/bf16/drt",
+              "TFLOP/s");
+  print_ratio(r, "GEMM prefill bf16: drt / cuBLAS on bf16 operands", "gemm_prefill/bf16/drt", "gemm_prefill/bf16/cublas",
+              "TFLOP/s");
+  print_ratio(r, "GEMM prefill bf16: cuBLAS FAST_16BF on fp32 / drt", "gemm_prefill/bf16/cublas_fast16bf",
+              "gemm_prefill/bf16/drt", "TFLOP/s");
+  for (int shape = 0; shape < 2; ++shape) print_fast_bf16_agreement(shape);
 }
 
 }  // namespace

@@ -4,7 +4,7 @@
 // 0.171 s, ~382k tokens/s; decode 15.1 ms/token, 781 launches per token).
 //
 //   bench_cuda_decode [--config FILE] [--contexts N,N,...] [--steps N] [--segment N]
-//                     [--precision fp32|bf16] [--disk DIR]
+//                     [--precision fp32|bf16] [--disk DIR] [--profile prefill|decode]
 //   default: tests/data/config_63.json (the paper's 146M DRT, random weights), contexts 65,520
 //   and 1,048,576 tokens, 128 decode steps, segments of 4,096 positions, bf16
 //
@@ -15,12 +15,19 @@
 // streaming the new retrieval to the device); the ordinary and the landmark steps are also
 // shown apart. The chunk memory is in
 // host memory (--disk: a file in DIR), or on the device ("device" rows: keep_chunks_on_device).
+//
+// --profile prefill|decode runs only one row of the first context (prefill: chunks on the device;
+// decode: chunks in host memory) and brackets its prefill or its decode steps with cudaProfilerStart/Stop, for a per-kernel profile of just that part:
+//   ncu --clock-control none --profile-from-start off --metrics gpu__time_duration.sum --csv
+//       bench_cuda_decode --contexts 16320 --steps 8 --profile decode
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <sstream>
 #include <string>
 #include <vector>
+
+#include <cuda_profiler_api.h>
 
 #include <drt/cuda.cuh>
 #include <drt/model.hpp>
@@ -39,6 +46,7 @@ struct Options {
   Index segment = 4096;
   Precision precision = Precision::bf16;
   std::string disk;
+  std::string profile;  // "", "prefill" or "decode"
 };
 
 Options parse(int argc, char** argv) {
@@ -52,6 +60,10 @@ Options parse(int argc, char** argv) {
     else if (flag == "--segment") o.segment = std::stol(value);
     else if (flag == "--precision") o.precision = parse_precision(value, "--precision");
     else if (flag == "--disk") o.disk = value;
+    else if (flag == "--profile") {
+      DRT_CHECK(value == "prefill" || value == "decode", "bench_cuda_decode: --profile takes prefill or decode, got ", value);
+      o.profile = value;
+    }
     else if (flag == "--contexts") {
       o.contexts.clear();
       std::stringstream list(value);
@@ -95,16 +107,22 @@ Figures run(const DrtModel<float>& model, const Options& o, Index context, bool 
   cuda::synchronize();
   cuda::empty_cache();
   cuda::reset_peak_memory();
+  if (o.profile == "prefill") cudaProfilerStart();
   auto t0 = Clock::now();
   Tensor<float> logits = decoder.feed(prompt, {context - 1}, o.segment).reshape({c.vocab_size});
   cuda::synchronize();
   f.prefill_s = seconds_since(t0);
+  if (o.profile == "prefill") cudaProfilerStop();
   std::int32_t next = greedy(logits);
   set_matmul_precision(decode_precision);
   // Each step ends with its logits copied to the host, so host time per step is GPU time too.
   double ordinary = 0, landmark = 0;
   int landmarks = 0;
   const Index S = c.chunk_positions();
+  if (o.profile == "decode") {  // record the graph outside the profiled steps
+    next = greedy(decoder.step(next));
+    cudaProfilerStart();
+  }
   for (int s = 0; s < o.steps; ++s) {
     const bool closes_chunk = (decoder.positions() + 2) % S == 0;  // this token brings its landmark
     const auto t = Clock::now();
@@ -112,6 +130,7 @@ Figures run(const DrtModel<float>& model, const Options& o, Index context, bool 
     (closes_chunk ? landmark : ordinary) += seconds_since(t);
     landmarks += closes_chunk ? 1 : 0;
   }
+  if (o.profile == "decode") cudaProfilerStop();
   f.decode_ms = 1e3 * (ordinary + landmark) / o.steps;
   f.ordinary_ms = 1e3 * ordinary / std::max(1, o.steps - landmarks);
   f.landmark_ms = landmarks > 0 ? 1e3 * landmark / landmarks : 0.0;
@@ -148,6 +167,11 @@ int main(int argc, char** argv) {
       for (const Row row : {Row{true, false, o.precision, false}, Row{false, false, o.precision, true},
                             Row{true, true, o.precision, false}, Row{true, true, other, true}}) {
         if (row.first_context_only && context != o.contexts.front()) continue;
+        // A profile takes one row: the prefill with the chunks on the device (the fast one), the
+        // decode steps with the chunks in host memory (the default).
+        if (!o.profile.empty() && (context != o.contexts.front() || !row.graph || row.decode != o.precision ||
+                                   row.on_device != (o.profile == "prefill")))
+          continue;
         const Figures f = run(model, o, context, row.graph, row.on_device, row.decode);
         std::printf("%-9lld %-8s %-6s %-6s %9.3f %13.0f %10.3f %10.3f %10.3f %9s %9.2f\n", static_cast<long long>(context),
                     row.graph ? "graph" : "op-by-op", row.on_device ? "device" : "host", precision_name(row.decode),

@@ -59,27 +59,29 @@ struct CachePair {
 
 // Both ways the GPU attends over the cache (the kernel for a few rows, the training op over
 // [cache ; segment] for long ones) against the CPU loop, with the ring empty, partly filled and
-// wrapped, for 1, 5 and 100 new rows.
+// wrapped, for 1, 5 and 100 new rows; with W = 40 a row's keys fit one tile of the decode kernel,
+// with W = 150 they take three (64 + 64 + 23) that the merge must put together.
 TEST_F(DecodeKernels, CachedAttentionMatchesTheCpu) {
-  const Index W = 40, H = 4, Hkv = 2, d = 16;
+  const Index H = 4, Hkv = 2;
   const Tensor<float> slopes = alibi_slopes<float>(int(H));
-  for (const Index filled : {Index(0), Index(17), Index(133)})
-    for (const Index L : {Index(1), Index(5), Index(100)}) {
-      NoGradGuard no_grad;
-      CachePair caches(W, Hkv, d, filled, 100 + filled);
-      const Tensor<float> q = uniform<float>({L, H, d}, 1), k = uniform<float>({L, Hkv, d}, 2), v = uniform<float>({L, Hkv, d}, 3);
-      const Tensor<float> cpu = cached_attention(q, k, v, caches.host, slopes, 0.25f);
-      const Tensor<float> gpu = cached_attention(q.to(Device::cuda), k.to(Device::cuda), v.to(Device::cuda), caches.device,
-                                                 slopes.to(Device::cuda), 0.25f);
-      EXPECT_LT(max_abs_difference(cpu, gpu.to(Device::cpu)), 2e-5) << "filled " << filled << ", L " << L;
-      // And the push that follows leaves the same ring.
-      caches.host.push(k, v);
-      caches.device.push(k.to(Device::cuda), v.to(Device::cuda));
-      EXPECT_EQ(caches.device.next_position(), caches.host.next_position());
-      EXPECT_EQ(max_abs_difference(caches.host.keys(), caches.device.keys().to(Device::cpu)), 0.0);
-      EXPECT_EQ(max_abs_difference(caches.host.values(), caches.device.values().to(Device::cpu)), 0.0);
-      tape().reset();
-    }
+  for (const auto& [W, d] : {std::pair<Index, Index>{40, 16}, std::pair<Index, Index>{150, 64}})
+    for (const Index filled : {Index(0), Index(17), Index(133), Index(400)})
+      for (const Index L : {Index(1), Index(5), Index(100)}) {
+        NoGradGuard no_grad;
+        CachePair caches(W, Hkv, d, filled, 100 + filled);
+        const Tensor<float> q = uniform<float>({L, H, d}, 1), k = uniform<float>({L, Hkv, d}, 2), v = uniform<float>({L, Hkv, d}, 3);
+        const Tensor<float> cpu = cached_attention(q, k, v, caches.host, slopes, 0.25f);
+        const Tensor<float> gpu = cached_attention(q.to(Device::cuda), k.to(Device::cuda), v.to(Device::cuda), caches.device,
+                                                   slopes.to(Device::cuda), 0.25f);
+        EXPECT_LT(max_abs_difference(cpu, gpu.to(Device::cpu)), 2e-5) << "W " << W << ", filled " << filled << ", L " << L;
+        // And the push that follows leaves the same ring.
+        caches.host.push(k, v);
+        caches.device.push(k.to(Device::cuda), v.to(Device::cuda));
+        EXPECT_EQ(caches.device.next_position(), caches.host.next_position());
+        EXPECT_EQ(max_abs_difference(caches.host.keys(), caches.device.keys().to(Device::cpu)), 0.0);
+        EXPECT_EQ(max_abs_difference(caches.host.values(), caches.device.values().to(Device::cpu)), 0.0);
+        tape().reset();
+      }
 }
 
 // The position may come from device memory (what a replayed graph sees): the kernels must read
@@ -111,32 +113,35 @@ TEST_F(DecodeKernels, PositionReadFromTheDevice) {
 }
 
 // GCA's inference variant (2 query rows, k = 4 slots, one empty, one with weight 0) against the
-// training op on the CPU.
+// training op on the CPU; chunks of 64 keys are one tile of the decode kernel, chunks of 100 two.
 TEST_F(DecodeKernels, GcaDecodeMatchesTheCpuOp) {
-  NoGradGuard no_grad;
-  const Index R = 2, H = 4, d = 16, U = 3, N = 64, k = 4;
-  const Tensor<float> q = uniform<float>({R, H, d}, 11), keys = uniform<float>({U, N, H, d}, 12),
-                      values = uniform<float>({U, N, H, d}, 13);
-  const std::vector<std::int32_t> slots = {2, -1, 0, 1};
-  const std::vector<float> weights = {0.5f, 0.0f, 0.3f, 0.0f};
-  const float scale = 0.25f;
-  // The CPU op: Z = 1, M = R, memory (1, U, N, H, d); slot −1 becomes weight 0 on slot 0.
-  const Tensor<float> q_op = q.permute({1, 0, 2}).contiguous().reshape({1, H, R, d});
-  IndexTensor index = IndexTensor::from({1, k}, {2, 0, 0, 1});
-  const Tensor<float> weight = Tensor<float>::from({1, k}, weights);
-  const Tensor<float> cpu = gca(constant(q_op), constant(keys.reshape({1, U, N, H, d})),
-                                constant(values.reshape({1, U, N, H, d})), index, constant(weight), scale)
-                                .value()
-                                .reshape({H, R, d})
-                                .permute({1, 0, 2})
-                                .contiguous();
-  Tensor<float> gpu = Tensor<float>::empty({R, H, d}, nullptr, Device::cuda);
-  cuda::decode::gca_decode(q.to(Device::cuda), keys.to(Device::cuda), values.to(Device::cuda),
-                           IndexTensor::from({k}, slots).to(Device::cuda), Tensor<float>::from({k}, weights).to(Device::cuda),
-                           scale, gpu);
-  EXPECT_LT(max_abs_difference(cpu, gpu.to(Device::cpu)), 2e-6);
-  EXPECT_GT(max_abs_difference(cpu, Tensor<float>::zeros(cpu.shape())), 1e-2);  // not trivially zero
-  tape().reset();
+  for (const auto& [N, d] : {std::pair<Index, Index>{64, 16}, std::pair<Index, Index>{100, 64}}) {
+    SCOPED_TRACE("N " + std::to_string(N) + ", d " + std::to_string(d));
+    NoGradGuard no_grad;
+    const Index R = 2, H = 4, U = 3, k = 4;
+    const Tensor<float> q = uniform<float>({R, H, d}, 11), keys = uniform<float>({U, N, H, d}, 12),
+                        values = uniform<float>({U, N, H, d}, 13);
+    const std::vector<std::int32_t> slots = {2, -1, 0, 1};
+    const std::vector<float> weights = {0.5f, 0.0f, 0.3f, 0.0f};
+    const float scale = 0.25f;
+    // The CPU op: Z = 1, M = R, memory (1, U, N, H, d); slot −1 becomes weight 0 on slot 0.
+    const Tensor<float> q_op = q.permute({1, 0, 2}).contiguous().reshape({1, H, R, d});
+    IndexTensor index = IndexTensor::from({1, k}, {2, 0, 0, 1});
+    const Tensor<float> weight = Tensor<float>::from({1, k}, weights);
+    const Tensor<float> cpu = gca(constant(q_op), constant(keys.reshape({1, U, N, H, d})),
+                                  constant(values.reshape({1, U, N, H, d})), index, constant(weight), scale)
+                                  .value()
+                                  .reshape({H, R, d})
+                                  .permute({1, 0, 2})
+                                  .contiguous();
+    Tensor<float> gpu = Tensor<float>::empty({R, H, d}, nullptr, Device::cuda);
+    cuda::decode::gca_decode(q.to(Device::cuda), keys.to(Device::cuda), values.to(Device::cuda),
+                             IndexTensor::from({k}, slots).to(Device::cuda), Tensor<float>::from({k}, weights).to(Device::cuda),
+                             scale, gpu);
+    EXPECT_LT(max_abs_difference(cpu, gpu.to(Device::cpu)), 2e-6);
+    EXPECT_GT(max_abs_difference(cpu, Tensor<float>::zeros(cpu.shape())), 1e-2);  // not trivially zero
+    tape().reset();
+  }
 }
 
 // The whole DRT decoder: GPU against CPU on a prompt fed in one long segment (the training

@@ -231,6 +231,7 @@ TYPED_TEST(NnGpu, RmsNorm) {
   // dγ sums one term per row (mixed signs, so some sums are near 0): its rounding grows with the
   // count of rows, hence an absolute tolerance of 4·ε·rows for the gradients (at least atol).
   auto grad_atol = [&](Index rows) { return std::max(atol, 4 * double(std::numeric_limits<T>::epsilon()) * rows); };
+  // 42 rows: too few for a warp per row, so a block per row; the 2,100 rows below take a warp each.
   check_op<T>(
       "rms_norm", {uniform<T>({6, 7, 129}, 20), uniform<T>({129}, 21, T(0.5), T(1.5))},
       [&](const auto& v) { return rms_norm(v[0], v[1], eps); }, atol, rtol, {}, grad_atol(42));

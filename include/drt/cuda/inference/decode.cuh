@@ -18,11 +18,16 @@
 // `position_on_device` when that is given (a replay then sees the current position), and from the
 // host argument `p0` otherwise (the eager path).
 //
-// Layout of the attention kernels: one block per (row, head), kDecodeWarps warps. The keys are
-// dealt round-robin to the warps; each warp keeps an online softmax (running max, running sum,
-// and the weighted sum of values, lane l holding elements l, l + 32, ... of d), and the warps'
-// partial results are merged through shared memory at the end. A decode step has only H·L
-// (row, head) pairs, so splitting the keys over warps is what gives the GPU enough parallel work.
+// Layout of the attention kernels (flash-decoding): a step has only H·L (row, head) pairs, far
+// too few blocks for the GPU if each walks its keys alone (one block per pair spent ~100 µs on
+// a window of 513 keys, one dependent load after another). So the keys are cut into tiles of
+// kTileKeys, and every (tile, head, row) is a block of its own: its threads score the tile's
+// keys together (kThreadsPerKey threads per key), take the tile's max and sum, and form the
+// tile's Σ exp(score − max)·v, each phase one round of independent loads. A second, small kernel
+// merges the tiles: for window attention all of a row's tiles by their maxima (one softmax), for
+// GCA each chunk's tiles into its own softmax, then the chunks weighted by the retrieval weights.
+// The tile count is fixed by W (or k and N), not by the position, so a recorded graph replays
+// with the same grid at every position; tiles with no key drop out of the merge.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -36,120 +41,171 @@
 
 namespace drt::cuda::decode {
 
-inline constexpr int kDecodeWarps = 8;
-inline constexpr int kDecodeThreads = kDecodeWarps * attention::kWarp;
+inline constexpr int kTileKeys = 64;
+inline constexpr int kTileThreads = 256;
+inline constexpr int kThreadsPerKey = kTileThreads / kTileKeys;  // they split the head width
 
 __device__ inline Index position_of(Index p0, const std::int32_t* position_on_device) {
   return position_on_device != nullptr ? static_cast<Index>(*position_on_device) : p0;
 }
 
-// One warp's online softmax over the keys it was dealt.
-template <class T>
-struct OnlineSoftmax {
-  T max = attention::minus_infinity<T>(), sum = T(0);
-  T acc[attention::kPerLane] = {};
-
-  __device__ void add(T score, const T* value, int d, int lane) {
-    const T new_max = score > max ? score : max;
-    const T rescale = attention::device_exp(max - new_max), p = attention::device_exp(score - new_max);
-    sum = sum * rescale + p;
-#pragma unroll
-    for (int t = 0; t < attention::kPerLane; ++t) {
-      const int e = lane + t * attention::kWarp;
-      if (e < d) acc[t] = acc[t] * rescale + p * value[e];
-    }
-    max = new_max;
-  }
+// The keys of one tile: key j's key and value rows and the bias added to its score, for
+// j = first .. first + count − 1 (count ≤ kTileKeys; 0 for a tile past the end).
+struct TileSpan {
+  Index first;
+  int count;
 };
 
-// Where one key is: its key and value rows and the bias added to its score.
+// Window attention's keys for row r (position i = p + r): positions max(0, i − W) .. i, those
+// before p in the ring (slot j mod W), the rest in this call's k_new/v_new.
 template <class T>
-struct KeyRef {
-  const T* key;
-  const T* value;
-  T bias;
+struct WindowKeys {
+  const T *k_new, *v_new, *cache_k, *cache_v, *slopes;
+  int H, Hkv, d;
+  Index W, p0;
+  const std::int32_t* position_on_device;
+
+  __device__ Index first_new() const { return position_of(p0, position_on_device); }
+  __device__ TileSpan span(int r, int tile) const {
+    const Index i = first_new() + r, first = (i - W > 0 ? i - W : 0) + Index(tile) * kTileKeys;
+    const Index count = i - first + 1;
+    return {first, count <= 0 ? 0 : count > kTileKeys ? kTileKeys : static_cast<int>(count)};
+  }
+  __device__ Index offset(int h, Index j) const {
+    const Index p = first_new(), row = j < p ? j % W : j - p;
+    return (row * Hkv + h / (H / Hkv)) * d;
+  }
+  __device__ const T* key(int, int h, Index j) const { return (j < first_new() ? cache_k : k_new) + offset(h, j); }
+  __device__ const T* value(int, int h, Index j) const { return (j < first_new() ? cache_v : v_new) + offset(h, j); }
+  __device__ T bias(int r, int h, Index j) const { return -slopes[h] * static_cast<T>(first_new() + r - j); }
 };
 
-// Feeds the keys j = first, first + stride, ... ≤ last to `state`, four at a time: a step is
-// latency-bound (each key is a dependent global load), so the four keys' loads go out together.
-template <class T, class KeyAt>
-__device__ void add_keys(OnlineSoftmax<T>& state, const T* q, Index first, Index last, Index stride, int d, int lane,
-                         T scale, KeyAt key_at) {
-  constexpr int kUnroll = 4;
-  for (Index j0 = first; j0 <= last; j0 += kUnroll * stride) {
-    T score[kUnroll];
-    KeyRef<T> at[kUnroll];
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const Index j = j0 + u * stride;
-      if (j > last) break;
-      at[u] = key_at(j);
-      score[u] = scale * attention::warp_dot(q, at[u].key, d, lane) + at[u].bias;
-    }
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u)
-      if (j0 + u * stride <= last) state.add(score[u], at[u].value, d, lane);
-  }
-}
-
-// Merges the block's kDecodeWarps online softmaxes into out_row (d values): factor·Σ p·v / Σ p,
-// added to out_row when `accumulate`. Warps that saw no key have max = −∞ and drop out.
+// GCA's keys: tile t is part t mod P of retrieved chunk t / P (P = ⌈N / kTileKeys⌉ tiles per
+// chunk); an empty slot (−1) or a weight of 0 gives empty tiles.
 template <class T>
-__device__ void merge_warps(OnlineSoftmax<T>& mine, int d, int warp, int lane, T* out_row, T factor, bool accumulate) {
-  __shared__ T maxes[kDecodeWarps], sums[kDecodeWarps];
-  __shared__ T accs[kDecodeWarps][attention::kMaxHeadDim];
-  if (lane == 0) {
-    maxes[warp] = mine.max;
-    sums[warp] = mine.sum;
+struct ChunkKeys {
+  const T *keys, *values;  // (U, N, H, d)
+  const std::int32_t* slot;
+  const T* weight;
+  int N, H, d, tiles_per_chunk;
+
+  __device__ TileSpan span(int, int tile) const {
+    const int j = tile / tiles_per_chunk, first = (tile % tiles_per_chunk) * kTileKeys;
+    if (slot[j] < 0 || weight[j] == T(0)) return {0, 0};
+    const int count = N - first;
+    return {Index(slot[j]) * N + first, count > kTileKeys ? kTileKeys : count};
+  }
+  __device__ const T* key(int, int h, Index j) const { return keys + (j * H + h) * d; }
+  __device__ const T* value(int, int h, Index j) const { return values + (j * H + h) * d; }
+  __device__ T bias(int, int, Index) const { return T(0); }
+};
+
+// Block (tile, h, r): the tile's max score m, s = Σ exp(score − m) and acc = Σ exp(score − m)·v,
+// into tile_stats (L, H, tiles, 2) and tile_acc (L, H, tiles, d). An empty tile writes m = −∞, s = 0.
+template <class T, class Keys>
+__global__ void __launch_bounds__(kTileThreads)
+    attend_tile_kernel(const T* __restrict__ q, Keys keys, T scale, T* __restrict__ tile_stats, T* __restrict__ tile_acc) {
+  const int tile = blockIdx.x, h = blockIdx.y, r = blockIdx.z, H = gridDim.y, tiles = gridDim.x, d = keys.d;
+  const Index pair = (static_cast<Index>(r) * H + h) * tiles + tile;
+  const TileSpan span = keys.span(r, tile);  // the same for the whole block
+  if (span.count == 0) {
+    if (threadIdx.x == 0) {
+      tile_stats[2 * pair] = attention::minus_infinity<T>();
+      tile_stats[2 * pair + 1] = T(0);
+    }
+    for (int e = threadIdx.x; e < d; e += blockDim.x) tile_acc[pair * d + e] = T(0);
+    return;
+  }
+  __shared__ T q_row[attention::kMaxHeadDim];
+  __shared__ T p[kTileKeys];
+  __shared__ T warp_part[2];
+  __shared__ T acc_part[kTileThreads];
+  for (int e = threadIdx.x; e < d; e += blockDim.x) q_row[e] = q[(static_cast<Index>(r) * H + h) * d + e];
+  __syncthreads();
+
+  // Scores: kThreadsPerKey neighbouring threads share one key's dot product.
+  const int key = threadIdx.x / kThreadsPerKey, part = threadIdx.x % kThreadsPerKey;
+  const bool has_key = key < span.count;
+  T dot = T(0);
+  if (has_key) {
+    const T* k_row = keys.key(r, h, span.first + key);
+#pragma unroll 8
+    for (int e = part; e < d; e += kThreadsPerKey) dot += q_row[e] * k_row[e];
   }
 #pragma unroll
-  for (int t = 0; t < attention::kPerLane; ++t) {
-    const int e = lane + t * attention::kWarp;
-    if (e < d) accs[warp][e] = mine.acc[t];
+  for (int offset = kThreadsPerKey / 2; offset > 0; offset >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, offset);
+  if (part == 0) p[key] = has_key ? scale * dot + keys.bias(r, h, span.first + key) : attention::minus_infinity<T>();
+  __syncthreads();
+
+  // The tile's max and sum: the first two warps hold one score per lane.
+  const int warp = threadIdx.x / attention::kWarp, lane = threadIdx.x % attention::kWarp;
+  static_assert(kTileKeys == 2 * attention::kWarp, "two warps hold a tile's scores");
+  T score = threadIdx.x < kTileKeys ? p[threadIdx.x] : T(0), top = score;
+  if (warp < 2) {
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) top = fmax(top, __shfl_xor_sync(0xffffffffu, top, offset));
+    if (lane == 0) warp_part[warp] = top;
   }
   __syncthreads();
-  T top = attention::minus_infinity<T>();
-  for (int w = 0; w < kDecodeWarps; ++w) top = maxes[w] > top ? maxes[w] : top;
-  // Threads share out the d elements: element e sums the warps' partials.
-  for (int e = threadIdx.x; e < d; e += blockDim.x) {
-    T total = T(0), value = T(0);
-    if (top != attention::minus_infinity<T>())
-      for (int w = 0; w < kDecodeWarps; ++w) {
-        if (maxes[w] == attention::minus_infinity<T>()) continue;
-        const T scale = attention::device_exp(maxes[w] - top);
-        total += sums[w] * scale;
-        value += accs[w][e] * scale;
-      }
-    const T result = total > T(0) ? factor * value / total : T(0);
-    out_row[e] = accumulate ? out_row[e] + result : result;
+  top = fmax(warp_part[0], warp_part[1]);  // finite: the tile has a key
+  __syncthreads();                          // warp_part is reused for the sum
+  if (warp < 2) {
+    const T e = threadIdx.x < span.count ? attention::device_exp(score - top) : T(0);
+    p[threadIdx.x] = e;
+    const T total = attention::warp_sum(e);
+    if (lane == 0) warp_part[warp] = total;
   }
-  __syncthreads();  // the shared arrays are reused by the caller's next merge
+  __syncthreads();
+
+  // Σ p·v: kTileThreads / d groups of d threads, group g taking keys g, g + groups, ...
+  const int groups = kTileThreads / d, g = threadIdx.x / d, e = threadIdx.x % d;
+  T acc = T(0);
+  if (g < groups) {
+#pragma unroll 4
+    for (int j = g; j < span.count; j += groups) acc += p[j] * keys.value(r, h, span.first + j)[e];
+    acc_part[g * d + e] = acc;
+  }
+  __syncthreads();
+  for (int c = threadIdx.x; c < d; c += blockDim.x) {
+    T total = T(0);
+    for (int u = 0; u < groups; ++u) total += acc_part[u * d + c];
+    tile_acc[pair * d + c] = total;
+  }
+  if (threadIdx.x == 0) {
+    tile_stats[2 * pair] = top;
+    tile_stats[2 * pair + 1] = warp_part[0] + warp_part[1];
+  }
 }
 
-// ---- window attention of L new positions over the cache ---------------------------------------
-
+// Block (r, h), one thread per element: out = Σ_groups w_g · (Σ_t acc_t·e^{m_t − M_g}) / (Σ_t s_t·e^{m_t − M_g})
+// over the tiles t of each group (M_g their max; a group with no key gives 0). weight == nullptr: w = 1.
 template <class T>
-__global__ void cached_window_attention_kernel(const T* __restrict__ q, const T* __restrict__ k_new,
-                                               const T* __restrict__ v_new, const T* __restrict__ cache_k,
-                                               const T* __restrict__ cache_v, const T* __restrict__ slopes, T scale,
-                                               int H, int Hkv, int d, Index W, Index p0,
-                                               const std::int32_t* position_on_device, T* __restrict__ out) {
-  const int r = blockIdx.x, h = blockIdx.y, g = h / (H / Hkv);
-  const int warp = threadIdx.x / attention::kWarp, lane = threadIdx.x % attention::kWarp;
-  const Index first_new = position_of(p0, position_on_device), i = first_new + r;
-  const Index first = i - W > 0 ? i - W : 0;
-  const T* qi = q + (static_cast<Index>(r) * H + h) * d;
-  const T slope = slopes[h];
-  OnlineSoftmax<T> state;
-  add_keys(state, qi, first + warp, i, kDecodeWarps, d, lane, scale, [&](Index j) {
-    // Keys before this call's first position are in the ring, the rest in this call's k_new.
-    const Index row = j < first_new ? (j % W) : (j - first_new);
-    const Index at = (row * Hkv + g) * d;
-    return KeyRef<T>{(j < first_new ? cache_k : k_new) + at, (j < first_new ? cache_v : v_new) + at,
-                     -slope * static_cast<T>(i - j)};
-  });
-  merge_warps(state, d, warp, lane, out + (static_cast<Index>(r) * H + h) * d, T(1), false);
+__global__ void merge_tiles_kernel(const T* __restrict__ tile_stats, const T* __restrict__ tile_acc,
+                                   const T* __restrict__ weight, int groups, int tiles_per_group, int d, T* __restrict__ out) {
+  const int r = blockIdx.x, h = blockIdx.y, H = gridDim.y, tiles = groups * tiles_per_group;
+  const Index first_pair = (static_cast<Index>(r) * H + h) * tiles;
+  for (int e = threadIdx.x; e < d; e += blockDim.x) {
+    T result = T(0);
+    for (int grp = 0; grp < groups; ++grp) {
+      const Index t0 = first_pair + Index(grp) * tiles_per_group;
+      T top = attention::minus_infinity<T>();
+      for (int t = 0; t < tiles_per_group; ++t) top = fmax(top, tile_stats[2 * (t0 + t)]);
+      if (top == attention::minus_infinity<T>()) continue;
+      T total = T(0), value = T(0);
+      for (int t = 0; t < tiles_per_group; ++t) {
+        const T m = tile_stats[2 * (t0 + t)];
+        if (m == attention::minus_infinity<T>()) continue;
+        const T rescale = attention::device_exp(m - top);
+        total += tile_stats[2 * (t0 + t) + 1] * rescale;
+        value += tile_acc[(t0 + t) * d + e] * rescale;
+      }
+      result += (weight != nullptr ? weight[grp] : T(1)) * value / total;
+    }
+    out[(static_cast<Index>(r) * H + h) * d + e] = result;
+  }
 }
+
+// ---- window cache ---------------------------------------------------------------------------------
 
 // Rows (L, Hkv, d) into the ring at slots (p0 + r) mod W; only the last W rows can stay.
 template <class T>
@@ -163,33 +219,6 @@ __global__ void push_to_window_cache_kernel(const T* __restrict__ k_new, const T
     const Index r = skip + t / row_width, e = t % row_width, slot = (first_new + r) % W;
     cache_k[slot * row_width + e] = k_new[r * row_width + e];
     cache_v[slot * row_width + e] = v_new[r * row_width + e];
-  }
-}
-
-// ---- GCA of L query rows over k retrieved chunks (the inference variant) -----------------------
-
-// out[r, h] = Σ_j weight[j] · softmax_n(scale·⟨q, K[slot[j], n, h]⟩) · V[slot[j], n, h]; chunks with
-// slot −1 or weight 0 are skipped (an empty retrieval slot).
-template <class T>
-__global__ void gca_decode_kernel(const T* __restrict__ q, const T* __restrict__ keys, const T* __restrict__ values,
-                                  const std::int32_t* __restrict__ slot, const T* __restrict__ weight, int k, int N,
-                                  int H, int d, T scale, T* __restrict__ out) {
-  const int r = blockIdx.x, h = blockIdx.y;
-  const int warp = threadIdx.x / attention::kWarp, lane = threadIdx.x % attention::kWarp;
-  const T* qi = q + (static_cast<Index>(r) * H + h) * d;
-  T* out_row = out + (static_cast<Index>(r) * H + h) * d;
-  for (int e = threadIdx.x; e < d; e += blockDim.x) out_row[e] = T(0);
-  __syncthreads();
-  for (int j = 0; j < k; ++j) {  // block-uniform: every thread reads the same slot and weight
-    const std::int32_t u = slot[j];
-    const T w = weight[j];
-    if (u < 0 || w == T(0)) continue;
-    OnlineSoftmax<T> state;
-    add_keys(state, qi, warp, N - 1, kDecodeWarps, d, lane, scale, [&](Index n) {
-      const Index at = ((static_cast<Index>(u) * N + n) * H + h) * d;
-      return KeyRef<T>{keys + at, values + at, T(0)};
-    });
-    merge_warps(state, d, warp, lane, out_row, w, true);
   }
 }
 
@@ -229,6 +258,24 @@ inline unsigned element_grid(Index n) {
 }
 }  // namespace detail
 
+// Both attentions: the tile kernel over `tiles` tiles per (row, head), then the merge, through
+// scratch from the caching allocator (kept alive by the stream's order, and by a recording
+// graph's guard while one is captured).
+template <class T, class Keys>
+void attend_in_tiles(const T* q, Index L, Index H, const Keys& keys, int groups, int tiles_per_group, const T* weight,
+                     T scale, T* out, Device device) {
+  const Index tiles = Index(groups) * tiles_per_group, d = keys.d;
+  const Tensor<T> stats = Tensor<T>::empty({L, H, tiles, 2}, nullptr, device);
+  const Tensor<T> acc = Tensor<T>::empty({L, H, tiles, d}, nullptr, device);
+  attend_tile_kernel<T, Keys><<<dim3(unsigned(tiles), unsigned(H), unsigned(L)), kTileThreads, 0, ::drt::cuda::stream()>>>(
+      q, keys, scale, const_cast<T*>(stats.data()), const_cast<T*>(acc.data()));
+  DRT_CUDA_CHECK_LAUNCH();
+  const unsigned threads = static_cast<unsigned>((d + 31) / 32 * 32);
+  merge_tiles_kernel<T><<<dim3(unsigned(L), unsigned(H)), threads, 0, ::drt::cuda::stream()>>>(
+      stats.data(), acc.data(), weight, groups, tiles_per_group, int(d), out);
+  DRT_CUDA_CHECK_LAUNCH();
+}
+
 // q (L, H, d), k_new/v_new (L, Hkv, d), cache_k/cache_v (W, Hkv, d), slopes (H) → out (L, H, d).
 // The first new row is at position p0 (or *position_on_device); positions before it are in the cache.
 template <class T>
@@ -243,12 +290,15 @@ void cached_window_attention(const Tensor<T>& q, const Tensor<T>& k_new, const T
             op, ": q ", q.shape().str(), ", k ", k_new.shape().str(), ", cache ", cache_k.shape().str(), " and out ",
             out.shape().str(), " do not fit together (d ≤ ", attention::kMaxHeadDim, ")");
   if (L == 0) return;
-  cached_window_attention_kernel<T><<<dim3(unsigned(L), unsigned(H)), kDecodeThreads, 0, ::drt::cuda::stream()>>>(
-      detail::device_data(q, op, "q"), detail::device_data(k_new, op, "k"), detail::device_data(v_new, op, "v"),
-      detail::device_data(cache_k, op, "cache keys"), detail::device_data(cache_v, op, "cache values"),
-      detail::device_data(slopes, op, "slopes"), scale, int(H), int(Hkv), int(d), W, p0, position_on_device,
-      const_cast<T*>(detail::device_data(out, op, "out")));
-  DRT_CUDA_CHECK_LAUNCH();
+  const WindowKeys<T> keys{detail::device_data(k_new, op, "k"),          detail::device_data(v_new, op, "v"),
+                           detail::device_data(cache_k, op, "cache keys"), detail::device_data(cache_v, op, "cache values"),
+                           detail::device_data(slopes, op, "slopes"),      int(H),
+                           int(Hkv),                                       int(d),
+                           W,                                              p0,
+                           position_on_device};
+  const int tiles = static_cast<int>((W + 1 + kTileKeys - 1) / kTileKeys);  // a row sees ≤ W + 1 keys
+  attend_in_tiles(detail::device_data(q, op, "q"), L, H, keys, 1, tiles, static_cast<const T*>(nullptr), scale,
+                  const_cast<T*>(detail::device_data(out, op, "out")), q.device());
 }
 
 template <class T>
@@ -274,15 +324,16 @@ void gca_decode(const Tensor<T>& q, const Tensor<T>& keys, const Tensor<T>& valu
   const char* op = "gca_decode";
   const Index L = q.size(0), H = q.size(1), d = q.size(2), N = keys.size(1), k = slot.numel();
   DRT_CHECK(keys.shape() == values.shape() && keys.size(2) == H && keys.size(3) == d && weight.numel() == k &&
-                out.shape() == q.shape() && d <= attention::kMaxHeadDim,
+                out.shape() == q.shape() && d <= attention::kMaxHeadDim && k > 0,
             op, ": q ", q.shape().str(), ", keys ", keys.shape().str(), ", values ", values.shape().str(), ", slot ",
             slot.shape().str(), ", weight ", weight.shape().str(), " and out ", out.shape().str(), " do not fit together");
   if (L == 0) return;
-  gca_decode_kernel<T><<<dim3(unsigned(L), unsigned(H)), kDecodeThreads, 0, ::drt::cuda::stream()>>>(
-      detail::device_data(q, op, "q"), detail::device_data(keys, op, "keys"), detail::device_data(values, op, "values"),
-      detail::device_data(slot, op, "slot"), detail::device_data(weight, op, "weight"), int(k), int(N), int(H), int(d),
-      scale, const_cast<T*>(detail::device_data(out, op, "out")));
-  DRT_CUDA_CHECK_LAUNCH();
+  const int tiles_per_chunk = static_cast<int>((N + kTileKeys - 1) / kTileKeys);
+  const ChunkKeys<T> chunk_keys{detail::device_data(keys, op, "keys"), detail::device_data(values, op, "values"),
+                                detail::device_data(slot, op, "slot"), detail::device_data(weight, op, "weight"),
+                                int(N), int(H), int(d), tiles_per_chunk};
+  attend_in_tiles(detail::device_data(q, op, "q"), L, H, chunk_keys, int(k), tiles_per_chunk, chunk_keys.weight, scale,
+                  const_cast<T*>(detail::device_data(out, op, "out")), q.device());
 }
 
 // ids (L) int32 on the device (already valid rows of the table) → out (L, D).

@@ -26,6 +26,7 @@ namespace drt::cuda::nn_detail {
 
 inline constexpr int kBlock = 256;           // threads per block of every nn kernel
 inline constexpr Index kWarpLaneMax = 1024;  // lanes up to this long get one warp, longer ones a block
+inline constexpr Index kFewLanes = 256;      // fewer lanes than this may each get a block instead
 
 // ---- lanes ------------------------------------------------------------------------------------
 
