@@ -44,6 +44,7 @@ inline const CommandSpec& generate_spec() {
        {"seed", "S", "seed of the sampling", false, "1"},
        {"segment", "N", "prefill segment in positions (memory is bounded by it)", false, "4096"},
        {"offload", "DIR", "keep the chunk memory in a memory-mapped file in DIR instead of RAM"},
+       mirrored_landmarks_flag_spec(),
        {"gpt2-dir", "DIR", "GPT-2 tokenizer files, for models with vocab_size >= 50257", false, "data/gpt2"},
        {"threads", "N", "OpenMP threads (default: OMP_NUM_THREADS or all cores)"},
        device_flag_spec()}};
@@ -115,7 +116,8 @@ inline int run_generate(const Args& args, std::ostream& out) {
   }
   DRT_CHECK(!prompt.empty(), "drt generate: the prompt is empty");
 
-  const auto decoder = make_decoder(m, args.has("offload") ? args.text("offload") : std::string(), "generate");
+  const auto decoder = make_decoder(m, args.has("offload") ? args.text("offload") : std::string(), "generate",
+                                    mirrored_landmarks_flag(args));
   const auto start = std::chrono::steady_clock::now();
   Tensor<float> next = decoder->feed(prompt, {static_cast<Index>(prompt.size()) - 1}, segment).reshape({m.config.vocab_size});
   const double prefill_seconds = seconds_since(start);

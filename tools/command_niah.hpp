@@ -52,6 +52,7 @@ inline const CommandSpec& niah_spec() {
        {"corpus", "NAME", "haystack corpus (default: the checkpoint's, else kjv); its last 10% is used"},
        {"segment", "N", "prefill segment in positions (memory is bounded by it)", false, "4096"},
        {"offload", "DIR", "keep the chunk memory in a memory-mapped file in DIR instead of RAM"},
+       mirrored_landmarks_flag_spec(),
        {"out", "DIR", "where results.md/.csv and the plots go", false, "runs/niah"},
        {"threads", "N", "OpenMP threads (default: OMP_NUM_THREADS or all cores)"},
        device_flag_spec()}};
@@ -131,7 +132,7 @@ struct NiahLengthResult {
 };
 
 inline NiahLengthResult run_niah_length(const EvalModel& m, const NiahTask& task, Index length, Index trials, Index segment,
-                                        const std::string& offload, Device device) {
+                                        const std::string& offload, Index mirrored_landmarks, Device device) {
   NiahLengthResult r;
   r.length = length;
   reset_peak_resident();
@@ -140,7 +141,7 @@ inline NiahLengthResult run_niah_length(const EvalModel& m, const NiahTask& task
   const auto start = std::chrono::steady_clock::now();
   for (Index trial = 0; trial < trials; ++trial) {
     const ScoredTrial t = task.make(length, static_cast<std::uint64_t>(trial));
-    const auto decoder = make_decoder(m, offload, "niah");
+    const auto decoder = make_decoder(m, offload, "niah", mirrored_landmarks);
     const Tensor<float> logits = decoder->feed(t.tokens, t.rows, segment);
     bool all = true;
     for (std::size_t i = 0; i < t.rows.size(); ++i) {
@@ -246,7 +247,7 @@ inline int run_niah(const Args& args, std::ostream& out) {
   std::vector<detail::NiahLengthResult> results;
   for (Index length : lengths) {
     results.push_back(detail::run_niah_length(m, task, length, static_cast<Index>(trials), static_cast<Index>(segment), offload,
-                                              device_flag(args)));
+                                              mirrored_landmarks_flag(args), device_flag(args)));
     const auto& r = results.back();
     char line[256];
     std::snprintf(line, sizeof line, "length %lld  reference %.2f  exact %.2f  %.2f s/trial  %.0f tokens/s  peak RSS %s%s%s\n",

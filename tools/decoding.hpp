@@ -17,10 +17,26 @@
 
 namespace drt::cli {
 
+// --mirrored-landmarks: on the GPU, how many landmarks κ retrieval keeps on the device; the later
+// ones stream in from RAM, so GPU memory stops growing with the context
+// (DrtDecoder::bound_retrieval_memory).
+inline Flag mirrored_landmarks_flag_spec() {
+  return {"mirrored-landmarks", "N",
+          "with --device cuda: landmarks kept on the GPU for retrieval, later ones streamed from RAM (default 131072)"};
+}
+inline Index mirrored_landmarks_flag(const Args& args) {
+  if (!args.has("mirrored-landmarks")) return DrtDecoder<float>::kMirroredLandmarks;
+  const long long n = args.integer("mirrored-landmarks");
+  if (n < 0) throw UsageError("flag --mirrored-landmarks needs a non-negative integer");
+  return static_cast<Index>(n);
+}
+
 // A decoder over `m`'s model. With `offload_dir` non-empty, a DRT's chunk keys/values go to a
-// memory-mapped file there (removed afterwards); `name` tells files of one process apart.
+// memory-mapped file there (removed afterwards); `name` tells files of one process apart;
+// `mirrored_landmarks` as the flag above.
 inline std::unique_ptr<IncrementalDecoder<float>> make_decoder(const detail::EvalModel& m, const std::string& offload_dir,
-                                                               const std::string& name = "chunks") {
+                                                               const std::string& name = "chunks",
+                                                               Index mirrored_landmarks = DrtDecoder<float>::kMirroredLandmarks) {
   if (!m.is_drt) {
     const auto& model = static_cast<const train::ModelAdapter<SlidingWindowLM<float>>&>(*m.model).model();
     return std::make_unique<BaselineDecoder<float>>(model);
@@ -35,7 +51,9 @@ inline std::unique_ptr<IncrementalDecoder<float>> make_decoder(const detail::Eva
         (std::filesystem::path(offload_dir) / ("drt-" + name + "-" + std::to_string(::getpid()) + ".bin")).string();
     store = std::make_unique<MappedChunkStore<float>>(keys_per_chunk, c.hidden_size, path);
   }
-  return std::make_unique<DrtDecoder<float>>(model, std::move(store));
+  auto decoder = std::make_unique<DrtDecoder<float>>(model, std::move(store));
+  decoder->bound_retrieval_memory(mirrored_landmarks, DrtDecoder<float>::kScoreBlock);
+  return decoder;
 }
 
 // The chunk memory's bytes: in RAM and on disk (0, 0 for the baseline).

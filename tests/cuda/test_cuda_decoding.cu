@@ -232,6 +232,34 @@ TEST_F(GpuDecoding, ChunksKeptOnTheDeviceGiveTheSameLogits) {
   EXPECT_THROW(in_place.keep_chunks_on_device(false), Error);  // chunks are stored already
 }
 
+// Retrieval with bounded GPU memory: 3 landmarks mirrored on the device, scores in blocks of 4
+// chunks (one mirrored block, then blocks streamed from the store, one of them partial), over 15
+// stored chunks. The same retrievals and logits as the CPU's exact scan, in a prefill and in steps.
+TEST_F(GpuDecoding, RetrievalInBoundedBlocksMatchesTheCpu) {
+  const ModelConfig c = small_config();
+  DrtModel<float> cpu_model(c, 14), gpu_model(c, 14);
+  perturb(cpu_model, 15);
+  perturb(gpu_model, 15);
+  gpu_model.move_to(Device::cuda);
+  DrtDecoder<float> on_cpu(cpu_model), on_gpu(gpu_model);
+  EXPECT_THROW(on_gpu.bound_retrieval_memory(-1, 4), Error);
+  EXPECT_THROW(on_gpu.bound_retrieval_memory(3, 0), Error);
+  on_gpu.bound_retrieval_memory(3, 4);
+  const std::vector<std::int32_t> prompt = random_ids(900, 1, 49, 71), tokens = random_ids(80, 1, 49, 72);
+  EXPECT_LT(max_abs_difference(on_cpu.feed(prompt, all_rows(900), 200), on_gpu.feed(prompt, all_rows(900), 200)), 1e-3);
+  double worst = 0;
+  for (const std::int32_t t : tokens) worst = std::max(worst, max_abs_difference(on_cpu.step(t), on_gpu.step(t)));
+  EXPECT_LT(worst, 1e-3);
+  EXPECT_EQ(on_gpu.chunk_store().size(), on_cpu.chunk_store().size());
+  EXPECT_GE(on_gpu.chunk_store().size(), 15);
+  EXPECT_EQ(on_gpu.mirrored_landmarks(), 3);
+  for (int g = 0; g < c.groups(); ++g) {
+    EXPECT_EQ(on_gpu.current_retrieval(g).index, on_cpu.current_retrieval(g).index) << "group " << g;
+    EXPECT_GT(*std::max_element(on_gpu.current_retrieval(g).index.begin(), on_gpu.current_retrieval(g).index.end()), -1);
+  }
+  EXPECT_THROW(on_gpu.bound_retrieval_memory(3, 4), Error);  // chunks are stored already
+}
+
 // The baseline's decoder runs on the GPU too (window caches only).
 TEST_F(GpuDecoding, BaselineDecoderMatchesTheCpu) {
   ModelConfig c = small_config();

@@ -9,7 +9,8 @@
 //   caches        one WindowKvCache (W, Hkv, d) per decoder layer, lower and upper, on the device
 //   chunk_rows    the lower stack's output for the chunk being built, (S, D): position p in row p mod S
 //   store         every completed chunk: keys/values (N, H, d) and landmark κ (D), in host memory
-//                 or a file; on the GPU κ is mirrored on the device (E, D) for scoring
+//                 or a file; on the GPU the first landmarks κ (at most a fixed number of them) are
+//                 mirrored on the device for scoring, and the later ones streamed in from the store
 //   current[g]    what the latest landmark retrieved for group g: k chunk ids and weights
 //
 // A segment goes through like the batch forward (drt.hpp), restricted to its own rows:
@@ -90,6 +91,10 @@ ChunkRetrieval<T> select_chunks(const T* scores, Index visible, int k) {
 template <class T>
 class DrtDecoder final : public IncrementalDecoder<T> {
  public:
+  // Retrieval's GPU memory by default (bound_retrieval_memory): 131,072 landmarks on the device
+  // (8.4M tokens of context; 384 MiB at D = 768 in fp32), scored in blocks of 32,768 chunks.
+  static constexpr Index kMirroredLandmarks = Index(1) << 17, kScoreBlock = Index(1) << 15;
+
   // `store` defaults to a MemoryChunkStore; pass a MappedChunkStore to keep the chunks on disk.
   // The decoder runs on the model's device.
   explicit DrtDecoder(const DrtModel<T>& model, std::unique_ptr<ChunkStore<T>> store = nullptr)
@@ -129,6 +134,22 @@ class DrtDecoder final : public IncrementalDecoder<T> {
     chunks_on_device_ = on;
   }
   Index stored_chunks() const { return chunks_on_device_ ? landmarks_on_device_count_ : store_->size(); }
+
+  // On the GPU with the chunk memory in the store: retrieval keeps at most `mirrored` landmarks κ
+  // on the device and scores in blocks of `block` stored chunks, streaming the landmarks past the
+  // mirrored ones in from the store block by block. GPU memory for retrieval is then bounded
+  // (mirrored + 2·block rows of D, and n × block scores for a segment's n landmarks), whatever the
+  // context's length; the price is one copy from host memory per block past the mirror, per
+  // segment. Call before the first token. (With keep_chunks_on_device every κ stays on the device.)
+  void bound_retrieval_memory(Index mirrored, Index block) {
+    DRT_CHECK(mirrored >= 0 && block >= 1, "DrtDecoder::bound_retrieval_memory: ", mirrored, " mirrored landmarks and blocks of ",
+              block, " (need ≥ 0 and ≥ 1)");
+    DRT_CHECK(stored_chunks() == 0, "DrtDecoder::bound_retrieval_memory: call it before any chunk is stored");
+    mirrored_limit_ = mirrored;
+    score_block_ = block;
+  }
+  // How many landmarks κ are on the device now.
+  Index mirrored_landmarks() const { return landmarks_on_device_count_; }
 
   // On the GPU: whether step() replays a recorded graph (the default) or issues the same kernels
   // one by one (for comparison and debugging).
@@ -337,12 +358,13 @@ class DrtDecoder final : public IncrementalDecoder<T> {
   }
 
   // Appends rows fresh (n, ...) after the first `count` rows of a device buffer that grows by
-  // doubling (the rows before are copied over when it grows).
-  void append_rows(const Tensor<T>& fresh, Tensor<T>& buffer, Index count) const {
+  // doubling, to at most `limit` rows (the rows before are copied over when it grows).
+  void append_rows(const Tensor<T>& fresh, Tensor<T>& buffer, Index count,
+                   Index limit = std::numeric_limits<Index>::max()) const {
     const Index n = fresh.size(0);
     if (!buffer.defined() || count + n > buffer.size(0)) {
       Shape grown_shape = fresh.shape();
-      grown_shape[0] = std::max<Index>({64, 2 * count, count + n});
+      grown_shape[0] = std::min(limit, std::max<Index>({64, 2 * count, count + n}));
       Tensor<T> grown = Tensor<T>::empty(grown_shape, nullptr, device_);
       if (count > 0) grown.slice(0, 0, count).copy_from(buffer.slice(0, 0, count));
       buffer = grown;
@@ -351,10 +373,15 @@ class DrtDecoder final : public IncrementalDecoder<T> {
   }
   // New chunks' keys or values (n, N, H, d), kept on the device (keep_chunks_on_device).
   void keep_on_device(const Tensor<T>& fresh, Tensor<T>& buffer) { append_rows(fresh, buffer, landmarks_on_device_count_); }
-  // New κ rows (n, D) appended to the device copy of the landmarks (it counts the stored chunks).
+  // New κ rows (n, D) appended to the device copy of the landmarks. With the chunks on the device
+  // every row goes there (and the count is the stored chunks'); with them in the store, rows past
+  // the mirror's limit stay in the store only.
   void mirror_landmarks(const Tensor<T>& fresh) {
-    append_rows(fresh, landmarks_on_device_, landmarks_on_device_count_);
-    landmarks_on_device_count_ += fresh.size(0);
+    const Index limit = chunks_on_device_ ? std::numeric_limits<Index>::max() : mirrored_limit_;
+    const Index n = std::min(fresh.size(0), limit - landmarks_on_device_count_);
+    if (n <= 0) return;
+    append_rows(fresh.slice(0, 0, n), landmarks_on_device_, landmarks_on_device_count_, limit);
+    landmarks_on_device_count_ += n;
   }
 
   // Group g's retrieval for every landmark of this segment, by chunk: the query is the stream h
@@ -385,36 +412,70 @@ class DrtDecoder final : public IncrementalDecoder<T> {
   }
 
   // The GPU's retrieval for landmarks at first_landmark, + S, ...: scores, causal mask and top-k
-  // on the device, so that only k ids and scores per landmark come back to the host (at 1M tokens
-  // a landmark has 16k candidates). The same choice and weights as select_chunks: top-k orders
-  // by score, then lower index.
+  // on the device, block by block of stored chunks (bound_retrieval_memory), so that only k ids
+  // and scores per landmark and block come back to the host (at 1M tokens a landmark has 16k
+  // candidates); the host keeps each landmark's best k over the blocks. The same choice and
+  // weights as select_chunks: by score, then lower index.
   std::map<Index, ChunkRetrieval<T>> top_chunks_on_device(const Tensor<T>& query, Index first_landmark) const {
     const Index n = query.size(0), D = c_.hidden_size, E = stored_chunks(), c0 = chunk_of(first_landmark), k = c_.chunk_topk;
-    const Tensor<T> raw = matmul(query, landmarks_on_device_.slice(0, 0, E).transpose(0, 1), step_arena());  // (n, E)
-    const Tensor<T> scores = eval(raw * (T(1) / std::sqrt(T(D))), step_arena());
-    // Landmark i (chunk c0 + i) sees chunks e < c0 + i: only columns c0 .. E − 1 can be hidden.
-    Tensor<T> hidden = Tensor<T>::zeros({n, E - c0}, step_arena());
-    for (Index i = 0; i < n; ++i)
-      for (Index j = i; j < E - c0; ++j) hidden(i, j) = -std::numeric_limits<T>::infinity();
-    const Tensor<T> tail = scores.slice(1, c0, E);
-    tail.assign(tail + hidden.to(device_, step_arena()));
-    const int best = static_cast<int>(std::min(k, E));
-    const IndexTensor picked = topk_indices(scores, best, 1, step_arena());
-    const Tensor<T> top = gather(scores, 1, picked, step_arena()).to(Device::cpu, step_arena());
-    const IndexTensor ids = picked.to(Device::cpu, step_arena());
+    const Index mirrored = landmarks_on_device_count_;
+    using Candidate = std::pair<T, std::int32_t>;  // score, chunk
+    std::vector<std::vector<Candidate>> best(static_cast<std::size_t>(n));
+    for (Index b0 = 0; b0 < E;) {
+      // A block is all mirrored or all streamed from the store.
+      const Index b1 = b0 < mirrored ? std::min({E, mirrored, b0 + score_block_}) : std::min(E, b0 + score_block_);
+      const Tensor<T> kappa =
+          b1 <= mirrored ? landmarks_on_device_.slice(0, b0, b1)
+                         : Tensor<T>::wrap(const_cast<T*>(store_->landmarks()) + b0 * D, {b1 - b0, D}).to(device_, step_arena());
+      add_block_candidates(query, kappa, b0, c0, best);
+      b0 = b1;
+    }
     std::map<Index, ChunkRetrieval<T>> out;
     for (Index i = 0; i < n; ++i) {
-      const Index chosen = std::min(c0 + i, k);
+      const std::vector<Candidate>& chosen = best[i];
       ChunkRetrieval<T> r{std::vector<std::int32_t>(static_cast<std::size_t>(k), -1), std::vector<T>(static_cast<std::size_t>(k), T(0))};
       T total = 0;
-      for (Index j = 0; j < chosen; ++j) {
-        r.index[j] = ids(i, j);
-        total += (r.weight[j] = std::exp(top(i, j) - top(i, 0)));
+      for (std::size_t j = 0; j < chosen.size(); ++j) {
+        r.index[j] = chosen[j].second;
+        total += (r.weight[j] = std::exp(chosen[j].first - chosen[0].first));
       }
-      for (Index j = 0; j < chosen; ++j) r.weight[j] /= total;
+      for (std::size_t j = 0; j < chosen.size(); ++j) r.weight[j] /= total;
       out[c0 + i] = std::move(r);
     }
     return out;
+  }
+
+  // One block of retrieval: the scores of query (n, D) against κ rows kappa (B, D) of chunks
+  // b0 .. b0 + B − 1, landmark i (of chunk c0 + i) seeing only chunks e < c0 + i; each landmark's
+  // top k of the block join its candidates in `best`, which keeps the k best by (score, −chunk).
+  void add_block_candidates(const Tensor<T>& query, const Tensor<T>& kappa, Index b0, Index c0,
+                            std::vector<std::vector<std::pair<T, std::int32_t>>>& best) const {
+    const Index n = query.size(0), B = kappa.size(0), k = c_.chunk_topk, D = c_.hidden_size;
+    const Tensor<T> raw = matmul(query, kappa.transpose(0, 1), step_arena());  // (n, B)
+    const Tensor<T> scores = eval(raw * (T(1) / std::sqrt(T(D))), step_arena());
+    // Only columns of chunks ≥ c0 can be hidden: chunk e is hidden from landmark i when e ≥ c0 + i.
+    if (const Index h0 = std::max(b0, c0), b1 = b0 + B; h0 < b1) {
+      Tensor<T> hidden = Tensor<T>::zeros({n, b1 - h0}, step_arena());
+      for (Index i = 0; i < n; ++i)
+        for (Index e = std::max(h0, c0 + i); e < b1; ++e) hidden(i, e - h0) = -std::numeric_limits<T>::infinity();
+      const Tensor<T> tail = scores.slice(1, h0 - b0, B);
+      tail.assign(tail + hidden.to(device_, step_arena()));
+    }
+    const int take = static_cast<int>(std::min(k, B));
+    const IndexTensor picked = topk_indices(scores, take, 1, step_arena());
+    const Tensor<T> top = gather(scores, 1, picked, step_arena()).to(Device::cpu, step_arena());
+    const IndexTensor ids = picked.to(Device::cpu, step_arena());
+    for (Index i = 0; i < n; ++i) {
+      auto& mine = best[i];
+      for (Index j = 0; j < take; ++j) {
+        const Index e = b0 + ids(i, j);
+        if (e < c0 + i) mine.push_back({top(i, j), static_cast<std::int32_t>(e)});
+      }
+      std::sort(mine.begin(), mine.end(), [](const auto& a, const auto& b) {
+        return a.first > b.first || (a.first == b.first && a.second < b.second);
+      });
+      if (static_cast<Index>(mine.size()) > k) mine.resize(static_cast<std::size_t>(k));
+    }
   }
 
   // What the GCA layers of group g read in this segment: which rows belong to which chunk, what
@@ -532,6 +593,7 @@ class DrtDecoder final : public IncrementalDecoder<T> {
   // what a recorded step reads and writes.
   Tensor<T> landmarks_on_device_, keys_on_device_, values_on_device_;
   Index landmarks_on_device_count_ = 0;
+  Index mirrored_limit_ = kMirroredLandmarks, score_block_ = kScoreBlock;
   bool chunks_on_device_ = false;
   IndexTensor token_, position_;
   Tensor<T> logits_;
