@@ -61,6 +61,39 @@ TEST_F(Gpu, CopiesRoundTripExactly) {
   EXPECT_EQ(cuda::to_device(hd).transpose(0, 1).to_vector(), hd.transpose(0, 1).to_vector());
 }
 
+// Device-to-device copies of views whose layouts the copy kernel simplifies (axes merged,
+// elements widened up to 16-byte words where alignment allows) and of ones where it must not
+// widen (a base one element off alignment, odd extents), in float, double and int32, and fills
+// whose value is repeated across a widened word: all bitwise equal to the host's copies.
+TEST_F(Gpu, DeviceViewCopiesInWideWords) {
+  const Tensor<float> h = uniform<float>({6, 4, 5, 16}, 4);
+  const Tensor<float> d = cuda::to_device(h);
+  // Rows of a matrix into rows of another (one axis after merging, 16-byte words).
+  Tensor<float> rows = Tensor<float>::zeros({9, 4, 5, 16}, nullptr, Device::cuda);
+  rows.slice(0, 2, 8).copy_from(d);
+  Tensor<float> rows_host = Tensor<float>::zeros({9, 4, 5, 16});
+  rows_host.slice(0, 2, 8).copy_from(h);
+  expect_equal(rows_host, rows, "rows into a slice of rows");
+  // The chunk layout of the decoder: (n, rows, H, d) → (n, H, rows, d), contiguous runs of d.
+  expect_equal(h.permute({0, 2, 1, 3}).contiguous(), d.permute({0, 2, 1, 3}).contiguous(), "permuted heads");
+  // One element off alignment, and odd extents: no widening, the same values.
+  expect_equal(h.slice(3, 1, 14).contiguous(), d.slice(3, 1, 14).contiguous(), "misaligned columns");
+  expect_equal(h.slice(3, 1, 9).contiguous(), d.slice(3, 1, 9).contiguous(), "misaligned even columns");
+  expect_equal(h.slice(2, 0, 5, 2).contiguous(), d.slice(2, 0, 5, 2).contiguous(), "every other row");
+  // Fills of a column block: the value repeated across wide words, the neighbours untouched.
+  Tensor<float> block = cuda::to_device(h);
+  Tensor<float> block_host = h.contiguous();
+  block.slice(3, 4, 12).fill(3.5f);
+  block_host.slice(3, 4, 12).fill(3.5f);
+  expect_equal(block_host, block, "filled column block");
+  // Doubles (8 → 16-byte words) and int32.
+  const Tensor<double> hd = uniform<double>({5, 3, 8}, 5);
+  EXPECT_EQ(cuda::to_device(hd).permute({1, 0, 2}).contiguous().to_vector(), hd.permute({1, 0, 2}).contiguous().to_vector());
+  const auto ints = Tensor<std::int32_t>::from({3, 4}, {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12});
+  EXPECT_EQ(cuda::to_device(ints).slice(1, 1, 3).contiguous().to_vector(), ints.slice(1, 1, 3).contiguous().to_vector());
+  EXPECT_EQ(cuda::to_device(ints).transpose(0, 1).contiguous().to_vector(), ints.transpose(0, 1).contiguous().to_vector());
+}
+
 TEST_F(Gpu, CreationFillAndItem) {
   const auto z = Tensor<float>::zeros({1000}, nullptr, Device::cuda);
   for (float v : z.to_vector()) ASSERT_EQ(v, 0.0f);

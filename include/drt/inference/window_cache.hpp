@@ -88,14 +88,15 @@ class WindowKvCache {
   // L positions were pushed by a recorded step that has now run.
   void note_pushed(Index L) { next_ += L; }
 
-  // The cached positions max(0, next − W) .. next − 1, oldest first, as (n, Hkv, d).
-  Tensor<T> ordered(const Tensor<T>& ring) const {
-    const Index n = std::min(next_, window_), first = next_ - n;
-    Tensor<T> out = Tensor<T>::empty({n, kv_heads_, head_dim_}, step_arena(), device());
+  // How many positions the cache holds: min(next_position(), W).
+  Index held() const { return std::min(next_, window_); }
+  // The cached positions next − held() .. next − 1 of `ring` (keys() or values()), oldest first,
+  // into `out` (held(), Hkv, d).
+  void copy_ordered(const Tensor<T>& ring, const Tensor<T>& out) const {
+    const Index n = held(), first = next_ - n;
     const Index head = first % window_, run = std::min(n, window_ - head);  // the ring wraps at most once
     if (run > 0) out.slice(0, 0, run).copy_from(ring.slice(0, head, head + run));
     if (n > run) out.slice(0, run, n).copy_from(ring.slice(0, 0, n - run));
-    return out;
   }
 
   std::size_t bytes() const { return static_cast<std::size_t>(keys_.numel() + values_.numel()) * sizeof(T); }
@@ -152,25 +153,43 @@ Tensor<T> cached_attention_on_host(const Tensor<T>& q, const Tensor<T>& k, const
   return out;
 }
 
-// A long segment on the device: [cached keys in order ; the segment's keys] through the training
-// op (the tensor-core kernel where it applies), queries padded with zero rows in front.
+// A long segment on the device goes through the training op over [cached rows ; segment rows]:
+// buffers (1, n + L, heads, d) whose first n rows are the cache's keys/values in order (zeros for
+// the queries, whose outputs are dropped) and whose last L rows the caller fills with the
+// segment's own q, k and v (segment_rows: contiguous (L, heads, d) views).
+template <class T>
+struct WindowOverCache {
+  Index n, L;
+  Tensor<T> queries, keys, values;
+
+  WindowOverCache(const WindowKvCache<T>& cache, Index segment, Index heads)
+      : n(cache.held()), L(segment) {
+    const Device device = cache.device();
+    const Index Hkv = cache.keys().size(1), d = cache.keys().size(2);
+    queries = Tensor<T>::empty({1, n + L, heads, d}, step_arena(), device);
+    keys = Tensor<T>::empty({1, n + L, Hkv, d}, step_arena(), device);
+    values = Tensor<T>::empty({1, n + L, Hkv, d}, step_arena(), device);
+    if (n > 0) queries.select(0, 0).slice(0, 0, n).fill(T(0));
+    cache.copy_ordered(cache.keys(), keys.select(0, 0).slice(0, 0, n));
+    cache.copy_ordered(cache.values(), values.select(0, 0).slice(0, 0, n));
+  }
+  Tensor<T> segment_rows(const Tensor<T>& all) const { return all.select(0, 0).slice(0, n, n + L); }
+  // The segment's attention output (L, H, d), a contiguous view.
+  Tensor<T> attend(const Tensor<T>& slopes, Index window, T scale) const {
+    const Tensor<T> out = window_attention(constant(queries), constant(keys), constant(values), slopes, window, scale).value();
+    return segment_rows(out);
+  }
+};
+
+// cached_attention's long-segment way: q, k, v copied into the [cache ; segment] buffers.
 template <class T>
 Tensor<T> cached_attention_as_window(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v,
                                      const WindowKvCache<T>& cache, const Tensor<T>& slopes, T scale) {
-  const Index L = q.size(0), H = q.size(1), d = q.size(2), Hkv = k.size(1);
-  const Index n = std::min(cache.next_position(), cache.window());
-  auto with_cache = [&](const Tensor<T>& ring, const Tensor<T>& fresh) {
-    Tensor<T> all = Tensor<T>::empty({1, n + L, Hkv, d}, step_arena(), fresh.device());
-    all.select(0, 0).slice(0, 0, n).copy_from(cache.ordered(ring));
-    all.select(0, 0).slice(0, n, n + L).copy_from(fresh);
-    return all;
-  };
-  Tensor<T> queries = Tensor<T>::zeros({1, n + L, H, d}, step_arena(), q.device());
-  queries.select(0, 0).slice(0, n, n + L).copy_from(q);
-  const Tensor<T> out = window_attention(constant(queries), constant(with_cache(cache.keys(), k)),
-                                         constant(with_cache(cache.values(), v)), slopes, cache.window(), scale)
-                            .value();
-  return out.select(0, 0).slice(0, n, n + L).contiguous(step_arena());
+  const WindowOverCache<T> all(cache, q.size(0), q.size(1));
+  all.segment_rows(all.queries).copy_from(q);
+  all.segment_rows(all.keys).copy_from(k);
+  all.segment_rows(all.values).copy_from(v);
+  return all.attend(slopes, cache.window(), scale).contiguous(step_arena());
 }
 }  // namespace detail
 
@@ -199,12 +218,29 @@ Tensor<T> cached_attention(const Tensor<T>& q, const Tensor<T>& k, const Tensor<
 }
 
 // A decoder layer's self-attention (q/k/v projections, cached window attention, o_proj) on the
-// already normed input x (1, L, D); pushes the new keys and values into `cache`.
+// already normed input x (1, L, D); pushes the new keys and values into `cache`. A long segment on
+// the GPU (a prefill) has its projections written straight into the training kernel's
+// [cache ; segment] buffers, and the cache takes its new rows from there: no copy of q, k or v.
 template <class T>
 Var<T> attend_cached(const DecoderAttention<T>& attn, const Var<T>& x, WindowKvCache<T>& cache,
                      const std::int32_t* position_on_device = nullptr) {
   DRT_CHECK(x.rank() == 3 && x.size(0) == 1, "attend_cached: x must be (1, L, D), got ", x.shape().str());
   const Index L = x.size(1);
+  if (cache.device() != Device::cpu && L >= kWindowKernelRows && position_on_device == nullptr) {
+    const Index D = x.size(2), d = attn.head_dim;
+    const Tensor<T> rows = x.value().contiguous(step_arena()).reshape({L, D});
+    const detail::WindowOverCache<T> all(cache, L, attn.heads);
+    auto project_into = [&](const Parameter<T>& w, const Tensor<T>& buffer) {
+      const Tensor<T> target = all.segment_rows(buffer);
+      gemm(rows, w.value().transpose(0, 1), target.reshape({L, target.size(1) * d}));  // what linear() computes
+    };
+    project_into(attn.q_proj, all.queries);
+    project_into(attn.k_proj, all.keys);
+    project_into(attn.v_proj, all.values);
+    const Tensor<T> o = all.attend(attn.alibi_slopes, cache.window(), T(1) / std::sqrt(T(d)));
+    cache.push(all.segment_rows(all.keys), all.segment_rows(all.values));
+    return linear(constant(o.reshape({1, L, Index(attn.heads) * d})), attn.o_proj);
+  }
   auto project = [&](const Parameter<T>& w, Index heads) {
     return linear(x, w).value().contiguous(step_arena()).reshape({L, heads, Index(attn.head_dim)});
   };
