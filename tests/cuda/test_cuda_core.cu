@@ -14,6 +14,8 @@
 //   fp64 everything                                                 ≤ 1e-12 relative
 #include "gpu_test.hpp"
 
+#include <drt/io/bfloat16.hpp>
+
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -285,6 +287,22 @@ TEST_F(Gpu, SingleRowProductsMatchTheCpu) {
       expect_close(C, dC, tol, 0, "alpha 0.5, beta 1");
     }
   }
+}
+
+// The bf16 copies that bf16 GEMMs read: every element rounded to nearest even, as the host's
+// conversion does, for lengths that leave 0–3 elements after the 16-byte loads and for a source
+// one float off 16-byte alignment (element by element then).
+TEST_F(Gpu, Bf16CopiesRoundEveryElement) {
+  const Tensor<float> h = uniform<float>({1031}, 81);
+  const Tensor<float> d = cuda::to_device(h);
+  for (const Index offset : {Index(0), Index(1)})
+    for (const Index n : {Index(1), Index(3), Index(4), Index(7), Index(1024), Index(1030)}) {
+      const std::shared_ptr<void> copy = cuda::bf16_copy(d.data() + offset, n);
+      std::vector<std::uint16_t> got(static_cast<std::size_t>(n));
+      DRT_CUDA_CHECK(cudaMemcpy(got.data(), copy.get(), got.size() * 2, cudaMemcpyDeviceToHost));
+      for (Index i = 0; i < n; ++i)
+        ASSERT_EQ(got[i], drt::float_to_bfloat16(h.data()[offset + i])) << "offset " << offset << ", n " << n << ", i " << i;
+    }
 }
 
 // bf16 operands, fp32 sums: the GPU must compute what the CPU's emulation computes (the same

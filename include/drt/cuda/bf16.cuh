@@ -10,6 +10,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <memory>
 
 #include "drt/core/tensor.hpp"
@@ -20,9 +21,16 @@
 namespace drt::cuda {
 namespace detail {
 
-static __global__ void round_to_bf16_kernel(const float* src, __nv_bfloat16* dst, Index n) {
-  const Index step = Index(gridDim.x) * blockDim.x;
-  for (Index i = Index(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += step) dst[i] = __float2bfloat16_rn(src[i]);
+// Four floats per thread and iteration (16-byte loads) up to vector_end, a multiple of 4, then
+// one at a time: with scalar loads this kernel moved ~2.2 TB/s on an H200.
+static __global__ void round_to_bf16_kernel(const float* src, __nv_bfloat16* dst, Index n, Index vector_end) {
+  const Index step = Index(gridDim.x) * blockDim.x, first = Index(blockIdx.x) * blockDim.x + threadIdx.x;
+  for (Index q = first; q < vector_end / 4; q += step) {
+    const float4 v = reinterpret_cast<const float4*>(src)[q];
+    reinterpret_cast<__nv_bfloat162*>(dst)[2 * q] = __floats2bfloat162_rn(v.x, v.y);
+    reinterpret_cast<__nv_bfloat162*>(dst)[2 * q + 1] = __floats2bfloat162_rn(v.z, v.w);
+  }
+  for (Index i = vector_end + first; i < n; i += step) dst[i] = __float2bfloat16_rn(src[i]);
 }
 
 }  // namespace detail
@@ -33,9 +41,11 @@ inline std::shared_ptr<void> bf16_copy(const void* src, Index n) {
   std::shared_ptr<void> copy = detail::device_scratch(static_cast<std::size_t>(n) * sizeof(__nv_bfloat16));
   if (n == 0) return copy;
   const int threads = 256;
-  const Index blocks = std::min<Index>((n + threads - 1) / threads, 65536);
+  const bool aligned = reinterpret_cast<std::uintptr_t>(src) % 16 == 0 && reinterpret_cast<std::uintptr_t>(copy.get()) % 8 == 0;
+  const Index vector_end = aligned ? n / 4 * 4 : 0, per_thread = aligned ? 4 : 1;
+  const Index blocks = std::max<Index>(1, std::min<Index>((n / per_thread + threads - 1) / threads, 65536));
   detail::round_to_bf16_kernel<<<static_cast<unsigned>(blocks), threads, 0, ::drt::cuda::stream()>>>(
-      static_cast<const float*>(src), static_cast<__nv_bfloat16*>(copy.get()), n);
+      static_cast<const float*>(src), static_cast<__nv_bfloat16*>(copy.get()), n, vector_end);
   DRT_CUDA_CHECK_LAUNCH();
   return copy;
 }
