@@ -60,11 +60,13 @@ struct CachePair {
 // Both ways the GPU attends over the cache (the kernel for a few rows, the training op over
 // [cache ; segment] for long ones) against the CPU loop, with the ring empty, partly filled and
 // wrapped, for 1, 5 and 100 new rows; with W = 40 a row's keys fit one tile of the decode kernel,
-// with W = 150 they take three (64 + 64 + 23) that the merge must put together.
+// with W = 150 they take three (64 + 64 + 23) that the merge must put together; d = 96 leaves
+// threads of the value pass idle (256 is not a multiple of it).
 TEST_F(DecodeKernels, CachedAttentionMatchesTheCpu) {
   const Index H = 4, Hkv = 2;
   const Tensor<float> slopes = alibi_slopes<float>(int(H));
-  for (const auto& [W, d] : {std::pair<Index, Index>{40, 16}, std::pair<Index, Index>{150, 64}})
+  for (const auto& [W, d] :
+       {std::pair<Index, Index>{40, 16}, std::pair<Index, Index>{150, 64}, std::pair<Index, Index>{70, 96}})
     for (const Index filled : {Index(0), Index(17), Index(133), Index(400)})
       for (const Index L : {Index(1), Index(5), Index(100)}) {
         NoGradGuard no_grad;

@@ -103,7 +103,10 @@ inline CopyLayout simplified_layout(const StridedRef& dst, const StridedRef* src
   return l;
 }
 
-// Whether every element index and offset of the copy fits a 32-bit int.
+// Threads in the largest grid launch_strided makes: a grid-stride loop's index reaches n + this.
+inline constexpr Index kMostCopyThreads = Index(65536) * 256;
+
+// Whether every element index (and the loop's last step past n) and offset fits a 32-bit int.
 inline bool fits_int32(const CopyLayout& l, Index n) {
   Index dst_last = 0, src_last = 0;
   for (int d = 0; d < l.rank; ++d) {
@@ -112,7 +115,7 @@ inline bool fits_int32(const CopyLayout& l, Index n) {
     src_last += (l.dims[d] - 1) * l.src[d];
   }
   const Index limit = Index(1) << 31;
-  return n < limit && dst_last < limit && src_last < limit;
+  return n < limit - kMostCopyThreads && dst_last < limit && src_last < limit;
 }
 
 // dst[offset(i)] = src ? src[offset(i)] : value, for every element i, with index type I.
@@ -142,7 +145,7 @@ void launch_strided(const StridedRef& dst, const StridedRef* src, const void* va
   if (value)  // a fill's value, repeated across the widened word
     for (std::size_t at = 0; at < sizeof(W); at += value_size)
       std::memcpy(reinterpret_cast<unsigned char*>(&v) + at, value, value_size);
-  const unsigned blocks = static_cast<unsigned>(std::min<Index>((n + 255) / 256, Index(1) << 16));
+  const unsigned blocks = static_cast<unsigned>(std::min<Index>((n + 255) / 256, kMostCopyThreads / 256));
   auto* to = static_cast<W*>(dst.data);
   const auto* from = src ? static_cast<const W*>(src->data) : nullptr;
   if (fits_int32(l, n))

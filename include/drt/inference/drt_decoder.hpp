@@ -138,9 +138,10 @@ class DrtDecoder final : public IncrementalDecoder<T> {
   // On the GPU with the chunk memory in the store: retrieval keeps at most `mirrored` landmarks κ
   // on the device and scores in blocks of `block` stored chunks, streaming the landmarks past the
   // mirrored ones in from the store block by block. GPU memory for retrieval is then bounded
-  // (mirrored + 2·block rows of D, and n × block scores for a segment's n landmarks), whatever the
-  // context's length; the price is one copy from host memory per block past the mirror, per
-  // segment. Call before the first token. (With keep_chunks_on_device every κ stays on the device.)
+  // (mirrored + block rows of D, and two n × block score matrices for a segment's n landmarks),
+  // whatever the context's length; the price is one copy from host memory per block past the
+  // mirror, per segment and retrieval group. Call before the first token. (With
+  // keep_chunks_on_device every κ stays on the device.)
   void bound_retrieval_memory(Index mirrored, Index block) {
     DRT_CHECK(mirrored >= 0 && block >= 1, "DrtDecoder::bound_retrieval_memory: ", mirrored, " mirrored landmarks and blocks of ",
               block, " (need ≥ 0 and ≥ 1)");
@@ -414,8 +415,8 @@ class DrtDecoder final : public IncrementalDecoder<T> {
   // The GPU's retrieval for landmarks at first_landmark, + S, ...: scores, causal mask and top-k
   // on the device, block by block of stored chunks (bound_retrieval_memory), so that only k ids
   // and scores per landmark and block come back to the host (at 1M tokens a landmark has 16k
-  // candidates); the host keeps each landmark's best k over the blocks. The same choice and
-  // weights as select_chunks: by score, then lower index.
+  // candidates); the host keeps each landmark's best k over the blocks. The same rule and
+  // weights as select_chunks (by score, then lower index), over the GPU's scores.
   std::map<Index, ChunkRetrieval<T>> top_chunks_on_device(const Tensor<T>& query, Index first_landmark) const {
     const Index n = query.size(0), D = c_.hidden_size, E = stored_chunks(), c0 = chunk_of(first_landmark), k = c_.chunk_topk;
     const Index mirrored = landmarks_on_device_count_;
@@ -471,8 +472,10 @@ class DrtDecoder final : public IncrementalDecoder<T> {
         const Index e = b0 + ids(i, j);
         if (e < c0 + i) mine.push_back({top(i, j), static_cast<std::int32_t>(e)});
       }
-      std::sort(mine.begin(), mine.end(), [](const auto& a, const auto& b) {
-        return a.first > b.first || (a.first == b.first && a.second < b.second);
+      // NaN (a broken model) ranks last, so that the order stays a strict weak ordering.
+      auto rank = [](T s) { return std::isnan(s) ? -std::numeric_limits<T>::infinity() : s; };
+      std::sort(mine.begin(), mine.end(), [&](const auto& a, const auto& b) {
+        return rank(a.first) > rank(b.first) || (rank(a.first) == rank(b.first) && a.second < b.second);
       });
       if (static_cast<Index>(mine.size()) > k) mine.resize(static_cast<std::size_t>(k));
     }

@@ -265,6 +265,7 @@ template <class T, class Keys>
 void attend_in_tiles(const T* q, Index L, Index H, const Keys& keys, int groups, int tiles_per_group, const T* weight,
                      T scale, T* out, Device device) {
   const Index tiles = Index(groups) * tiles_per_group, d = keys.d;
+  DRT_CHECK(L <= 65535 && H <= 65535, "decode attention: ", L, " rows and ", H, " heads exceed the grid's 65,535");
   const Tensor<T> stats = Tensor<T>::empty({L, H, tiles, 2}, nullptr, device);
   const Tensor<T> acc = Tensor<T>::empty({L, H, tiles, d}, nullptr, device);
   attend_tile_kernel<T, Keys><<<dim3(unsigned(tiles), unsigned(H), unsigned(L)), kTileThreads, 0, ::drt::cuda::stream()>>>(
