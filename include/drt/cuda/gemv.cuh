@@ -51,7 +51,6 @@ __global__ void gemv_transposed_kernel(const float* __restrict__ a, Index a_step
   if (vector_loads) {  // row and a 16-byte aligned, a contiguous: 4 elements per load
     const float4* row4 = reinterpret_cast<const float4*>(row);
     const float4* a4 = reinterpret_cast<const float4*>(a);
-#pragma unroll 4  // several loads in flight: the loop is latency-bound otherwise
     for (Index q = lane; q < K / 4; q += 32) {
       const float4 x = a4[q], y = row4[q];
       sum += operand<Bf16>(x.x) * operand<Bf16>(y.x) + operand<Bf16>(x.y) * operand<Bf16>(y.y) +
