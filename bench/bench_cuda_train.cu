@@ -3,7 +3,7 @@
 // run (the ratio says how much of the GPU's matrix speed a whole DRT step turns into model FLOPs).
 //
 //   bench_cuda_train [--config FILE] [--batch B] [--micro-batch b] [--seq-len T] [--steps N]
-//                    [--precision fp32|tf32|bf16] [--phases] [--profile]
+//                    [--precision fp32|tf32|bf16] [--phases] [--profile] [--kernels]
 //   default: tests/data/config_63.json (the paper's 146M DRT), batch 1, 16,380 tokens, 5 steps, fp32
 //
 // A step is what `drt train` does: forward and backward of B sequences (as B/b micro-batches of
@@ -12,8 +12,12 @@
 // fp32. The first step (allocations, cuBLAS heuristics) is not timed. --phases times the same
 // steps again with a synchronisation after forward, backward and clip + AdamW, to show where
 // the time goes; --profile times one more step's backward op by op (drt/autodiff/profile.hpp)
-// and prints the ops that take the most.
+// and prints the ops that take the most. --kernels brackets one more micro-batch's forward and
+// backward with cudaProfilerStart/Stop, for a per-kernel profile of just that:
+//   ncu --clock-control none --profile-from-start off --metrics gpu__time_duration.sum --csv
+//       bench_cuda_train --precision bf16 --steps 1 --kernels
 #include <cublas_v2.h>
+#include <cuda_profiler_api.h>
 
 #include <chrono>
 #include <cstdio>
@@ -57,14 +61,15 @@ struct Options {
   Precision precision = Precision::fp32;
   bool phases = false;
   bool profile = false;
+  bool kernels = false;
 };
 
 Options parse(int argc, char** argv) {
   Options o;
   for (int i = 1; i < argc; ++i) {
     const std::string flag = argv[i];
-    if (flag == "--phases" || flag == "--profile") {
-      (flag == "--phases" ? o.phases : o.profile) = true;
+    if (flag == "--phases" || flag == "--profile" || flag == "--kernels") {
+      (flag == "--phases" ? o.phases : flag == "--profile" ? o.profile : o.kernels) = true;
       continue;
     }
     DRT_CHECK(i + 1 < argc, "bench_cuda_train: ", flag, " needs a value");
@@ -162,6 +167,16 @@ int main(int argc, char** argv) {
       step(std::uint64_t(o.steps + 1));
       tape().set_backward_observer(nullptr);
       std::printf("backward of one step, op by op (synchronised after each):\n%s", profile.table(25).c_str());
+    }
+    if (o.kernels) {
+      const IndexTensor tokens = random_tokens(o.micro_batch, o.seq_len, c.vocab_size, 999);
+      cuda::synchronize();
+      cudaProfilerStart();
+      backward(model.loss(tokens, ForwardOptions{.training = true, .noise_seed = 999}));
+      tape().reset();
+      cuda::synchronize();
+      cudaProfilerStop();
+      std::printf("profiled one micro-batch's forward and backward (--kernels)\n");
     }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_cuda_train: %s\n", e.what());

@@ -55,6 +55,40 @@ TEST(Matmul, PlainBatchedSharedAndTransposed) {
   expect_gradients_match([](const Inputs& x) { return linear(x[0], x[1]); }, {rand({2, 3, 4}, 13), rand({6, 4}, 14)});
 }
 
+// One op for several weights on one input (q, k, v): the same values as one linear per weight,
+// and its gradients, including an output no gradient reaches and an input whose gradient also
+// arrives by another path (so its buffer is written fresh by one op and added to by the other).
+TEST(Matmul, LinearWithSharedInput) {
+  const auto x = rand({2, 3, 4}, 15), w1 = rand({5, 4}, 16), w2 = rand({6, 4}, 17), w3 = rand({2, 4}, 18);
+  {
+    const Var<double> xv = constant(x), a = constant(w1), b = constant(w2);
+    const std::vector<Var<double>> y = linear_shared_input(xv, {&a, &b});
+    ASSERT_EQ(y.size(), 2u);
+    EXPECT_EQ(y[0].value().to_vector(), linear(xv, a).value().to_vector());
+    EXPECT_EQ(y[1].value().to_vector(), linear(xv, b).value().to_vector());
+    tape().reset();
+  }
+  expect_gradients_match(
+      [](const Inputs& v) {
+        const std::vector<Var<double>> y = linear_shared_input(v[0], {&v[1], &v[2], &v[3]});
+        return concat({y[0], y[1], y[2]}, -1);
+      },
+      {x, w1, w2, w3});
+  expect_gradients_match(
+      [](const Inputs& v) {
+        const std::vector<Var<double>> y = linear_shared_input(v[0], {&v[1], &v[2], &v[3]});
+        return concat({y[2], v[0] * 2.0, y[0]}, -1);  // y[1] unused
+      },
+      {x, w1, w2, w3});
+  expect_gradients_match(
+      [](const Inputs& v) {
+        const Var<double> twice = v[0] * 2.0;  // recorded first, so its backward runs after the linear's
+        const std::vector<Var<double>> y = linear_shared_input(v[0], {&v[1]});
+        return concat({y[0], twice}, -1);
+      },
+      {x, w1});
+}
+
 TEST(Matmul, MatchesNaiveProductOnLargeShapes) {
   const auto a = random_uniform<float>({70, 130}, 1, -1, 1), b = random_uniform<float>({130, 90}, 2, -1, 1);
   const auto c = matmul(a, b);

@@ -343,6 +343,28 @@ TEST_F(Gpu, MatmulBf16MatchesTheCpuEmulation) {
   expect_close(drt::matmul(Ad, Bd), drt::matmul(cuda::to_device(Ad), cuda::to_device(Bd)), 1e-13 * K, 0, "double");
 }
 
+// Inside a RoundedOperandReuse scope an operand's storage is rounded once: a later GEMM of the
+// scope that reads the same storage gets the first copy. Proven by breaking the scope's promise:
+// A changed between two products inside the scope still multiplies as the old A; outside, the
+// new A is rounded again.
+TEST_F(Gpu, RoundedOperandsAreReusedInsideAScope) {
+  const Index M = 40, K = 64, N = 24;
+  const Tensor<float> A = uniform<float>({M, K}, 61), B = uniform<float>({K, N}, 62), A2 = uniform<float>({M, K}, 63);
+  MatmulPrecisionScope bf16(Precision::bf16);
+  const Tensor<float> dA = cuda::to_device(A), dB = cuda::to_device(B);
+  const double tol = 2e-6 * K;
+  {
+    RoundedOperandReuse reuse;
+    const Tensor<float> first = drt::matmul(dA, dB);
+    expect_close(drt::matmul(A, B), first, tol, 0, "first product in the scope");
+    dA.copy_from(cuda::to_device(A2));
+    expect_close(drt::matmul(A, B), drt::matmul(dA, dB), tol, 0, "second product reuses the first rounding of A");
+    // A read of fewer elements from the same address (the first M − 1 rows) reuses it too.
+    expect_close(drt::matmul(A.slice(0, 0, M - 1), B), drt::matmul(dA.slice(0, 0, M - 1), dB), tol, 0, "shorter read");
+  }
+  expect_close(drt::matmul(A2, B), drt::matmul(dA, dB), tol, 0, "after the scope: rounded again");
+}
+
 // ---- the allocator ---------------------------------------------------------------------------------
 
 TEST_F(Gpu, AllocatorReachesSteadyState) {

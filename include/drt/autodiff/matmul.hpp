@@ -2,7 +2,10 @@
 //
 // Shapes: matmul  A (..., M, K) · B (..., K, N) → (..., M, N)   (B may be a shared (K, N))
 //         linear  x (..., K), W (N, K)          → (..., N)        y = x · Wᵀ, no bias
+//         linear_shared_input  x (..., K), W_i (N_i, K) → y_i (..., N_i)
 #pragma once
+
+#include <vector>
 
 #include "drt/autodiff/var.hpp"
 #include "drt/core/matmul.hpp"
@@ -32,29 +35,53 @@ Var<T> matmul(const Var<T>& A, const Var<T>& B) {
   return out;
 }
 
+// y_i = x · W_iᵀ for several weights that read the same input (attention's q, k and v; SwiGLU's
+// gate and up). One op rather than one linear per weight so that, with bf16 GEMMs, x is rounded
+// once in the forward and once in the backward, and each output's gradient once for its two
+// GEMMs (RoundedOperandReuse, drt/core/precision.hpp), not once per GEMM.
+//   forward   y_i = x W_iᵀ
+//   backward  dx += Σ_i dy_i W_i  (written, not added, when x has no gradient yet);  dW_i += dy_iᵀ x
+template <class T>
+std::vector<Var<T>> linear_shared_input(const Var<T>& x, std::initializer_list<const Var<T>*> weights) {
+  for (const Var<T>* W : weights)
+    DRT_CHECK(W->rank() == 2 && x.size(-1) == W->size(1), "linear: input ", x.shape().str(),
+              " does not match weight ", W->shape().str(), " (expected last axis ", W->size(1), ")");
+  const Tensor<T> x2 = x.value().contiguous(step_arena()).reshape(Shape{-1, x.size(-1)});
+  std::vector<Var<T>> ws, outs;
+  bool any_grad = false;
+  {
+    RoundedOperandReuse reuse;  // x, read by every product
+    for (const Var<T>* W : weights) {
+      Shape out_shape = x.shape();
+      out_shape[out_shape.rank() - 1] = W->size(0);
+      const Tensor<T> y = Tensor<T>::empty(out_shape, step_arena(), x.device());
+      gemm(x2, W->value().transpose(0, 1), y.reshape(Shape{-1, W->size(0)}));
+      outs.push_back(make_output(y, {&x, W}));
+      ws.push_back(*W);
+      any_grad |= outs.back().requires_grad();
+    }
+  }
+  if (any_grad)
+    tape().record([x, x2, ws, outs] {
+      RoundedOperandReuse reuse;  // x2 and each dy_i, each read by two products
+      for (std::size_t i = 0; i < outs.size(); ++i) {
+        if (!outs[i].has_grad()) continue;  // no gradient reached y_i
+        const Var<T>& W = ws[i];
+        const Tensor<T> g2 = outs[i].grad().reshape(Shape{-1, W.size(0)});
+        if (x.requires_grad()) {
+          const auto dx = x.node()->grad_slot();
+          gemm(g2, W.value(), dx.buffer.reshape(Shape{-1, W.size(1)}), T(1), dx.fresh ? T(0) : T(1));
+        }
+        if (W.requires_grad()) gemm(g2.transpose(0, 1), x2, W.node()->grad_buffer(), T(1), T(1));
+      }
+    });
+  return outs;
+}
+
 // y = x · Wᵀ (a bias-free linear layer; W is stored (out_features, in_features) as in PyTorch)
 template <class T>
 Var<T> linear(const Var<T>& x, const Var<T>& W) {
-  DRT_CHECK(W.rank() == 2 && x.size(-1) == W.size(1), "linear: input ", x.shape().str(),
-            " does not match weight ", W.shape().str(), " (expected last axis ", W.size(1), ")");
-  const Tensor<T> xv = x.value().contiguous(step_arena());
-  const Tensor<T> x2 = xv.reshape(Shape{-1, x.size(-1)});
-  Shape out_shape = x.shape();
-  out_shape[out_shape.rank() - 1] = W.size(0);
-  Tensor<T> y = Tensor<T>::empty(out_shape, step_arena(), x.device());
-  gemm(x2, W.value().transpose(0, 1), y.reshape(Shape{-1, W.size(0)}));
-  Var<T> out = make_output(y, {&x, &W});
-  if (out.requires_grad())
-    record_backward(out, [x, x2, W, out] {
-      const Tensor<T> g2 = out.grad().reshape(Shape{-1, W.size(0)});
-      if (x.requires_grad()) {
-        // dx = g · W, written straight into x's gradient (accumulating).
-        const Tensor<T>& dx = x.node()->grad_buffer();
-        gemm(g2, W.value(), dx.reshape(Shape{-1, W.size(1)}), T(1), T(1));
-      }
-      if (W.requires_grad()) gemm(g2.transpose(0, 1), x2, W.node()->grad_buffer(), T(1), T(1));
-    });
-  return out;
+  return std::move(linear_shared_input(x, {&W})[0]);
 }
 
 }  // namespace drt

@@ -31,6 +31,20 @@ struct Node {
     if (!grad.defined()) grad = Tensor<T>::zeros(value.shape(), &tape().arena(), value.device());
     return grad;
   }
+
+  // The gradient buffer for a writer that sets every element of it, and whether it is fresh: a
+  // fresh buffer is *uninitialised*, so the writer must assign (or run its GEMM with beta = 0),
+  // not add. The first gradient of a node then costs one write instead of a zero-fill plus a
+  // read-modify-write, which on the GPU is most of a memory-bound backward op's traffic.
+  struct Slot {
+    const Tensor<T>& buffer;
+    bool fresh;
+  };
+  Slot grad_slot() {
+    const bool fresh = !grad.defined();
+    if (fresh) grad = Tensor<T>::empty(value.shape(), &tape().arena(), value.device());
+    return {grad, fresh};
+  }
 };
 
 template <class T>
@@ -54,11 +68,14 @@ class Var {
   Device device() const { return node_->value.device(); }
   Node<T>* node() const { return node_; }
 
-  // grad += e, when this Var wants a gradient. `e` is a tensor or an expression with this
-  // Var's shape (or one that broadcasts to it).
+  // grad += e, when this Var wants a gradient (grad = e for the first one). `e` is a tensor or
+  // an expression with this Var's shape (or one that broadcasts to it).
   template <class E>
   void accumulate_grad(const E& e) const {
-    if (requires_grad()) node_->grad_buffer() += e;
+    if (!requires_grad()) return;
+    const auto slot = node_->grad_slot();
+    if (slot.fresh) slot.buffer.assign(e);
+    else slot.buffer += e;
   }
 
  protected:

@@ -26,11 +26,19 @@ namespace drt {
 namespace detail {
 
 // The output of a view op: `value` is view(x.value()) (or, for reshape, of a copy of it), and
-// backward adds the output gradient into view(x's gradient buffer).
+// backward adds the output gradient into view(x's gradient buffer). A view that covers every
+// element (reshape, permute, transpose) assigns the first gradient instead (Node::grad_slot);
+// a slice must add into a zeroed buffer, since it writes only part of it.
 template <class T, class View>
-Var<T> view_output(const Var<T>& x, const Tensor<T>& value, View view) {
+Var<T> view_output(const Var<T>& x, const Tensor<T>& value, View view, bool covers_all = true) {
   Var<T> out = make_output(value, {&x});
-  if (out.requires_grad()) record_backward(out, [x, view, out] { view(x.node()->grad_buffer()) += out.grad(); });
+  if (out.requires_grad())
+    record_backward(out, [x, view, out, covers_all] {
+      if (!covers_all) return void(view(x.node()->grad_buffer()) += out.grad());
+      const auto slot = x.node()->grad_slot();
+      if (slot.fresh) view(slot.buffer).assign(out.grad());
+      else view(slot.buffer) += out.grad();
+    });
   return out;
 }
 
@@ -65,8 +73,9 @@ Var<T> transpose(const Var<T>& x, int a, int b) {
 // Elements begin, begin + step, ... < end along `axis`.
 template <class T>
 Var<T> slice(const Var<T>& x, int axis, Index begin, Index end, Index step = 1) {
-  return detail::view_output(x, x.value().slice(axis, begin, end, step),
-                             [=](const Tensor<T>& t) { return t.slice(axis, begin, end, step); });
+  return detail::view_output(
+      x, x.value().slice(axis, begin, end, step), [=](const Tensor<T>& t) { return t.slice(axis, begin, end, step); },
+      /*covers_all=*/false);
 }
 
 template <class T>

@@ -31,7 +31,9 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <string>
+#include <vector>
 
 #include "drt/core/error.hpp"
 
@@ -78,6 +80,51 @@ class MatmulPrecisionScope {
 
  private:
   Precision previous_;
+};
+
+// Within one of these scopes, a bf16 GEMM on the GPU rounds each operand's storage once and
+// reuses that bf16 copy for the scope's later GEMMs that read the same storage (cuda/bf16.cuh,
+// bf16_operand). Without it every GEMM rounds both operands again, and in a training step that
+// rounding moved as many bytes as the GEMMs themselves: attention's q, k and v read one input,
+// and a linear layer's backward reads its output gradient twice (for dx and for dW).
+//
+// The scope is a promise by the code that opens it: no storage a GEMM reads inside it is written
+// (or freed and reallocated) before the scope ends. A copy is found by its source's address and
+// reused for any read of at most as many elements from that address; it lives until the scope
+// ends. Scopes nest; an inner one also finds its outer scopes' copies.
+class RoundedOperandReuse {
+ public:
+  RoundedOperandReuse() : outer_(innermost()) { innermost() = this; }
+  ~RoundedOperandReuse() { innermost() = outer_; }
+  RoundedOperandReuse(const RoundedOperandReuse&) = delete;
+  RoundedOperandReuse& operator=(const RoundedOperandReuse&) = delete;
+
+  // The innermost open scope of this thread, or null.
+  static RoundedOperandReuse* active() { return innermost(); }
+
+  // A copy of at least `elements` elements rounded from `source`, or null.
+  std::shared_ptr<void> find(const void* source, std::int64_t elements) const {
+    for (const RoundedOperandReuse* scope = this; scope != nullptr; scope = scope->outer_)
+      for (const Entry& e : scope->copies_)
+        if (e.source == source && e.elements >= elements) return e.copy;
+    return nullptr;
+  }
+  void remember(const void* source, std::int64_t elements, std::shared_ptr<void> copy) {
+    copies_.push_back(Entry{source, elements, std::move(copy)});
+  }
+
+ private:
+  struct Entry {
+    const void* source;
+    std::int64_t elements;
+    std::shared_ptr<void> copy;
+  };
+  static RoundedOperandReuse*& innermost() {
+    thread_local RoundedOperandReuse* scope = nullptr;
+    return scope;
+  }
+  std::vector<Entry> copies_;
+  RoundedOperandReuse* outer_;
 };
 
 // x rounded to the operand precision p (round to nearest, ties to even; NaN and ±inf kept).

@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <memory>
 
+#include "drt/core/precision.hpp"
 #include "drt/core/tensor.hpp"
 #include "drt/cuda/copy.cuh"
 #include "drt/cuda/error.cuh"
@@ -47,6 +48,17 @@ inline std::shared_ptr<void> bf16_copy(const void* src, Index n) {
   detail::round_to_bf16_kernel<<<static_cast<unsigned>(blocks), threads, 0, ::drt::cuda::stream()>>>(
       static_cast<const float*>(src), static_cast<__nv_bfloat16*>(copy.get()), n, vector_end);
   DRT_CUDA_CHECK_LAUNCH();
+  return copy;
+}
+
+// bf16_copy for a GEMM operand: inside a RoundedOperandReuse scope (drt/core/precision.hpp) the
+// scope's copy of the same storage, made by the first GEMM that read it.
+inline std::shared_ptr<void> bf16_operand(const void* src, Index n) {
+  RoundedOperandReuse* reuse = RoundedOperandReuse::active();
+  if (reuse == nullptr) return bf16_copy(src, n);
+  if (std::shared_ptr<void> copy = reuse->find(src, n)) return copy;
+  std::shared_ptr<void> copy = bf16_copy(src, n);
+  reuse->remember(src, n, copy);
   return copy;
 }
 

@@ -9,8 +9,9 @@
 // Precision (drt/core/precision.hpp, one switch for the whole process): float products run exactly
 // in fp32 by default, which the tests compare with the CPU. `tf32` lets cuBLAS use TF32 tensor
 // cores. `bf16` rounds both operands into bf16 copies (one fused cast kernel each, buffers from
-// the caching allocator) and runs a bf16 × bf16 → fp32 product with fp32 accumulation: the
-// tensor cores' fastest mode that keeps an fp32 result. doubles are always exact.
+// the caching allocator; once per RoundedOperandReuse scope, drt/core/precision.hpp) and runs a
+// bf16 × bf16 → fp32 product with fp32 accumulation: the tensor cores' fastest mode that keeps
+// an fp32 result. doubles are always exact.
 #pragma once
 
 #include <cublas_v2.h>
@@ -80,8 +81,8 @@ inline void gemm(DType type, const GemmArgs& g) {
   const void* b = g.b;
   std::shared_ptr<void> a_bf16, b_bf16;
   if (bf16 && g.K > 0) {
-    a_bf16 = bf16_copy(g.a, detail::operand_span(g.M, g.K, g.a_row_major, g.lda, g.batch, g.batch_stride_a));
-    b_bf16 = bf16_copy(g.b, detail::operand_span(g.K, g.N, g.b_row_major, g.ldb, g.batch, g.batch_stride_b));
+    a_bf16 = bf16_operand(g.a, detail::operand_span(g.M, g.K, g.a_row_major, g.lda, g.batch, g.batch_stride_a));
+    b_bf16 = bf16_operand(g.b, detail::operand_span(g.K, g.N, g.b_row_major, g.ldb, g.batch, g.batch_stride_b));
     a = a_bf16.get();
     b = b_bf16.get();
   }

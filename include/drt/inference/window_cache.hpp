@@ -234,9 +234,12 @@ Var<T> attend_cached(const DecoderAttention<T>& attn, const Var<T>& x, WindowKvC
       const Tensor<T> target = all.segment_rows(buffer);
       gemm(rows, w.value().transpose(0, 1), target.reshape({L, target.size(1) * d}));  // what linear() computes
     };
-    project_into(attn.q_proj, all.queries);
-    project_into(attn.k_proj, all.keys);
-    project_into(attn.v_proj, all.values);
+    {
+      RoundedOperandReuse reuse;  // bf16: `rows` rounded once for the three products
+      project_into(attn.q_proj, all.queries);
+      project_into(attn.k_proj, all.keys);
+      project_into(attn.v_proj, all.values);
+    }
     const Tensor<T> o = all.attend(attn.alibi_slopes, cache.window(), T(1) / std::sqrt(T(d)));
     cache.push(all.segment_rows(all.keys), all.segment_rows(all.values));
     return linear(constant(o.reshape({1, L, Index(attn.heads) * d})), attn.o_proj);

@@ -60,9 +60,10 @@ struct DecoderAttention : AttentionProjections<T> {
 
   Var<T> operator()(const Var<T>& x) const {
     const Index B = x.size(0), L = x.size(1);
-    const Var<T> q = reshape(linear(x, q_proj), {B, L, heads, head_dim});
-    const Var<T> k = reshape(linear(x, k_proj), {B, L, kv_heads, head_dim});
-    const Var<T> v = reshape(linear(x, v_proj), {B, L, kv_heads, head_dim});
+    const std::vector<Var<T>> qkv = linear_shared_input(x, {&q_proj, &k_proj, &v_proj});
+    const Var<T> q = reshape(qkv[0], {B, L, heads, head_dim});
+    const Var<T> k = reshape(qkv[1], {B, L, kv_heads, head_dim});
+    const Var<T> v = reshape(qkv[2], {B, L, kv_heads, head_dim});
     const Var<T> o = window_attention(q, k, v, alibi_slopes, window, T(1) / std::sqrt(T(head_dim)));
     return linear(reshape(o, {B, L, Index(heads) * head_dim}), o_proj);
   }
@@ -97,11 +98,12 @@ struct EncoderAttention : AttentionProjections<T> {
   Var<T> operator()(const Var<T>& x) const {
     const Index N = x.size(0), S = x.size(1);
     const T theta = static_cast<T>(ModelConfig::kEncoderRopeTheta);
-    auto heads_first = [&](const Parameter<T>& w) {  // (N, S, D) → (N, H, S, d)
-      return permute(reshape(linear(x, w), {N, S, heads, head_dim}), {0, 2, 1, 3});
+    auto heads_first = [&](const Var<T>& projected) {  // (N, S, D) → (N, H, S, d)
+      return permute(reshape(projected, {N, S, heads, head_dim}), {0, 2, 1, 3});
     };
-    const Var<T> q = rope(heads_first(q_proj), theta), k = rope(heads_first(k_proj), theta);
-    const Var<T> v = heads_first(v_proj);
+    const std::vector<Var<T>> qkv = linear_shared_input(x, {&q_proj, &k_proj, &v_proj});
+    const Var<T> q = rope(heads_first(qkv[0]), theta), k = rope(heads_first(qkv[1]), theta);
+    const Var<T> v = heads_first(qkv[2]);
     Var<T> scores = matmul(q, transpose(k, -1, -2)) * (T(1) / std::sqrt(T(head_dim)));  // (N, H, S, S)
     if (alibi) scores = scores + constant(symmetric_alibi(heads, S).to(x.device()));
     const Var<T> p = softmax(scores, -1);

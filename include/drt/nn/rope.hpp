@@ -67,7 +67,8 @@ Var<T> rope_on_device(const Var<T>& x, T theta, Index position_offset) {
   Var<T> out = make_output(y, {&x});
   if (out.requires_grad())
     record_backward(out, [x, cos_table, sin_table, out] {
-      DRT_ON_DEVICE("rope", cuda::rope_rotate(out.grad(), x.node()->grad_buffer(), cos_table, sin_table, T(-1), true));
+      [[maybe_unused]] const auto dx = x.node()->grad_slot();  // a fresh buffer is written, not added to
+      DRT_ON_DEVICE("rope", cuda::rope_rotate(out.grad(), dx.buffer, cos_table, sin_table, T(-1), !dx.fresh));
     });
   return out;
 }
@@ -98,7 +99,8 @@ Var<T> rope(const Var<T>& x, T theta = T(10000), Index position_offset = 0) {
   Var<T> out = make_output(y, {&x});
   if (out.requires_grad())
     record_backward(out, [x, cos_table, sin_table, out] {
-      detail::rotate_pairs(out.grad(), x.node()->grad_buffer(), cos_table, sin_table, T(-1), true);
+      const auto dx = x.node()->grad_slot();
+      detail::rotate_pairs(out.grad(), dx.buffer, cos_table, sin_table, T(-1), !dx.fresh);
     });
   return out;
 }

@@ -35,10 +35,14 @@ Var<T> swiglu(const Var<T>& gate, const Var<T>& up) {
         up.accumulate_grad(g * silu(a));
         return;
       }
-      const Tensor<T>& da = gate.node()->grad_buffer();
-      const Tensor<T>& db = up.node()->grad_buffer();
+      // Fresh buffers (the usual case: gate and up are a linear's outputs) are written, not added to.
+      const auto gate_slot = gate.node()->grad_slot();
+      const auto up_slot = up.node()->grad_slot();
+      const Tensor<T>& da = gate_slot.buffer;
+      const Tensor<T>& db = up_slot.buffer;
+      const bool add_a = !gate_slot.fresh, add_b = !up_slot.fresh;
       if (!a.on_host()) {
-        DRT_ON_DEVICE("swiglu", cuda::swiglu_backward(a, b, g, da, db));
+        DRT_ON_DEVICE("swiglu", cuda::swiglu_backward(a, b, g, da, db, add_a, add_b));
         return;
       }
       const Index n = detail::row_length(a.shape());
@@ -52,8 +56,10 @@ Var<T> swiglu(const Var<T>& gate, const Var<T>& up) {
         T* pdb = db.data() + detail::row_offset(db, row);
         for (Index j = 0; j < n; ++j) {
           const T z = pa[j * as], s = T(1) / (T(1) + std::exp(-z)), gj = pg[j * gs];
-          pda[j * das] += gj * pb[j * bs] * s * (T(1) + z * (T(1) - s));
-          pdb[j * dbs] += gj * z * s;
+          T* to_a = pda + j * das;
+          T* to_b = pdb + j * dbs;
+          *to_a = (add_a ? *to_a : T(0)) + gj * pb[j * bs] * s * (T(1) + z * (T(1) - s));
+          *to_b = (add_b ? *to_b : T(0)) + gj * z * s;
         }
       });
     });
@@ -66,7 +72,8 @@ Var<T> swiglu_mlp(const Var<T>& x, const Var<T>& w_gate, const Var<T>& w_up, con
                 w_down.size(0) == w_gate.size(1) && w_down.size(1) == w_gate.size(0),
             "swiglu_mlp: weights must be w_gate (F, D), w_up (F, D), w_down (D, F); got w_gate ",
             w_gate.shape().str(), ", w_up ", w_up.shape().str(), ", w_down ", w_down.shape().str());
-  return linear(swiglu(linear(x, w_gate), linear(x, w_up)), w_down);
+  const std::vector<Var<T>> gate_up = linear_shared_input(x, {&w_gate, &w_up});
+  return linear(swiglu(gate_up[0], gate_up[1]), w_down);
 }
 
 }  // namespace drt
