@@ -15,7 +15,7 @@
 //                        (glibc's within 1), the lane sums are trees instead of a loop (a few ulp
 //                        each over ≤ 3,000 terms of one sign), and nvcc contracts a·b + c into FMAs
 //   fp64                 ≤ 1e-13 + 1e-12·|cpu| (the same reasons; fp64 rounding is 2^29 times smaller)
-//   sums over rows       (RMSNorm's dγ: up to 2,100 rows, mixed signs) atol max(above, 4·ε·rows):
+//   sums over rows       (RMSNorm's dγ: up to 140,001 rows, mixed signs) atol max(above, 4·ε·rows):
 //                        the rounding of a sum grows with its count of terms
 //   fp64 Gumbel noise    ≤ 1e-15 + 1e-15·|cpu|: the uniforms are identical, but −log(−log u) uses
 //                        CUDA's log (≤ 1 ulp) instead of glibc's (< 0.52 ulp): the last bit may
@@ -257,6 +257,30 @@ TYPED_TEST(NnGpu, RmsNorm) {
       [&](const auto& v) { return rms_norm(v[0], v[1], eps); }, atol, rtol, {false, true}, grad_atol(40));
   check_op<T>("rms_norm, x's gradient only", {uniform<T>({40, 9}, 32), uniform<T>({9}, 33)},
               [&](const auto& v) { return rms_norm(v[0], v[1], eps); }, atol, rtol, {true, false});
+  // config_63's width over many rows: forward and dx in 16-byte packs (contiguous aligned rows);
+  // dγ in 485 chunks of 11 rows, the last of 7. x's gradient at the plain tolerance, γ's at the
+  // rows' one.
+  auto plain = [&](const auto& v) { return rms_norm(v[0], v[1], eps); };
+  const Tensor<T> many = uniform<T>({5331, 768}, 34), gamma768 = uniform<T>({768}, 35, T(0.5), T(1.5));
+  check_op<T>("rms_norm, 5331 rows of 768, x's gradient", {many, gamma768}, plain, atol, rtol, {true, false});
+  check_op<T>("rms_norm, 5331 rows of 768, gamma's gradient", {many, gamma768}, plain, atol, rtol, {false, true},
+              grad_atol(5331));
+  // More rows than kGammaChunks·kBlock: a chunk's 274 rows span two tiles of dγ's first pass.
+  check_op<T>("rms_norm, 140001 rows", {uniform<T>({140001, 3}, 36), uniform<T>({3}, 37)}, plain, atol, rtol,
+              {false, true}, grad_atol(140001));
+  // Row views (300 rows, a warp each): starting 4 columns in, the rows are 16-byte aligned (stride
+  // 772) and go in packs; 1 column in they are not and go element by element; aligned rows with a
+  // misaligned gamma too.
+  const Tensor<T> wide = uniform<T>({300, 772}, 38);
+  check_op<T>(
+      "rms_norm of aligned row slices", {wide, gamma768},
+      [&](const auto& v) { return rms_norm(slice(v[0], 1, 4, 772), v[1], eps); }, atol, rtol, {}, grad_atol(300));
+  check_op<T>(
+      "rms_norm of misaligned row slices", {wide, gamma768},
+      [&](const auto& v) { return rms_norm(slice(v[0], 1, 1, 769), v[1], eps); }, atol, rtol, {}, grad_atol(300));
+  check_op<T>(
+      "rms_norm with a misaligned gamma", {uniform<T>({300, 768}, 39), uniform<T>({769}, 40, T(0.5), T(1.5))},
+      [&](const auto& v) { return rms_norm(v[0], slice(v[1], 0, 1, 769), eps); }, atol, rtol, {}, grad_atol(300));
 }
 
 // ---- rope ------------------------------------------------------------------------------------------
@@ -273,6 +297,46 @@ TYPED_TEST(NnGpu, Rope) {
   check_op<T>(
       "rope, d = 2, S = 1", {uniform<T>({3, 1, 2}, 42)}, [&](const auto& v) { return rope(v[0], T(10), 7); }, atol,
       rtol);
+  // (B, H, T, 64) over (B, T, H, 64) storage, as attention takes it: 900 rows (not a multiple of
+  // the 32 rows a warp takes at a time).
+  check_op<T>(
+      "rope of a (B, H, T, 64) view", {uniform<T>({2, 150, 3, 64}, 43)},
+      [&](const auto& v) { return rope(permute(v[0], {0, 2, 1, 3}), T(10000), 0); }, atol, rtol);
+  // A 5-D view with d = 128 (two pairs per thread), and a strided last axis with d = 6 (groups of
+  // 4 threads, 8 rows side by side).
+  check_op<T>(
+      "rope of a 5-D view, d = 128", {uniform<T>({2, 19, 2, 3, 128}, 44)},
+      [&](const auto& v) { return rope(permute(v[0], {0, 2, 3, 1, 4}), T(10000), 3); }, atol, rtol);
+  check_op<T>(
+      "rope with a strided last axis, d = 6", {uniform<T>({6, 2, 40}, 45)},
+      [&](const auto& v) { return rope(transpose(v[0], 0, 2), T(100), 1); }, atol, rtol);
+  // Two ropes of one input: the second backward adds into a gradient that is not zero.
+  check_op<T>(
+      "rope twice, one gradient", {uniform<T>({2, 3, 33, 32}, 46)},
+      [&](const auto& v) { return rope(v[0], T(10000), 0) + rope(v[0], T(500), 9); }, atol, rtol);
+}
+
+// The rotation alone against the CPU's loop, where the op never sends it: an output that is a
+// permuted view with a strided last axis, overwritten and accumulated into, both directions, from
+// a 5-D permuted input (228 rows). The whole output storage is compared: nothing is written
+// outside the view.
+TYPED_TEST(NnGpu, RopeRotateIntoViews) {
+  using T = TypeParam;
+  const Tensor<T> in_store = uniform<T>({2, 19, 3, 2, 32}, 140);   // (B, S, H, c, d)
+  const Tensor<T> out_store = uniform<T>({19, 2, 3, 2, 64}, 141);  // (S, B, H, c, 2d)
+  const Tensor<T> cos_table = uniform<T>({19, 16}, 142), sin_table = uniform<T>({19, 16}, 143);
+  auto in_view = [](const Tensor<T>& t) { return t.permute({0, 2, 3, 1, 4}); };  // (B, H, c, S, d)
+  auto out_view = [](const Tensor<T>& t) { return t.permute({1, 2, 3, 0, 4}).slice(4, 1, 64, 2); };
+  const Tensor<T> device_in = in_store.to(Device::cuda);
+  const Tensor<T> device_cos = cos_table.to(Device::cuda), device_sin = sin_table.to(Device::cuda);
+  for (const bool accumulate : {false, true})
+    for (const T direction : {T(1), T(-1)}) {
+      SCOPED_TRACE(std::string(accumulate ? "accumulate" : "overwrite") + (direction > 0 ? ", forward" : ", backward"));
+      const Tensor<T> cpu = out_store.clone(), gpu = out_store.to(Device::cuda);
+      detail::rotate_pairs(in_view(in_store), out_view(cpu), cos_table.data(), sin_table.data(), direction, accumulate);
+      cuda::rope_rotate(in_view(device_in), out_view(gpu), device_cos, device_sin, direction, accumulate);
+      expect_close(cpu, gpu, Tol<T>::atol, Tol<T>::rtol, "output storage");
+    }
 }
 
 // ---- swiglu, swiglu_mlp ----------------------------------------------------------------------------
