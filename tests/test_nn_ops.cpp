@@ -209,6 +209,56 @@ TEST(CrossEntropy, PartiallyMaskedLogitsStayFinite) {
   tape().reset();
 }
 
+// classes = C < V (the GPU model's padded head): only columns [0, C) are classes. The loss is the
+// loss of the first C columns, whatever the others hold, and they get a zero gradient.
+TEST(CrossEntropy, FewerClassesThanColumnsIgnoresTheRest) {
+  auto logits = rand({2, 3, 7}, 18, -3, 3);
+  logits(0, 1, 5) = 40;  // a huge extra column would dominate a softmax over all 7
+  logits(1, 2, 6) = -kInf;
+  const auto targets = IndexTensor::from({2, 3}, {4, -100, 0, 2, 1, 3});
+  const Tensor<double> first = logits.slice(2, 0, 5).clone();
+  const double expected = cross_entropy(constant(first), targets).item();
+  EXPECT_EQ(cross_entropy(constant(logits), targets, -100, 5).item(), expected);  // the same loops over C
+  EXPECT_EQ(cross_entropy(constant(logits.cast<float>()), targets, -100, 5).item(),
+            cross_entropy(constant(first.cast<float>()), targets).item());
+  EXPECT_EQ(cross_entropy(constant(logits), targets, -100, -1).item(), cross_entropy(constant(logits), targets).item());
+  tape().reset();
+
+  // The gradient: the sliced logits' gradient in columns [0, C), exactly 0 beyond.
+  Var<double> whole = variable(logits), part = variable(first);
+  backward(cross_entropy(whole, targets, -100, 5));
+  backward(cross_entropy(part, targets));
+  for (Index i = 0; i < 2; ++i)
+    for (Index j = 0; j < 3; ++j)
+      for (Index k = 0; k < 7; ++k) EXPECT_EQ(whole.grad()(i, j, k), k < 5 ? part.grad()(i, j, k) : 0.0) << i << j << k;
+  tape().reset();
+
+  // Finite differences in double, over every column (the extra ones included: their derivative is 0).
+  expect_gradients_match([=](const Inputs& v) { return cross_entropy(v[0], targets, -100, 5); }, {rand({2, 3, 7}, 19)});
+  // A strided vocabulary axis, another ignore_index, C = 1 (a certain class: loss and gradient 0).
+  const auto view = rand({6, 4}, 20, -2, 2).transpose(0, 1);  // (4, 6)
+  const auto t4 = IndexTensor::from({4}, {1, 9, 3, 0});
+  expect_gradients_match([=](const Inputs& v) { return cross_entropy(v[0], t4, 9, 4); }, {view});
+  expect_gradients_match([](const Inputs& v) { return cross_entropy(v[0], IndexTensor::zeros({3}), -100, 1); },
+                         {rand({3, 5}, 21)});
+  // The logits used twice: the cross-entropy adds into a gradient that already exists.
+  expect_gradients_match(
+      [=](const Inputs& v) { return cross_entropy(v[0], targets, -100, 5) + sum_all(v[0] * v[0]); },
+      {rand({2, 3, 7}, 22)});
+}
+
+TEST(CrossEntropy, TargetsMustBeClasses) {
+  const auto logits = constant(rand({2, 5}, 23));
+  // A column that exists but is not a class is an error, naming the class count and the width.
+  expect_error_naming([&] { cross_entropy(logits, IndexTensor::from({2}, {1, 3}), -100, 3); },
+                      {"cross_entropy", "target 3", "[0, 3)", "5"});
+  expect_error_naming([&] { cross_entropy(logits, IndexTensor::from({2}, {1, 0}), -100, 6); },
+                      {"cross_entropy", "6 classes", "5 columns"});
+  // C = 0 is fine when nothing is counted.
+  EXPECT_EQ(cross_entropy(logits, IndexTensor::full({2}, -100), -100, 0).item(), 0.0);
+  tape().reset();
+}
+
 // ---- rms_norm --------------------------------------------------------------------------------
 
 TEST(RmsNorm, MatchesNaiveLoop) {

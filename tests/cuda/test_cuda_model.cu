@@ -1,6 +1,7 @@
 // test_cuda_model — whole models on the GPU against the same models on the CPU: logits, loss and
-// every parameter's gradient; the padded vocabulary; training steps and the allocator's steady
-// state; `Trainer` on a device (the loss curve of `drt train --device cuda`).
+// every parameter's gradient; the padded vocabulary (and the models' loss, which scores the padded
+// logits in place); training steps and the allocator's steady state; `Trainer` on a device (the
+// loss curve of `drt train --device cuda`).
 //
 // Tolerances. fp64: every op differs from its CPU twin only in the order of additions, so whole
 // models agree to ~1e-12 relative; we allow 1e-9 of each tensor's largest magnitude. fp32: the
@@ -144,6 +145,50 @@ TEST_F(Gpu, BaselineMatchesCpu) {
   const auto pc = cpu.named_parameters(), pg = gpu.named_parameters();
   for (std::size_t i = 0; i < pc.size(); ++i)
     expect_near_scaled(pc[i].parameter->grad(), pg[i].parameter->grad(), 1e-9, "grad of " + pc[i].name);
+}
+
+// The models' own loss, which on the GPU scores the padded logits in place (the head's V' = 128
+// columns, C = V = 77 classes; no slice on the tape, the kernel writes the logits' gradient whole):
+// the loss and every parameter's gradient against the CPU model, and the padding rows of the
+// head's gradient storage still zero after the backward (their logits' columns got 0).
+template <class T, class Model>
+void expect_loss_matches_cpu(const ModelConfig& c, const IndexTensor& tokens, const char* name) {
+  SCOPED_TRACE(name);
+  Model cpu(c, 7), gpu(c, 7);
+  gpu.move_to(Device::cuda);
+  auto run = [&](const Model& m) {
+    for (const auto& p : m.named_parameters()) p.parameter->zero_grad();
+    const Var<T> loss = m.loss(tokens);
+    backward(loss);
+    const T l = loss.item();
+    tape().reset();
+    return l;
+  };
+  const T a = run(cpu), b = run(gpu);
+  EXPECT_NEAR(double(a), double(b), Tolerance<T>::value * std::abs(double(a)));
+  const auto pc = cpu.named_parameters(), pg = gpu.named_parameters();
+  ASSERT_EQ(pc.size(), pg.size());
+  for (std::size_t i = 0; i < pc.size(); ++i)
+    expect_near_scaled(pc[i].parameter->grad(), pg[i].parameter->grad(), Tolerance<T>::grad, "grad of " + pc[i].name);
+  const Index V = c.vocab_size, D = c.hidden_size, padded = (V + 63) / 64 * 64;
+  ASSERT_GT(padded, V) << "the test needs a padded head";
+  const Tensor<T> padding = Tensor<T>::wrap(gpu.lm_head().grad().data() + V * D, {padded - V, D}, Device::cuda);
+  for (T v : padding.to_vector()) ASSERT_EQ(v, T(0)) << "a padding row of the head got a gradient";
+}
+
+TEST_F(Gpu, ModelLossOverThePaddedHeadMatchesCpu) {
+  const ModelConfig c = tiny_config();
+  const IndexTensor drt_tokens = random_tokens(2, 4 * c.enc_chunk_size, c.vocab_size, 5);
+  expect_loss_matches_cpu<double, DrtModel<double>>(c, drt_tokens, "DRT, fp64, tied");
+  expect_loss_matches_cpu<float, DrtModel<float>>(c, drt_tokens, "DRT, fp32, tied");
+  ModelConfig untied = c;
+  untied.enc_chunk_size = 64;
+  untied.tie_word_embeddings = false;
+  expect_loss_matches_cpu<double, DrtModel<double>>(untied, random_tokens(2, 4 * 64, c.vocab_size, 6),
+                                                    "DRT, fp64, untied, S = 65");
+  const IndexTensor tokens = random_tokens(2, 100, c.vocab_size, 9);
+  expect_loss_matches_cpu<double, SlidingWindowLM<double>>(c, tokens, "baseline, fp64, tied");
+  expect_loss_matches_cpu<float, SlidingWindowLM<float>>(untied, tokens, "baseline, fp32, untied");
 }
 
 // The padding rows exist only on the GPU, stay zero, and never show: same shapes, same count,

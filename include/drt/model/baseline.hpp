@@ -77,16 +77,21 @@ class SlidingWindowLM {
   int layer_count() const { return static_cast<int>(layers_.size()); }
 
   // Logits (B, T, V) for tokens (B, T).
-  Var<T> logits(const IndexTensor& tokens) const {
+  Var<T> logits(const IndexTensor& tokens) const { return padded_head_.visible(padded_logits(tokens)); }
+
+  // The same before the slice: (B, T, V') over the padded table on a GPU, of which the first
+  // padded_head_.classes(·) = V columns are real. What the loss scores (see DrtModel::padded_logits).
+  Var<T> padded_logits(const IndexTensor& tokens) const {
     Var<T> h = embedding(*embed_tokens_, baseline_ids(tokens));  // no padding row
     for (const auto& layer : layers_) h = (*layer)(h);
-    return head_logits(h);
+    return head_product(h);
   }
 
   // The final norm and the LM head: rows (..., D) → logits (..., V), over the padded table on a GPU.
-  Var<T> head_logits(const Var<T>& h) const {
-    return padded_head_.visible(
-        linear(rms_norm(h, *norm_, static_cast<T>(config_.rms_norm_eps)), padded_head_.table(lm_head())));
+  Var<T> head_logits(const Var<T>& h) const { return padded_head_.visible(head_product(h)); }
+  // The same before the slice: (..., V') on a GPU.
+  Var<T> head_product(const Var<T>& h) const {
+    return linear(rms_norm(h, *norm_, static_cast<T>(config_.rms_norm_eps)), padded_head_.table(lm_head()));
   }
 
   // Moves every parameter and buffer to `device` (see DrtModel::move_to).
@@ -100,7 +105,8 @@ class SlidingWindowLM {
       DRT_CHECK(labels->shape() == tokens.shape(), "SlidingWindowLM::loss: labels of shape ", labels->shape().str(),
                 " do not match tokens of shape ", tokens.shape().str());
     const IndexTensor targets = next_token_targets(labels ? *labels : tokens);
-    return cross_entropy(logits(tokens), targets);
+    const Var<T> scores = padded_logits(tokens);  // scored in place on a GPU, as DrtModel::loss
+    return cross_entropy(scores, targets, kIgnoreIndex, padded_head_.classes(scores));
   }
 
   // Every parameter under its reference state_dict name, in the reference's order. The tied LM

@@ -61,6 +61,13 @@ class DrtModel {
 
   // Logits (B, C·S, V), landmark rows included, for raw tokens (B, T).
   Var<T> logits(const IndexTensor& tokens, const ForwardOptions& options = {}) const {
+    return padded_head_.visible(padded_logits(tokens, options));
+  }
+
+  // The same logits as the head computes them: (B, C·S, V') over the padded table on a GPU, of
+  // which the first padded_head_.classes(·) = V columns are real (V' = V on the CPU). What the
+  // loss scores, so that no slice is recorded.
+  Var<T> padded_logits(const IndexTensor& tokens, const ForwardOptions& options = {}) const {
     const ModelConfig& c = config_;
     const Index S = c.chunk_positions();
     const IndexTensor ids = insert_landmarks(tokens, c.enc_chunk_size, c.chunk_id, c.pad_id);
@@ -71,13 +78,15 @@ class DrtModel {
       const Retrieval<T> retrieval = retrieve_for_group(h, g, memory, options);
       for (const auto& layer : upper_[g]) h = (*layer)(h, memory, retrieval, S);
     }
-    return head_logits(h);
+    return head_product(h);
   }
 
   // The final norm and the LM head: rows (..., D) → logits (..., V). On a GPU the product runs
   // over the padded table (padded_vocab.hpp) and the logits are its first V columns.
-  Var<T> head_logits(const Var<T>& h) const {
-    return padded_head_.visible(linear(rms_norm(h, *norm_, static_cast<T>(config_.rms_norm_eps)), padded_head_.table(lm_head())));
+  Var<T> head_logits(const Var<T>& h) const { return padded_head_.visible(head_product(h)); }
+  // The same before the slice: (..., V') on a GPU.
+  Var<T> head_product(const Var<T>& h) const {
+    return linear(rms_norm(h, *norm_, static_cast<T>(config_.rms_norm_eps)), padded_head_.table(lm_head()));
   }
 
   // Moves every parameter and buffer to `device`; the model then runs there through the same
@@ -86,10 +95,12 @@ class DrtModel {
   Device device() const { return embed_tokens_->device(); }
 
   // Mean next-token cross-entropy over the targets that are not −100 (spec §2.3, §8). `labels`
-  // defaults to the tokens themselves, as in the reference's training.
+  // defaults to the tokens themselves, as in the reference's training. On a GPU it scores the
+  // padded logits in place (only their first V columns are classes; padded_vocab.hpp says why).
   Var<T> loss(const IndexTensor& tokens, const ForwardOptions& options = {}, const IndexTensor* labels = nullptr) const {
     const IndexTensor targets = shift_targets(labels ? *labels : tokens, config_.enc_chunk_size);
-    return cross_entropy(logits(tokens, options), targets);
+    const Var<T> scores = padded_logits(tokens, options);
+    return cross_entropy(scores, targets, kIgnoreIndex, padded_head_.classes(scores));
   }
 
   // The chunk encoder over the lower stack's output h (B, C·S, D).

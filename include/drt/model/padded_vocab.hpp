@@ -1,13 +1,17 @@
 // drt/model/padded_vocab.hpp — the LM head padded to a multiple of 64 rows on the GPU.
 //
 // Shapes: head (V, D) → storage (V', D) with V' = V rounded up to a multiple of 64; logits
-// (..., V') are handed on as their (..., V) view.
+// (..., V') are handed on as their (..., V) view, except to the loss, which scores them in place.
 //
 // Why: cuBLAS picks slow fallback kernels when a GEMM's N is not a multiple of its tiles (the
 // reference loses 21% of its step on the 50,265-entry head). The padding is invisible outside the
 // model: the head Parameter that checkpoints, optimisers and parameter counts see becomes a view
-// of the storage's first V rows (value and gradient), the padding rows stay zero (no logit reads
-// them, so no gradient reaches them), and the logits are sliced back to V before anyone sees them.
+// of the storage's first V rows (value and gradient), the padding rows stay zero (their logit
+// columns get a zero gradient, so no gradient reaches them), and the logits are sliced back to V
+// before anyone sees them. The loss is the exception: cross_entropy takes the (..., V') logits
+// with C = V classes (`classes`) and writes their whole gradient at once, zeros in the padding
+// columns. Through the slice, the backward would also zero-fill a (rows, V') gradient and add the
+// (rows, V) one into it with a strided kernel: extra passes over 3.3 GB at config_63's 16,640 rows.
 // The CPU needs none of this, so a model pads only when moved to a GPU.
 #pragma once
 
@@ -48,6 +52,8 @@ class PaddedVocab {
   const Var<T>& table(const Parameter<T>& head) const { return padded_ ? *padded_ : head; }
   // Logits (..., V) from the table's (..., V') product.
   Var<T> visible(const Var<T>& logits) const { return padded_ ? slice(logits, -1, 0, rows_) : logits; }
+  // How many of the table's product's (..., V') columns are real classes: V (all of them when inactive).
+  Index classes(const Var<T>& logits) const { return padded_ ? rows_ : logits.size(-1); }
 
  private:
   std::unique_ptr<Parameter<T>> padded_;
