@@ -18,7 +18,7 @@ __global__ void __launch_bounds__(kBlock)
     const Index row = e / Tk, j = e % Tk;
     const Index i = row % Tq, h = (row / Tq) % H;
     const T m = slopes[h * ms];
-    y[e] = s[sl.offset(row) + j * sl.step] - m * static_cast<T>(i + query_offset - j);
+    y[e] = s[start_of(sl, row) + j * sl.step] - m * static_cast<T>(i + query_offset - j);
   }
 }
 

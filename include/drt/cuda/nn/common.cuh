@@ -37,7 +37,8 @@ struct Lanes {
   Index strides[kMaxRank];
   int count;
   Index step;
-  // Offset (in elements) of the first element of lane `lane` (drt::detail::lane_offset).
+  // Offset (in elements) of the first element of lane `lane` (drt::detail::lane_offset). Kernels
+  // use start_of (below), the same walk unrolled.
   __host__ __device__ Index offset(Index lane) const {
     Index off = 0;
     for (int d = kMaxRank - 1; d >= kMaxRank - count; --d) {
@@ -82,6 +83,45 @@ inline unsigned lane_blocks(Index lanes, int group) {
 inline unsigned element_blocks(Index n) {
   const Index blocks = (n + kBlock - 1) / kBlock;
   return static_cast<unsigned>(blocks < 65536 ? (blocks > 0 ? blocks : 1) : 65536);
+}
+
+// Lanes::offset with the axis loop unrolled over kMaxRank: the kernels then read the extents and
+// strides straight from their parameters. A loop with a run-time count indexes them dynamically,
+// which makes every thread copy each Lanes (96 bytes) into local memory first: for a warp per row
+// of 768 floats, as many bytes of local stores as the row itself, per Lanes.
+__device__ inline Index start_of(const Lanes& l, Index lane) {
+  Index off = 0;
+#pragma unroll
+  for (int d = kMaxRank - 1; d >= 0; --d)
+    if (d >= kMaxRank - l.count) {
+      const Index q = lane / l.dims[d];
+      off += (lane - q * l.dims[d]) * l.strides[d];
+      lane = q;
+    }
+  return off;
+}
+
+// ---- 16-byte packs --------------------------------------------------------------------------------
+
+// W consecutive elements moved by one load or store (W = 1: a single element).
+template <class T, int W>
+struct alignas(sizeof(T) * W) Pack {
+  T v[W];
+};
+template <class T>
+inline constexpr int kPackWidth = static_cast<int>(16 / sizeof(T));  // float4, double2
+
+// Pack k of a row: the element k·step when W = 1; elements k·W … k·W + W − 1 of a contiguous,
+// pack-aligned row otherwise (step is then 1 and unused).
+template <int W, class T>
+__device__ Pack<T, W> load_pack(const T* row, Index k, Index step) {
+  if constexpr (W == 1) return Pack<T, 1>{{row[k * step]}};
+  else return reinterpret_cast<const Pack<T, W>*>(row)[k];
+}
+template <int W, class T>
+__device__ void store_pack(T* row, Index k, Index step, const Pack<T, W>& p) {
+  if constexpr (W == 1) row[k * step] = p.v[0];
+  else reinterpret_cast<Pack<T, W>*>(row)[k] = p;
 }
 
 // ---- group reductions -------------------------------------------------------------------------

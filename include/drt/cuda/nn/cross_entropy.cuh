@@ -30,26 +30,7 @@
 #include "drt/cuda/nn/common.cuh"
 
 namespace drt::cuda {
-// Its own namespace: other nn kernels keep helpers of the same names in nn_detail.
 namespace nn_detail::xent {
-
-// W consecutive elements, moved as one 16-byte word when W = 16 / sizeof(T) (W = 1: one element).
-template <class T, int W>
-struct alignas(sizeof(T) * W) Pack {
-  T v[W];
-};
-
-// Word p of a row: elements [p·W, p·W + W) at unit step (W > 1), or element p at `step` (W = 1).
-template <int W, class T>
-__device__ Pack<T, W> load_pack(const T* row, Index p, Index step) {
-  if constexpr (W == 1) return Pack<T, 1>{{row[p * step]}};
-  else return reinterpret_cast<const Pack<T, W>*>(row)[p];
-}
-template <int W, class T>
-__device__ void store_pack(T* row, Index p, Index step, const Pack<T, W>& value) {
-  if constexpr (W == 1) row[p * step] = value.v[0];
-  else reinterpret_cast<Pack<T, W>*>(row)[p] = value;
-}
 
 // One thread's running log-sum-exp: m the largest element seen, s = Σ exp(x − m) over them.
 template <class T>
@@ -95,7 +76,7 @@ __global__ void __launch_bounds__(kBlock)
     if (t == 0) row_loss[row] = T(0);
     return;
   }
-  const T* in = x + xl.offset(row);
+  const T* in = x + start_of(xl, row);
   const Index xs = xl.step;  // 1 when W > 1
   RunningLse<T> acc;
   // Words [0, C / W), two per step so that each thread has two loads in flight.
@@ -138,7 +119,7 @@ __global__ void __launch_bounds__(kBlock)
   const int t = group_rank<G>();
   if (row >= rows) return;
   const std::int32_t target = targets[row];
-  T* d = dx + dl.offset(row);
+  T* d = dx + start_of(dl, row);
   const Index xs = xl.step, ds = dl.step;  // both 1 when W > 1
   const Index width = Accumulate ? C : V;  // the columns this mode touches
   const Index words = width / W;
@@ -152,7 +133,7 @@ __global__ void __launch_bounds__(kBlock)
   }
   const T scale = *g / static_cast<T>(count);  // count ≥ 1: this row is counted
   const T l = lse[row];
-  const T* in = x + xl.offset(row);
+  const T* in = x + start_of(xl, row);
   // Column k's gradient added to `base` (the existing value, or 0): the CPU's two steps, in its order.
   auto column = [&](Index k, T xk, T base) {
     if (k < C) {

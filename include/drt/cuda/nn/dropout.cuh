@@ -17,8 +17,8 @@ __global__ void __launch_bounds__(kBlock) dropout_kernel(const T* src, Lanes sl,
   for (Index e = Index(blockIdx.x) * kBlock + threadIdx.x; e < total; e += Index(gridDim.x) * kBlock) {
     const Index row = e / n, j = e % n;  // e = row·n + j, the row-major index the CPU draws with
     const bool keep = uniform01(seed, static_cast<std::uint64_t>(e)) >= p;
-    const T v = keep ? src[sl.offset(row) + j * sl.step] * scale : T(0);
-    T& out = dst[dl.offset(row) + j * dl.step];
+    const T v = keep ? src[start_of(sl, row) + j * sl.step] * scale : T(0);
+    T& out = dst[start_of(dl, row) + j * dl.step];
     if (accumulate)
       out += v;
     else

@@ -24,7 +24,7 @@ __global__ void __launch_bounds__(kBlock)
     add_gumbel_kernel(const T* x, Lanes xl, T* y, Index n, Index total, std::uint64_t seed) {
   for (Index e = Index(blockIdx.x) * kBlock + threadIdx.x; e < total; e += Index(gridDim.x) * kBlock) {
     const Index row = e / n, j = e % n;
-    y[e] = x[xl.offset(row) + j * xl.step] + static_cast<T>(standard_gumbel(seed, static_cast<std::uint64_t>(e)));
+    y[e] = x[start_of(xl, row) + j * xl.step] + static_cast<T>(standard_gumbel(seed, static_cast<std::uint64_t>(e)));
   }
 }
 

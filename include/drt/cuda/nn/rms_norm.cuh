@@ -37,29 +37,6 @@ inline constexpr int kGammaColumnsPerThread = 4;       // columns one pass-1 thr
 inline constexpr Index kGammaColumns = Index(kBlock) * kGammaColumnsPerThread;  // columns per pass-1 block
 inline constexpr int kGammaSumColumns = 8;             // columns per pass-2 block (one 32-byte sector of fp32)
 
-// ---- 16-byte packs --------------------------------------------------------------------------------
-
-// W consecutive elements moved by one load or store (W = 1: a single element).
-template <class T, int W>
-struct alignas(sizeof(T) * W) Pack {
-  T v[W];
-};
-template <class T>
-inline constexpr int kPackWidth = static_cast<int>(16 / sizeof(T));  // float4, double2
-
-// Pack k of a row: the element k·step when W = 1; elements k·W … k·W + W − 1 of a contiguous,
-// pack-aligned row otherwise (step is then 1 and unused).
-template <int W, class T>
-__device__ Pack<T, W> load_pack(const T* row, Index k, Index step) {
-  if constexpr (W == 1) return Pack<T, 1>{{row[k * step]}};
-  else return reinterpret_cast<const Pack<T, W>*>(row)[k];
-}
-template <int W, class T>
-__device__ void store_pack(T* row, Index k, Index step, const Pack<T, W>& p) {
-  if constexpr (W == 1) row[k * step] = p.v[0];
-  else reinterpret_cast<Pack<T, W>*>(row)[k] = p;
-}
-
 // Whether every row of t (along the last axis) is contiguous and starts on a 16-byte boundary, so
 // that it can be walked in packs of `width` elements (the caller checks that width divides D).
 template <class T>
@@ -69,22 +46,6 @@ bool rows_in_packs(const Tensor<T>& t, Index width) {
   for (int d = 0; d < r - 1; ++d)
     if (t.shape()[d] != 1 && t.strides()[d] % width != 0) return false;
   return true;
-}
-
-// Lanes::offset with the axis loop unrolled over kMaxRank: the kernels then read the extents and
-// strides straight from their parameters. A loop with a run-time count indexes them dynamically,
-// which makes every thread copy each Lanes (96 bytes) into local memory first: for a warp per row
-// of 768 floats, as many bytes of local stores as the row itself, per Lanes.
-__device__ inline Index start_of(const Lanes& l, Index lane) {
-  Index off = 0;
-#pragma unroll
-  for (int d = kMaxRank - 1; d >= 0; --d)
-    if (d >= kMaxRank - l.count) {
-      const Index q = lane / l.dims[d];
-      off += (lane - q * l.dims[d]) * l.strides[d];
-      lane = q;
-    }
-  return off;
 }
 
 // ---- forward and dx -------------------------------------------------------------------------------

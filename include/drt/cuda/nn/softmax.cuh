@@ -19,8 +19,8 @@ __global__ void __launch_bounds__(kBlock) softmax_kernel(const T* x, Lanes xl, T
   const Index lane = group_lane<G>();
   const int t = group_rank<G>();
   if (lane >= lanes) return;  // only with G = 32: the whole warp leaves
-  const T* in = x + xl.offset(lane);
-  T* out = y + yl.offset(lane);
+  const T* in = x + start_of(xl, lane);
+  T* out = y + start_of(yl, lane);
   const Index xs = xl.step, ys = yl.step;
   T m = kMinusInf<T>;
   for (Index k = t; k < n; k += G) m = MaxOp{}(m, in[k * xs]);
@@ -54,9 +54,9 @@ __global__ void __launch_bounds__(kBlock)
   const Index lane = group_lane<G>();
   const int t = group_rank<G>();
   if (lane >= lanes) return;
-  const T* py = y + yl.offset(lane);
-  const T* pg = g + gl.offset(lane);
-  T* pd = dx + dl.offset(lane);
+  const T* py = y + start_of(yl, lane);
+  const T* pg = g + start_of(gl, lane);
+  T* pd = dx + start_of(dl, lane);
   const Index ys = yl.step, gs = gl.step, ds = dl.step;
   T acc = T(0);
   for (Index k = t; k < n; k += G) {

@@ -22,10 +22,10 @@ __global__ void __launch_bounds__(kBlock)
                            Lanes dbl, Index n, Index total, bool add_a, bool add_b) {
   for (Index e = Index(blockIdx.x) * kBlock + threadIdx.x; e < total; e += Index(gridDim.x) * kBlock) {
     const Index row = e / n, j = e % n;
-    const T z = a[al.offset(row) + j * al.step], s = T(1) / (T(1) + dev_exp(-z)), gj = g[gl.offset(row) + j * gl.step];
-    T* pa = da + dal.offset(row) + j * dal.step;
-    T* pb = db + dbl.offset(row) + j * dbl.step;
-    *pa = (add_a ? *pa : T(0)) + gj * b[bl.offset(row) + j * bl.step] * s * (T(1) + z * (T(1) - s));
+    const T z = a[start_of(al, row) + j * al.step], s = T(1) / (T(1) + dev_exp(-z)), gj = g[start_of(gl, row) + j * gl.step];
+    T* pa = da + start_of(dal, row) + j * dal.step;
+    T* pb = db + start_of(dbl, row) + j * dbl.step;
+    *pa = (add_a ? *pa : T(0)) + gj * b[start_of(bl, row) + j * bl.step] * s * (T(1) + z * (T(1) - s));
     *pb = (add_b ? *pb : T(0)) + gj * z * s;
   }
 }

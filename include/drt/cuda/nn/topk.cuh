@@ -56,8 +56,8 @@ __global__ void __launch_bounds__(kBlock)
   const Index lane = group_lane<G>();
   const int t = group_rank<G>();
   if (lane >= lanes) return;
-  const T* in = x + xl.offset(lane);
-  std::int32_t* slot = idx + il.offset(lane);
+  const T* in = x + start_of(xl, lane);
+  std::int32_t* slot = idx + start_of(il, lane);
   T prev_v{};
   std::int32_t prev_i = kNone;
   for (int p = 0; p < k; ++p) {
@@ -82,8 +82,8 @@ __global__ void __launch_bounds__(kBlock) topk_values_kernel(const T* x, Lanes x
                                                              T* values, Lanes vl, int k, Index total) {
   for (Index e = Index(blockIdx.x) * kBlock + threadIdx.x; e < total; e += Index(gridDim.x) * kBlock) {
     const Index lane = e / k, p = e % k;
-    const std::int32_t c = idx[il.offset(lane) + p * il.step];
-    values[vl.offset(lane) + p * vl.step] = x[xl.offset(lane) + c * xl.step];
+    const std::int32_t c = idx[start_of(il, lane) + p * il.step];
+    values[start_of(vl, lane) + p * vl.step] = x[start_of(xl, lane) + c * xl.step];
   }
 }
 
@@ -94,8 +94,8 @@ __global__ void __launch_bounds__(kBlock)
     topk_backward_kernel(const T* g, Lanes gl, const std::int32_t* idx, Lanes il, T* dx, Lanes dl, int k, Index total) {
   for (Index e = Index(blockIdx.x) * kBlock + threadIdx.x; e < total; e += Index(gridDim.x) * kBlock) {
     const Index lane = e / k, p = e % k;
-    const std::int32_t c = idx[il.offset(lane) + p * il.step];
-    dx[dl.offset(lane) + c * dl.step] += g[gl.offset(lane) + p * gl.step];
+    const std::int32_t c = idx[start_of(il, lane) + p * il.step];
+    dx[start_of(dl, lane) + c * dl.step] += g[start_of(gl, lane) + p * gl.step];
   }
 }
 
