@@ -122,7 +122,7 @@ int main(int argc, char** argv) {
         const Var<float> loss = model.loss(tokens, ForwardOptions{.training = true, .noise_seed = seed * 1000 + a});
         loss_sum += loss.item();
         phase_done(0, t);
-        backward(accum > 1 ? loss * (1.0f / float(accum)) : loss);
+        backward(accum > 1 ? loss * (1.0f / float(accum)) : loss, KeepGradients::leaves_only);  // as drt train
         tape().reset();
         phase_done(1, t);
       }
@@ -172,7 +172,7 @@ int main(int argc, char** argv) {
       const IndexTensor tokens = random_tokens(o.micro_batch, o.seq_len, c.vocab_size, 999);
       cuda::synchronize();
       cudaProfilerStart();
-      backward(model.loss(tokens, ForwardOptions{.training = true, .noise_seed = 999}));
+      backward(model.loss(tokens, ForwardOptions{.training = true, .noise_seed = 999}), KeepGradients::leaves_only);
       tape().reset();
       cuda::synchronize();
       cudaProfilerStop();

@@ -62,28 +62,28 @@ TEST(Matmul, LinearWithSharedInput) {
   const auto x = rand({2, 3, 4}, 15), w1 = rand({5, 4}, 16), w2 = rand({6, 4}, 17), w3 = rand({2, 4}, 18);
   {
     const Var<double> xv = constant(x), a = constant(w1), b = constant(w2);
-    const std::vector<Var<double>> y = linear_shared_input(xv, {&a, &b});
-    ASSERT_EQ(y.size(), 2u);
+    const auto y = linear_shared_input(xv, {&a, &b});
+    ASSERT_EQ(y.size(), 2);
     EXPECT_EQ(y[0].value().to_vector(), linear(xv, a).value().to_vector());
     EXPECT_EQ(y[1].value().to_vector(), linear(xv, b).value().to_vector());
     tape().reset();
   }
   expect_gradients_match(
       [](const Inputs& v) {
-        const std::vector<Var<double>> y = linear_shared_input(v[0], {&v[1], &v[2], &v[3]});
+        const auto y = linear_shared_input(v[0], {&v[1], &v[2], &v[3]});
         return concat({y[0], y[1], y[2]}, -1);
       },
       {x, w1, w2, w3});
   expect_gradients_match(
       [](const Inputs& v) {
-        const std::vector<Var<double>> y = linear_shared_input(v[0], {&v[1], &v[2], &v[3]});
+        const auto y = linear_shared_input(v[0], {&v[1], &v[2], &v[3]});
         return concat({y[2], v[0] * 2.0, y[0]}, -1);  // y[1] unused
       },
       {x, w1, w2, w3});
   expect_gradients_match(
       [](const Inputs& v) {
         const Var<double> twice = v[0] * 2.0;  // recorded first, so its backward runs after the linear's
-        const std::vector<Var<double>> y = linear_shared_input(v[0], {&v[1]});
+        const auto y = linear_shared_input(v[0], {&v[1]});
         return concat({y[0], twice}, -1);
       },
       {x, w1});
@@ -177,6 +177,38 @@ TEST(Tape, AccumulatesParameterGradientsAcrossCalls) {
   EXPECT_DOUBLE_EQ(w.grad()(0), 12.0);
   w.zero_grad();
   EXPECT_DOUBLE_EQ(w.grad()(1), 0.0);
+}
+
+// KeepGradients::leaves_only frees each intermediate gradient once its last reader has run: the
+// leaves' gradients are those of a plain backward, the intermediates' are gone, and an output
+// read by two records keeps its gradient until the second has run.
+TEST(Tape, LeavesOnlyBackwardFreesIntermediateGradients) {
+  Parameter<double> w(rand({3, 4}, 21));
+  const Tensor<double> x0 = rand({2, 5, 4}, 22);
+  auto step = [&](KeepGradients keep) {
+    w.zero_grad();
+    const Var<double> x = variable(x0);
+    const auto y = linear_shared_input(x, {&w});
+    const Var<double> h = tanh(reshape(y[0], {10, 3}));
+    // An op whose output two records read: d/da of (a + 2a) = 3.
+    const Var<double> twice = make_output(h.value().clone(), {&h});
+    record_backward(twice, [h, twice] { h.accumulate_grad(twice.grad()); });
+    record_backward(twice, [h, twice] { h.accumulate_grad(twice.grad() * 2.0); });
+    backward(sum_all(twice * twice), keep);
+    std::vector<std::vector<double>> grads = {w.grad().to_vector(), x.grad().to_vector()};
+    EXPECT_TRUE(x.has_grad());
+    EXPECT_EQ(h.has_grad(), keep == KeepGradients::all);
+    EXPECT_EQ(twice.has_grad(), keep == KeepGradients::all);
+    EXPECT_EQ(y[0].has_grad(), keep == KeepGradients::all);
+    if (keep == KeepGradients::all) {  // both records ran: h's gradient is 3× twice's
+      const std::vector<double> gh = h.grad().to_vector(), gt = twice.grad().to_vector();
+      for (std::size_t i = 0; i < gh.size(); ++i) EXPECT_DOUBLE_EQ(gh[i], 3.0 * gt[i]);
+    }
+    tape().reset();
+    return grads;
+  };
+  const auto kept = step(KeepGradients::all), freed = step(KeepGradients::leaves_only);
+  EXPECT_EQ(kept, freed);  // so with leaves_only the second record of `twice` ran too
 }
 
 TEST(Tape, NoGradScopeRecordsNothing) {

@@ -5,8 +5,6 @@
 //         linear_shared_input  x (..., K), W_i (N_i, K) → y_i (..., N_i)
 #pragma once
 
-#include <vector>
-
 #include "drt/autodiff/var.hpp"
 #include "drt/core/matmul.hpp"
 #include "drt/core/reduce.hpp"
@@ -35,6 +33,17 @@ Var<T> matmul(const Var<T>& A, const Var<T>& B) {
   return out;
 }
 
+// The outputs of linear_shared_input, one per weight: a fixed-size array, since a training step
+// must not touch the heap (tests/test_allocation.cpp).
+inline constexpr int kMaxSharedInputWeights = 4;
+template <class T>
+struct SharedInputOutputs {
+  Var<T> y[kMaxSharedInputWeights];
+  int count = 0;
+  const Var<T>& operator[](int i) const { return y[i]; }
+  int size() const { return count; }
+};
+
 // y_i = x · W_iᵀ for several weights that read the same input (attention's q, k and v; SwiGLU's
 // gate and up). One op rather than one linear per weight so that, with bf16 GEMMs, x is rounded
 // once in the forward and once in the backward, and each output's gradient once for its two
@@ -42,12 +51,14 @@ Var<T> matmul(const Var<T>& A, const Var<T>& B) {
 //   forward   y_i = x W_iᵀ
 //   backward  dx += Σ_i dy_i W_i  (written, not added, when x has no gradient yet);  dW_i += dy_iᵀ x
 template <class T>
-std::vector<Var<T>> linear_shared_input(const Var<T>& x, std::initializer_list<const Var<T>*> weights) {
+SharedInputOutputs<T> linear_shared_input(const Var<T>& x, std::initializer_list<const Var<T>*> weights) {
+  DRT_CHECK(weights.size() >= 1 && weights.size() <= std::size_t(kMaxSharedInputWeights), "linear_shared_input: ",
+            weights.size(), " weights given, 1 to ", kMaxSharedInputWeights, " allowed");
   for (const Var<T>* W : weights)
     DRT_CHECK(W->rank() == 2 && x.size(-1) == W->size(1), "linear: input ", x.shape().str(),
               " does not match weight ", W->shape().str(), " (expected last axis ", W->size(1), ")");
   const Tensor<T> x2 = x.value().contiguous(step_arena()).reshape(Shape{-1, x.size(-1)});
-  std::vector<Var<T>> ws, outs;
+  SharedInputOutputs<T> outs, ws;  // ws: the weights, in the same order
   bool any_grad = false;
   {
     RoundedOperandReuse reuse;  // x, read by every product
@@ -56,15 +67,16 @@ std::vector<Var<T>> linear_shared_input(const Var<T>& x, std::initializer_list<c
       out_shape[out_shape.rank() - 1] = W->size(0);
       const Tensor<T> y = Tensor<T>::empty(out_shape, step_arena(), x.device());
       gemm(x2, W->value().transpose(0, 1), y.reshape(Shape{-1, W->size(0)}));
-      outs.push_back(make_output(y, {&x, W}));
-      ws.push_back(*W);
-      any_grad |= outs.back().requires_grad();
+      ws.y[ws.count++] = *W;
+      outs.y[outs.count] = make_output(y, {&x, W});
+      any_grad |= outs.y[outs.count++].requires_grad();
     }
   }
-  if (any_grad)
+  if (any_grad) {
+    for (int i = 0; i < outs.count; ++i) ++outs[i].node()->grad_readers;  // as record_backward counts
     tape().record([x, x2, ws, outs] {
       RoundedOperandReuse reuse;  // x2 and each dy_i, each read by two products
-      for (std::size_t i = 0; i < outs.size(); ++i) {
+      for (int i = 0; i < outs.count; ++i) {
         if (!outs[i].has_grad()) continue;  // no gradient reached y_i
         const Var<T>& W = ws[i];
         const Tensor<T> g2 = outs[i].grad().reshape(Shape{-1, W.size(0)});
@@ -74,14 +86,16 @@ std::vector<Var<T>> linear_shared_input(const Var<T>& x, std::initializer_list<c
         }
         if (W.requires_grad()) gemm(g2.transpose(0, 1), x2, W.node()->grad_buffer(), T(1), T(1));
       }
+      for (int i = 0; i < outs.count; ++i) detail::done_reading_grad(outs[i].node());
     });
+  }
   return outs;
 }
 
 // y = x · Wᵀ (a bias-free linear layer; W is stored (out_features, in_features) as in PyTorch)
 template <class T>
 Var<T> linear(const Var<T>& x, const Var<T>& W) {
-  return std::move(linear_shared_input(x, {&W})[0]);
+  return linear_shared_input(x, {&W})[0];
 }
 
 }  // namespace drt

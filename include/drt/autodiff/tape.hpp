@@ -57,15 +57,21 @@ class Tape {
   void set_backward_observer(BackwardObserver* observer) { observer_ = observer; }
 
   // Runs every record newest first, then forgets them (a second call does nothing). The values
-  // and gradients stay readable until reset().
-  void run_backward() {
+  // and gradients stay readable until reset(), unless `release_intermediate_gradients`: then
+  // the records free each intermediate's gradient once the last record that reads it has run
+  // (record_backward, drt/autodiff/var.hpp), so that a step holds the gradients of the ops in
+  // flight rather than of every op.
+  void run_backward(bool release_intermediate_gradients = false) {
+    releasing_gradients_ = release_intermediate_gradients;
     for (auto it = records_.rbegin(); it != records_.rend(); ++it) {
       if (observer_ != nullptr) observer_->before(*it->op);
       it->run(it->closure);
       if (observer_ != nullptr) observer_->after(*it->op);
     }
+    releasing_gradients_ = false;
     records_.clear();
   }
+  bool releasing_gradients() const { return releasing_gradients_; }
 
   // Forgets the records and frees every intermediate tensor of the step.
   void reset() {
@@ -84,6 +90,7 @@ class Tape {
   std::vector<Record> records_;
   Arena arena_;
   bool grad_enabled_ = true;
+  bool releasing_gradients_ = false;
   BackwardObserver* observer_ = nullptr;
 };
 

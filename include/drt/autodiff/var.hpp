@@ -24,6 +24,7 @@ struct Node {
   Tensor<T> value;
   Tensor<T> grad;  // undefined until a gradient reaches this node
   bool requires_grad = false;
+  int grad_readers = 0;  // backward records still to run that read `grad` (record_backward)
 
   // The gradient buffer, created zero-filled in the tape's arena on first use, on the value's
   // device (so that the same ops record and run backward on the GPU).
@@ -108,12 +109,25 @@ Var<T> make_output(const Tensor<T>& value, std::initializer_list<const Var<T>*> 
   return out;
 }
 
-// Records `fn` to run during backward if a gradient has reached `out` by then.
+namespace detail {
+// Called by each record that read n's gradient, after it ran: the last one frees the gradient
+// when backward releases intermediate gradients (KeepGradients::leaves_only).
+template <class T>
+void done_reading_grad(Node<T>* n) {
+  if (--n->grad_readers == 0 && tape().releasing_gradients()) n->grad = Tensor<T>();
+}
+}  // namespace detail
+
+// Records `fn` to run during backward if a gradient has reached `out` by then. An op that
+// records its own closure with tape().record instead (several outputs) must count its outputs'
+// readers the same way (see linear_shared_input, drt/autodiff/matmul.hpp).
 template <class T, class F>
 void record_backward(const Var<T>& out, F fn) {
   Node<T>* o = out.node();
+  ++o->grad_readers;
   tape().record([o, fn]() {
     if (o->grad.defined()) fn();
+    detail::done_reading_grad(o);
   });
 }
 
@@ -164,12 +178,18 @@ class Parameter : public Var<T> {
 };
 
 // Seeds d(loss)/d(loss) = 1 and runs the tape backwards. `loss` must have one element.
+// Which gradients backward() leaves readable until tape().reset(): every node's (the default),
+// or only the leaves' (Parameters and variable()s, which no record produces). leaves_only frees
+// each intermediate's gradient as soon as the records that read it have run: what training
+// needs, in the memory of the gradients in flight instead of one per op of the step.
+enum class KeepGradients { all, leaves_only };
+
 template <class T>
-void backward(const Var<T>& loss) {
+void backward(const Var<T>& loss, KeepGradients keep = KeepGradients::all) {
   DRT_CHECK(loss.numel() == 1, "backward: the loss must have one element, got shape ", loss.shape().str());
   DRT_CHECK(loss.requires_grad(), "backward: the loss does not depend on anything that requires a gradient");
   loss.node()->grad_buffer().fill(T(1));
-  tape().run_backward();
+  tape().run_backward(keep == KeepGradients::leaves_only);
 }
 
 // Runs the tape backwards from `out` seeded with `seed` (same shape as out).

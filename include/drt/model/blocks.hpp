@@ -60,7 +60,7 @@ struct DecoderAttention : AttentionProjections<T> {
 
   Var<T> operator()(const Var<T>& x) const {
     const Index B = x.size(0), L = x.size(1);
-    const std::vector<Var<T>> qkv = linear_shared_input(x, {&q_proj, &k_proj, &v_proj});
+    const auto qkv = linear_shared_input(x, {&q_proj, &k_proj, &v_proj});
     const Var<T> q = reshape(qkv[0], {B, L, heads, head_dim});
     const Var<T> k = reshape(qkv[1], {B, L, kv_heads, head_dim});
     const Var<T> v = reshape(qkv[2], {B, L, kv_heads, head_dim});
@@ -101,7 +101,7 @@ struct EncoderAttention : AttentionProjections<T> {
     auto heads_first = [&](const Var<T>& projected) {  // (N, S, D) → (N, H, S, d)
       return permute(reshape(projected, {N, S, heads, head_dim}), {0, 2, 1, 3});
     };
-    const std::vector<Var<T>> qkv = linear_shared_input(x, {&q_proj, &k_proj, &v_proj});
+    const auto qkv = linear_shared_input(x, {&q_proj, &k_proj, &v_proj});
     const Var<T> q = rope(heads_first(qkv[0]), theta), k = rope(heads_first(qkv[1]), theta);
     const Var<T> v = heads_first(qkv[2]);
     Var<T> scores = matmul(q, transpose(k, -1, -2)) * (T(1) / std::sqrt(T(head_dim)));  // (N, H, S, S)

@@ -72,7 +72,7 @@ Var<T> swiglu_mlp(const Var<T>& x, const Var<T>& w_gate, const Var<T>& w_up, con
                 w_down.size(0) == w_gate.size(1) && w_down.size(1) == w_gate.size(0),
             "swiglu_mlp: weights must be w_gate (F, D), w_up (F, D), w_down (D, F); got w_gate ",
             w_gate.shape().str(), ", w_up ", w_up.shape().str(), ", w_down ", w_down.shape().str());
-  const std::vector<Var<T>> gate_up = linear_shared_input(x, {&w_gate, &w_up});
+  const auto gate_up = linear_shared_input(x, {&w_gate, &w_up});
   return linear(swiglu(gate_up[0], gate_up[1]), w_down);
 }
 

@@ -307,8 +307,10 @@ class Trainer {
       const Var<float> loss = model_->loss(batch, noise, random_bits(noise_seed, static_cast<std::uint64_t>(i)));
       loss_sum += static_cast<double>(loss.item());
       // Each micro-batch's loss is a mean over its own targets; 1/A makes the sum a mean again.
-      if (run_.grad_accum > 1) backward(loss * (1.0f / static_cast<float>(run_.grad_accum)));
-      else backward(loss);
+      // Only the parameters' gradients are needed: the others are freed as backward goes.
+      if (run_.grad_accum > 1)
+        backward(loss * (1.0f / static_cast<float>(run_.grad_accum)), KeepGradients::leaves_only);
+      else backward(loss, KeepGradients::leaves_only);
       tape().reset();
     }
     StepRecord r;
