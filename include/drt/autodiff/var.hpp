@@ -177,13 +177,13 @@ class Parameter : public Var<T> {
   std::unique_ptr<Node<T>> owned_;
 };
 
-// Seeds d(loss)/d(loss) = 1 and runs the tape backwards. `loss` must have one element.
 // Which gradients backward() leaves readable until tape().reset(): every node's (the default),
 // or only the leaves' (Parameters and variable()s, which no record produces). leaves_only frees
 // each intermediate's gradient as soon as the records that read it have run: what training
 // needs, in the memory of the gradients in flight instead of one per op of the step.
 enum class KeepGradients { all, leaves_only };
 
+// Seeds d(loss)/d(loss) = 1 and runs the tape backwards. `loss` must have one element.
 template <class T>
 void backward(const Var<T>& loss, KeepGradients keep = KeepGradients::all) {
   DRT_CHECK(loss.numel() == 1, "backward: the loss must have one element, got shape ", loss.shape().str());
