@@ -1,9 +1,10 @@
 // drt/cuda/copy.cuh — device memory for tensors, copies between host and device, and fills.
 //
 // Shapes: dst and src have the same shape (the core broadcasts src first); either may be any
-// strided view on either side. Contiguous pairs are one cudaMemcpy; otherwise a strided copy
-// kernel does the gathering on the device, and a non-contiguous host side is staged through a
-// contiguous host buffer (so that every host↔device transfer is one large cudaMemcpy).
+// strided view on either side. Contiguous pairs are one memcpy; otherwise a strided copy kernel
+// does the gathering on the device, and a non-contiguous host side is staged through a
+// contiguous host buffer (so that every host↔device transfer is one large memcpy). Uploads do not
+// wait for the GPU (detail::upload); downloads do, since the caller reads the result at once.
 //
 // Element types are erased to their size: a copy moves words of 1, 2, 4 or 8 bytes.
 #pragma once
@@ -197,6 +198,19 @@ inline std::vector<std::shared_ptr<void>>*& blocks_kept_for_graph() {
   return kept;
 }
 
+// Host → device on drt's stream. From pageable memory (everything drt allocates) the driver
+// copies the source into its own staging memory before cudaMemcpyAsync returns, so the caller may
+// reuse it at once, and, unlike cudaMemcpy, the call does not first wait for every kernel already
+// queued: a prefill segment makes a dozen small uploads (token ids, retrieval indices and
+// weights), each of which used to drain the GPU. A pinned source would be read later by the DMA
+// itself, after the caller may have changed it, so it keeps the synchronous call.
+inline void upload(void* dst, const void* src, std::size_t bytes) {
+  cudaPointerAttributes attributes{};
+  const bool pinned = cudaPointerGetAttributes(&attributes, src) == cudaSuccess && attributes.type == cudaMemoryTypeHost;
+  if (pinned) DRT_CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice));
+  else DRT_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream()));
+}
+
 // Device scratch of `bytes` bytes from the caching allocator, freed with its owner.
 inline std::shared_ptr<void> device_scratch(std::size_t bytes) {
   std::shared_ptr<void> block(allocator().allocate(bytes), [](void* p) { allocator().free(p); });
@@ -234,11 +248,11 @@ inline void copy(std::size_t size, const StridedRef& dst, const StridedRef& src)
       from = staged.data();
     }
     if (dst_flat) {
-      DRT_CUDA_CHECK(cudaMemcpy(dst.data, from, bytes, cudaMemcpyHostToDevice));
+      detail::upload(dst.data, from, bytes);
       return;
     }
     std::shared_ptr<void> tmp = detail::device_scratch(bytes);
-    DRT_CUDA_CHECK(cudaMemcpy(tmp.get(), from, bytes, cudaMemcpyHostToDevice));
+    detail::upload(tmp.get(), from, bytes);
     const StridedRef tmp_ref = detail::contiguous_like(dst, tmp.get(), dst.device);
     detail::strided_on_device(size, dst, &tmp_ref, nullptr);
     return;
