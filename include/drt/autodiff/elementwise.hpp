@@ -12,6 +12,14 @@
 namespace drt {
 namespace detail {
 
+// in.grad += out.grad, summed over broadcast axes when `in` is smaller than out.
+template <class T>
+void pass_broadcast(const Var<T>& in, const Var<T>& out) {
+  if (!in.requires_grad()) return;
+  if (in.shape() == out.shape()) in.accumulate_grad_of(out);
+  else add_sum_to(in.node()->grad_buffer(), out.grad());
+}
+
 // in.grad += e, summing over broadcast axes when `in` is smaller than e's shape.
 template <class T, class E>
 void accumulate_broadcast(const Var<T>& in, const E& e) {
@@ -41,8 +49,8 @@ Var<T> operator+(const Var<T>& a, const Var<T>& b) {
   Var<T> out = make_output(eval(a.value() + b.value(), step_arena()), {&a, &b});
   if (out.requires_grad())
     record_backward(out, [a, b, out] {
-      detail::accumulate_broadcast(a, out.grad());
-      detail::accumulate_broadcast(b, out.grad());
+      detail::pass_broadcast(a, out);
+      detail::pass_broadcast(b, out);
     });
   return out;
 }
@@ -53,8 +61,8 @@ Var<T> operator-(const Var<T>& a, const Var<T>& b) {
   Var<T> out = make_output(eval(a.value() - b.value(), step_arena()), {&a, &b});
   if (out.requires_grad())
     record_backward(out, [a, b, out] {
-      detail::accumulate_broadcast(a, out.grad());
-      detail::accumulate_broadcast(b, -out.grad());
+      detail::accumulate_broadcast(b, -out.grad());  // before a may take out's gradient as its own
+      detail::pass_broadcast(a, out);
     });
   return out;
 }
@@ -90,20 +98,20 @@ Var<T> operator/(const Var<T>& a, const Var<T>& b) {
 template <class T, class S> requires std::is_arithmetic_v<S>
 Var<T> operator+(const Var<T>& a, S s) {
   Var<T> out = make_output(eval(a.value() + T(s), step_arena()), {&a});
-  if (out.requires_grad()) record_backward(out, [a, out] { a.accumulate_grad(out.grad()); });
+  if (out.requires_grad()) record_backward(out, [a, out] { a.accumulate_grad_of(out); });
   return out;
 }
 template <class T, class S> requires std::is_arithmetic_v<S>
 Var<T> operator+(S s, const Var<T>& a) {
   Var<T> out = make_output(eval(T(s) + a.value(), step_arena()), {&a});
-  if (out.requires_grad()) record_backward(out, [a, out] { a.accumulate_grad(out.grad()); });
+  if (out.requires_grad()) record_backward(out, [a, out] { a.accumulate_grad_of(out); });
   return out;
 }
 // out = a - s;  da = g
 template <class T, class S> requires std::is_arithmetic_v<S>
 Var<T> operator-(const Var<T>& a, S s) {
   Var<T> out = make_output(eval(a.value() - T(s), step_arena()), {&a});
-  if (out.requires_grad()) record_backward(out, [a, out] { a.accumulate_grad(out.grad()); });
+  if (out.requires_grad()) record_backward(out, [a, out] { a.accumulate_grad_of(out); });
   return out;
 }
 // out = s - a;  da = -g

@@ -25,6 +25,7 @@ struct Node {
   Tensor<T> grad;  // undefined until a gradient reaches this node
   bool requires_grad = false;
   int grad_readers = 0;  // backward records still to run that read `grad` (record_backward)
+  bool grad_given = false;  // an input has taken `grad` as its own (Var::accumulate_grad_of)
 
   // The gradient buffer, created zero-filled in the tape's arena on first use, on the value's
   // device (so that the same ops record and run backward on the GPU).
@@ -78,6 +79,24 @@ class Var {
     if (slot.fresh) slot.buffer.assign(e);
     else slot.buffer += e;
   }
+
+  // grad += out's gradient, for an op that passes its output's gradient through unchanged
+  // (a + b, a reshape, ...); `g` is that gradient seen in this Var's shape. When this is the
+  // first gradient here and out's record is the last reader of out's gradient, which backward
+  // then frees (KeepGradients::leaves_only), this Var takes out's buffer as its own instead of
+  // a copy of it: in a training step those copies were 180 launches per micro-batch on the GPU.
+  // Only one input of a record may take it (Node::grad_given): in a + b, b's gradient is a copy,
+  // or two inputs would share one buffer and a later gradient of one would land on the other.
+  void accumulate_grad_of(const Var<T>& out, const Tensor<T>& g) const {
+    if (!requires_grad()) return;
+    Node<T>* o = out.node();
+    const bool can_take = !node_->grad.defined() && !o->grad_given && tape().releasing_gradients() &&
+                          o->grad_readers == 1 && g.shape() == shape() && g.is_contiguous();
+    if (!can_take) return accumulate_grad(g);
+    node_->grad = g;
+    o->grad_given = true;
+  }
+  void accumulate_grad_of(const Var<T>& out) const { accumulate_grad_of(out, out.grad()); }
 
  protected:
   Node<T>* node_ = nullptr;

@@ -25,16 +25,26 @@
 namespace drt {
 namespace detail {
 
+// How a view maps x's elements to its output's.
+enum class ViewKind {
+  same_order,  // every element, in x's order (reshape, unsqueeze, squeeze)
+  reordered,   // every element, in another order (permute, transpose)
+  part,        // some elements (slice)
+};
+
 // The output of a view op: `value` is view(x.value()) (or, for reshape, of a copy of it), and
 // backward adds the output gradient into view(x's gradient buffer). A view that covers every
-// element (reshape, permute, transpose) assigns the first gradient instead (Node::grad_slot);
-// a slice must add into a zeroed buffer, since it writes only part of it.
+// element assigns the first gradient instead (Node::grad_slot), and one that keeps the order
+// hands the output's gradient buffer itself to x where it can (Var::accumulate_grad_of); a
+// slice must add into a zeroed buffer, since it writes only part of it.
 template <class T, class View>
-Var<T> view_output(const Var<T>& x, const Tensor<T>& value, View view, bool covers_all = true) {
+Var<T> view_output(const Var<T>& x, const Tensor<T>& value, View view, ViewKind kind) {
   Var<T> out = make_output(value, {&x});
   if (out.requires_grad())
-    record_backward(out, [x, view, out, covers_all] {
-      if (!covers_all) return void(view(x.node()->grad_buffer()) += out.grad());
+    record_backward(out, [x, view, out, kind] {
+      if (kind == ViewKind::part) return void(view(x.node()->grad_buffer()) += out.grad());
+      // Gradient buffers are contiguous, so the output's, reshaped, is x's gradient in x's order.
+      if (kind == ViewKind::same_order) return x.accumulate_grad_of(out, out.grad().reshape(x.shape()));
       const auto slot = x.node()->grad_slot();
       if (slot.fresh) view(slot.buffer).assign(out.grad());
       else view(slot.buffer) += out.grad();
@@ -50,7 +60,8 @@ Var<T> reshape(const Var<T>& x, Shape shape) {
   const Tensor<T> value = x.value().contiguous(step_arena()).reshape(shape);
   const Shape resolved = value.shape();  // with any -1 filled in
   // Gradient buffers are always contiguous, so the same reshape applies to them.
-  return detail::view_output(x, value, [resolved](const Tensor<T>& t) { return t.reshape(resolved); });
+  return detail::view_output(x, value, [resolved](const Tensor<T>& t) { return t.reshape(resolved); },
+                             detail::ViewKind::same_order);
 }
 
 // Output axis i is input axis order[i].
@@ -62,12 +73,14 @@ Var<T> permute(const Var<T>& x, std::initializer_list<int> order) {
   std::copy(order.begin(), order.end(), axes.begin());
   const int count = x.rank();
   return detail::view_output(x, x.value().permute(axes.data(), count),
-                             [axes, count](const Tensor<T>& t) { return t.permute(axes.data(), count); });
+                             [axes, count](const Tensor<T>& t) { return t.permute(axes.data(), count); },
+                             detail::ViewKind::reordered);
 }
 
 template <class T>
 Var<T> transpose(const Var<T>& x, int a, int b) {
-  return detail::view_output(x, x.value().transpose(a, b), [a, b](const Tensor<T>& t) { return t.transpose(a, b); });
+  return detail::view_output(x, x.value().transpose(a, b), [a, b](const Tensor<T>& t) { return t.transpose(a, b); },
+                             detail::ViewKind::reordered);
 }
 
 // Elements begin, begin + step, ... < end along `axis`.
@@ -75,17 +88,19 @@ template <class T>
 Var<T> slice(const Var<T>& x, int axis, Index begin, Index end, Index step = 1) {
   return detail::view_output(
       x, x.value().slice(axis, begin, end, step), [=](const Tensor<T>& t) { return t.slice(axis, begin, end, step); },
-      /*covers_all=*/false);
+      detail::ViewKind::part);
 }
 
 template <class T>
 Var<T> unsqueeze(const Var<T>& x, int axis) {
-  return detail::view_output(x, x.value().unsqueeze(axis), [axis](const Tensor<T>& t) { return t.unsqueeze(axis); });
+  return detail::view_output(x, x.value().unsqueeze(axis), [axis](const Tensor<T>& t) { return t.unsqueeze(axis); },
+                             detail::ViewKind::same_order);
 }
 
 template <class T>
 Var<T> squeeze(const Var<T>& x, int axis) {
-  return detail::view_output(x, x.value().squeeze(axis), [axis](const Tensor<T>& t) { return t.squeeze(axis); });
+  return detail::view_output(x, x.value().squeeze(axis), [axis](const Tensor<T>& t) { return t.squeeze(axis); },
+                             detail::ViewKind::same_order);
 }
 
 // A stride-0 view; backward sums the gradient over the repeated axes.
@@ -100,7 +115,7 @@ Var<T> broadcast_to(const Var<T>& x, const Shape& shape) {
 template <class T>
 Var<T> contiguous(const Var<T>& x) {
   Var<T> out = make_output(x.value().contiguous(step_arena()), {&x});
-  if (out.requires_grad()) record_backward(out, [x, out] { x.accumulate_grad(out.grad()); });
+  if (out.requires_grad()) record_backward(out, [x, out] { x.accumulate_grad_of(out); });
   return out;
 }
 

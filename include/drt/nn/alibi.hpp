@@ -49,7 +49,7 @@ Var<T> add_alibi(const Var<T>& scores, const Tensor<T>& slopes, Index query_offs
     });
   }
   Var<T> out = make_output(y, {&scores});
-  if (out.requires_grad()) record_backward(out, [scores, out] { scores.accumulate_grad(out.grad()); });
+  if (out.requires_grad()) record_backward(out, [scores, out] { scores.accumulate_grad_of(out); });
   return out;
 }
 

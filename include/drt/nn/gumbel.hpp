@@ -50,7 +50,7 @@ Var<T> add_gumbel(const Var<T>& x, std::uint64_t seed) {
     });
   }
   Var<T> out = make_output(y, {&x});
-  if (out.requires_grad()) record_backward(out, [x, out] { x.accumulate_grad(out.grad()); });
+  if (out.requires_grad()) record_backward(out, [x, out] { x.accumulate_grad_of(out); });
   return out;
 }
 
