@@ -156,6 +156,44 @@ TEST(MatmulPrecision, Bf16ProductIsTheProductOfRoundedOperands) {
   EXPECT_EQ(matmul(ad, bd).to_vector(), exact_d.to_vector());
 }
 
+// Which scope keeps a rounded copy (the GPU's bf16_operand asks these questions; the copies here
+// are stand-ins): a scope naming a storage keeps its copies however deep the read, a plain
+// scope keeps the rest, a named scope alone keeps nothing else, and a named scope seeded with an
+// earlier scope's copies finds them.
+TEST(MatmulPrecision, RoundedOperandScopesKeepWhatTheyPromiseFor) {
+  const float weight[4] = {}, activation[4] = {}, memory[4] = {};
+  auto copy = [] { return std::make_shared<int>(0); };
+  std::vector<RoundedOperandReuse::Entry> kept;
+  {
+    RoundedOperandReuse weights(RoundedOperandReuse::Only{{weight}});
+    {
+      RoundedOperandReuse layer;  // as linear_shared_input opens
+      RoundedOperandReuse::active()->remember(weight, 4, copy());
+      RoundedOperandReuse::active()->remember(activation, 4, copy());
+      EXPECT_NE(layer.find(activation, 4), nullptr);
+      EXPECT_EQ(layer.copies().size(), 1u) << "the weight's copy belongs to the scope naming it";
+    }
+    EXPECT_NE(weights.find(weight, 4), nullptr);
+    EXPECT_NE(weights.find(weight, 3), nullptr) << "a shorter read of the same storage";
+    EXPECT_EQ(weights.find(weight, 5), nullptr) << "a longer read than the copy holds";
+    EXPECT_EQ(weights.find(activation, 4), nullptr) << "the activation's copy ended with its scope";
+    {
+      RoundedOperandReuse group(RoundedOperandReuse::Only{{memory}});
+      RoundedOperandReuse::active()->remember(activation, 4, copy());
+      RoundedOperandReuse::active()->remember(memory, 4, copy());
+      EXPECT_EQ(group.find(activation, 4), nullptr) << "no scope promised for the activation";
+      EXPECT_NE(group.find(memory, 4), nullptr);
+      EXPECT_NE(group.find(weight, 4), nullptr) << "an outer scope's copy";
+    }
+    kept = weights.copies();
+  }
+  RoundedOperandReuse next(RoundedOperandReuse::Only{{weight}});
+  EXPECT_EQ(next.find(weight, 4), nullptr);
+  for (const auto& e : kept) next.remember(e.source, e.elements, e.copy);
+  ASSERT_EQ(kept.size(), 1u);
+  EXPECT_EQ(next.find(weight, 4), kept[0].copy);
+}
+
 TEST(Matmul, ShapeMismatchNamesBothShapes) {
   const auto a = Tensor<float>::zeros({2, 3}), b = Tensor<float>::zeros({4, 5});
   try {
@@ -209,6 +247,41 @@ TEST(Tape, LeavesOnlyBackwardFreesIntermediateGradients) {
   };
   const auto kept = step(KeepGradients::all), freed = step(KeepGradients::leaves_only);
   EXPECT_EQ(kept, freed);  // so with leaves_only the second record of `twice` ran too
+}
+
+// With leaves_only, an op that passes its output's gradient through unchanged (a + b, a reshape)
+// hands the output's gradient buffer itself to one input instead of copying it: probes recorded
+// on the tape see the buffers' addresses while backward runs. The gradients equal a plain
+// backward's, the two inputs of an add never share a buffer, and an input that takes a buffer
+// and then receives another gradient adds it there.
+TEST(Tape, LeavesOnlyBackwardHandsPassThroughGradientsOn) {
+  const Tensor<double> x0 = rand({2, 6}, 31), b0 = rand({2, 6}, 32), c0 = rand({3, 4}, 33);
+  auto step = [&](KeepGradients keep) {
+    const Var<double> x = variable(x0), b = variable(b0);
+    // Records run newest first, so each probe runs between the records either side of it.
+    const double* seen[4] = {};  // r's gradient, then m's, b's and s's
+    const Var<double> m = x * 2.0;
+    const Var<double> m3 = m * 3.0;  // m's second gradient arrives after s's record ran
+    tape().record([&] { seen[1] = m.grad().data(), seen[2] = b.grad().data(); });
+    const Var<double> s = m + b;
+    tape().record([&] { seen[3] = s.grad().data(); });
+    const Var<double> r = reshape(s, {3, 4});
+    tape().record([&] { seen[0] = r.grad().data(); });
+    const Var<double> t = r + reshape(m3, {3, 4});
+    backward(sum_all(tanh(t) * constant(c0)), keep);
+    std::vector<std::vector<double>> grads = {x.grad().to_vector(), b.grad().to_vector()};
+    if (keep == KeepGradients::leaves_only) {
+      EXPECT_EQ(seen[3], seen[0]) << "reshape copied its gradient";
+      EXPECT_EQ(seen[1], seen[0]) << "a + b copied its gradient to a";
+      EXPECT_NE(seen[2], seen[0]) << "both inputs of a + b share one buffer";
+    } else {
+      EXPECT_NE(seen[3], seen[0]) << "a plain backward keeps every gradient apart";
+    }
+    tape().reset();
+    return grads;
+  };
+  const auto kept = step(KeepGradients::all), passed = step(KeepGradients::leaves_only);
+  EXPECT_EQ(kept, passed);
 }
 
 TEST(Tape, NoGradScopeRecordsNothing) {

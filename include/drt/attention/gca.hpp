@@ -241,7 +241,9 @@ Var<T> gca(const Var<T>& q, const Var<T>& k, const Var<T>& v, const IndexTensor&
   const Tensor<T> out = Tensor<T>::empty(q.shape(), arena, device);
   const Tensor<T> lse = Tensor<T>::empty(Shape{q.size(0), q.size(1), ic.size(1), q.size(2)}, arena, device);
   if (device != Device::cpu) {
-    detail::gca_check(qc, kc, vc, ic, wc);
+    // A host index is checked where it is: checking the device copy would read it back, and
+    // wait for the GPU (in a prefill segment, once per GCA layer).
+    detail::gca_check(qc, kc, vc, index.on_host() ? index.contiguous(arena) : ic, wc);
     DRT_ON_DEVICE("gca", cuda::gca_forward(qc, kc, vc, ic, wc, scale, out, lse));
   } else {
     gca_forward(qc, kc, vc, ic, wc, scale, out, lse, arena);

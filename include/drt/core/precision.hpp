@@ -28,11 +28,13 @@
 // norms and the loss in fp32).
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "drt/core/error.hpp"
@@ -92,9 +94,28 @@ class MatmulPrecisionScope {
 // (or freed and reallocated) before the scope ends. A copy is found by its source's address and
 // reused for any read of at most as many elements from that address; it lives until the scope
 // ends. Scopes nest; an inner one also finds its outer scopes' copies.
+//
+// A scope may name the storages it promises for (RoundedOperandReuse(Only{...})): it keeps
+// copies of those alone, and a long-lived one can hand its copies to the next (copies(),
+// remember()). The decoder keeps the model's weights rounded across prefill segments this way,
+// and rounds the chunk memory once for all the GCA layers of a segment, while the activations
+// read in between, whose addresses the allocator recycles from layer to layer, are not kept.
 class RoundedOperandReuse {
  public:
+  struct Entry {
+    const void* source;
+    std::int64_t elements;
+    std::shared_ptr<void> copy;
+  };
+  // The storages a named scope promises for.
+  struct Only {
+    std::vector<const void*> sources;
+  };
+
   RoundedOperandReuse() : outer_(innermost()) { innermost() = this; }
+  explicit RoundedOperandReuse(Only only) : only_(std::move(only.sources)), named_(true), outer_(innermost()) {
+    innermost() = this;
+  }
   ~RoundedOperandReuse() { innermost() = outer_; }
   RoundedOperandReuse(const RoundedOperandReuse&) = delete;
   RoundedOperandReuse& operator=(const RoundedOperandReuse&) = delete;
@@ -109,21 +130,30 @@ class RoundedOperandReuse {
         if (e.source == source && e.elements >= elements) return e.copy;
     return nullptr;
   }
+  // Keeps a new copy in the scope that promises for `source`: a scope naming it, however far
+  // out, else the innermost scope that names nothing; none: the copy is not kept.
   void remember(const void* source, std::int64_t elements, std::shared_ptr<void> copy) {
-    copies_.push_back(Entry{source, elements, std::move(copy)});
+    RoundedOperandReuse* keeper = nullptr;
+    for (RoundedOperandReuse* scope = this; scope != nullptr; scope = scope->outer_) {
+      if (scope->named_ && std::find(scope->only_.begin(), scope->only_.end(), source) != scope->only_.end()) {
+        keeper = scope;
+        break;
+      }
+      if (!scope->named_ && keeper == nullptr) keeper = scope;
+    }
+    if (keeper != nullptr) keeper->copies_.push_back(Entry{source, elements, std::move(copy)});
   }
+  // This scope's own copies (for a later scope over the same, unchanged storages).
+  const std::vector<Entry>& copies() const { return copies_; }
 
  private:
-  struct Entry {
-    const void* source;
-    std::int64_t elements;
-    std::shared_ptr<void> copy;
-  };
   static RoundedOperandReuse*& innermost() {
     thread_local RoundedOperandReuse* scope = nullptr;
     return scope;
   }
   std::vector<Entry> copies_;
+  std::vector<const void*> only_;
+  bool named_ = false;
   RoundedOperandReuse* outer_;
 };
 

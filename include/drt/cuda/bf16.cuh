@@ -51,8 +51,9 @@ inline std::shared_ptr<void> bf16_copy(const void* src, Index n) {
   return copy;
 }
 
-// bf16_copy for a GEMM operand: inside a RoundedOperandReuse scope (drt/core/precision.hpp) the
-// scope's copy of the same storage, made by the first GEMM that read it.
+// bf16_copy for a GEMM operand (or an attention kernel's): inside a RoundedOperandReuse scope
+// (drt/core/precision.hpp) the copy of the same storage that an earlier read made, kept by the
+// scope that promises for that storage.
 inline std::shared_ptr<void> bf16_operand(const void* src, Index n) {
   RoundedOperandReuse* reuse = RoundedOperandReuse::active();
   if (reuse == nullptr) return bf16_copy(src, n);

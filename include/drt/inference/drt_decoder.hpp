@@ -203,6 +203,10 @@ class DrtDecoder final : public IncrementalDecoder<T> {
 
   Var<T> advance(const std::vector<std::int32_t>& ids) override {
     if (recorder_) recorder_->reset();  // this segment may change what a recorded step reads
+    // bf16 GEMMs on the GPU: the weights are rounded once, at the first segment, not at every one
+    // (the model does not change while a decoder reads it).
+    RoundedOperandReuse weights(RoundedOperandReuse::Only{weight_storages()});
+    for (const RoundedOperandReuse::Entry& e : rounded_weights_) weights.remember(e.source, e.elements, e.copy);
     const Index L = static_cast<Index>(ids.size()), p0 = next_position_;
     const IndexTensor id_tensor = IndexTensor::from({1, L}, ids);
     Var<T> h = embedding(model_.token_embedding(), id_tensor, c_.pad_id);
@@ -215,6 +219,8 @@ class DrtDecoder final : public IncrementalDecoder<T> {
     for (int g = 0; g < c_.groups(); ++g) {
       const std::map<Index, ChunkRetrieval<T>> retrieved = retrieve_in_segment(h, g, p0);
       const SegmentMemory memory = segment_memory(p0, L, g, retrieved);
+      // The group's GCA layers all read this memory: in bf16 it is rounded once for all of them.
+      RoundedOperandReuse rounded_memory(RoundedOperandReuse::Only{{memory.keys.data(), memory.values.data()}});
       for (const auto& upper : model_.upper_layers(g)) {
         const Var<T> a = attend_block_cached(upper->block, h, caches_[layer++]);
         h = upper->combine(a, gca_rows(upper->gca, a, memory));
@@ -222,6 +228,7 @@ class DrtDecoder final : public IncrementalDecoder<T> {
       if (!retrieved.empty()) current_[g] = retrieved.rbegin()->second;
     }
     next_position_ += L;
+    rounded_weights_ = weights.copies();
     if (device_ != Device::cpu) {
       DRT_CHECK(next_position_ < std::numeric_limits<std::int32_t>::max(), "DrtDecoder: ", next_position_,
                 " positions do not fit the GPU's 32-bit position counter");
@@ -243,6 +250,14 @@ class DrtDecoder final : public IncrementalDecoder<T> {
   };
 
   Index chunk_of(Index position) const { return position / S_; }
+
+  // Where the model's weight matrices live: the storages a prefill's GEMMs may keep rounded.
+  std::vector<const void*> weight_storages() const {
+    std::vector<const void*> out;
+    for (const auto& [name, p] : model_.named_parameters())
+      if (p->rank() == 2) out.push_back(p->value().data());
+    return out;
+  }
   bool is_landmark(Index position) const { return position % S_ == S_ - 1; }
 
   // One token that does not complete a chunk, on the device, reading its id and position from
@@ -463,9 +478,9 @@ class DrtDecoder final : public IncrementalDecoder<T> {
       tail.assign(tail + hidden.to(device_, step_arena()));
     }
     const int take = static_cast<int>(std::min(k, B));
-    const IndexTensor picked = topk_indices(scores, take, 1, step_arena());
-    const Tensor<T> top = gather(scores, 1, picked, step_arena()).to(Device::cpu, step_arena());
-    const IndexTensor ids = picked.to(Device::cpu, step_arena());
+    const TopK<T> picked = topk(constant(scores), take, 1);  // values beside the ids: no gather to check
+    const Tensor<T> top = picked.values.value().to(Device::cpu, step_arena());
+    const IndexTensor ids = picked.indices.to(Device::cpu, step_arena());
     for (Index i = 0; i < n; ++i) {
       auto& mine = best[i];
       for (Index j = 0; j < take; ++j) {
@@ -602,6 +617,7 @@ class DrtDecoder final : public IncrementalDecoder<T> {
   Tensor<T> logits_;
   std::vector<RetrievalOnDevice> on_device_;
   std::unique_ptr<StepRecorder> recorder_;
+  std::vector<RoundedOperandReuse::Entry> rounded_weights_;  // bf16 weights kept across segments
   bool use_graph_ = true;
   Index recordings_ = 0;
 };

@@ -662,7 +662,7 @@ void gca_forward(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, con
     if (version == 3) {
       // The chunk memory as bf16, once per call: each chunk is gathered ~Kc times (once per row
       // that retrieved it), and that gather is what bounds version 3; bf16 halves its bytes.
-      const auto k16 = bf16_copy(k.data(), k.numel()), v16 = bf16_copy(v.data(), v.numel());
+      const auto k16 = bf16_operand(k.data(), k.numel()), v16 = bf16_operand(v.data(), v.numel());
       attention::gca_forward_mma<<<dim3(unsigned(s.Z), unsigned(s.H)), attention::gca_mma::kThreads, 0, ::drt::cuda::stream()>>>(
           q.data(), as_bf16(k16), as_bf16(v16), index.data(), weight.data(), s, scale, out.data(),
           lse.data());
@@ -707,7 +707,7 @@ void gca_backward(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, co
       DRT_CUDA_CHECK(cudaFuncSetAttribute(attention::gca_backward_mma, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
       // The chunk memory as bf16, once per call: each chunk is gathered ~Kc times (once per row
       // that retrieved it), and that gather is what bounds version 3; bf16 halves its bytes.
-      const auto k16 = bf16_copy(k.data(), k.numel()), v16 = bf16_copy(v.data(), v.numel());
+      const auto k16 = bf16_operand(k.data(), k.numel()), v16 = bf16_operand(v.data(), v.numel());
       attention::gca_backward_mma<<<dim3(unsigned(s.Z), unsigned(s.H)), attention::gca_mma::kThreads, bytes, ::drt::cuda::stream()>>>(
           q.data(), as_bf16(k16), as_bf16(v16), index.data(), weight.data(), s, scale, lse.data(), dout.data(), delta.data(),
           dq ? dq->data() : nullptr, dk ? dk->data() : nullptr, dv ? dv->data() : nullptr);

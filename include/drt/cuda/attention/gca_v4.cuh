@@ -452,8 +452,9 @@ namespace gca_v4 {
 static inline void forward(const float* q, const float* k, const float* v, const std::int32_t* index,
                            const float* weight, const GcaShape& s, float scale, float* out, float* lse) {
   const long long memory = static_cast<long long>(s.B) * s.E * s.N * s.Hkv * kSize;
-  // The chunk memory as bf16, once per call (as version 3): each chunk is gathered ~Kc times.
-  const auto k16 = bf16_copy(k, memory), v16 = bf16_copy(v, memory);
+  // The chunk memory as bf16, once per call (as version 3; each chunk is gathered ~Kc times), or
+  // once per RoundedOperandReuse scope naming it: the decoder's GCA layers of one segment share it.
+  const auto k16 = bf16_operand(k, memory), v16 = bf16_operand(v, memory);
   gca_forward_v4<<<dim3(unsigned(s.Z), unsigned(s.H)), kThreads, 0, ::drt::cuda::stream()>>>(
       q, as_bf16(k16), as_bf16(v16), index, weight, s, scale, out, lse);
   DRT_CUDA_CHECK_LAUNCH();
@@ -465,7 +466,7 @@ static inline void backward(const float* q, const float* k, const float* v, cons
                             float* delta, float* dq, float* dk, float* dv, float* dweight) {
   const long long memory = static_cast<long long>(s.B) * s.E * s.N * s.Hkv * kSize;
   const long long queries = static_cast<long long>(s.Z) * s.H * kSize * kSize;
-  const auto k16 = bf16_copy(k, memory), v16 = bf16_copy(v, memory);
+  const auto k16 = bf16_operand(k, memory), v16 = bf16_operand(v, memory);
   const bool keys = dk != nullptr || dv != nullptr;
   // Pass 1 writes the bf16 q and dO that pass 2 reads (only when pass 2 runs).
   std::shared_ptr<void> q16, dout16;
