@@ -99,6 +99,7 @@ int main(int argc, char** argv) {
     DrtModel<float> model(c, 0);
     model.move_to(Device::cuda);
     const auto params = parameter_pointers(model.named_parameters());
+    const std::vector<const void*> weights = weight_storages(model.named_parameters());
     AdamW<float> opt(params, AdamWConfig{.lr = 1e-4, .weight_decay = 0.01});
     const Index accum = o.batch / o.micro_batch;
     std::printf("model %s: %lld parameters; batch %lld x %lld tokens (%lld micro-batch%s of %lld); GEMMs in %s\n",
@@ -117,14 +118,17 @@ int main(int argc, char** argv) {
     auto step = [&](std::uint64_t seed) {
       auto t = Clock::now();
       float loss_sum = 0;
-      for (Index a = 0; a < accum; ++a) {
-        const IndexTensor tokens = random_tokens(o.micro_batch, o.seq_len, c.vocab_size, seed * 1000 + a);
-        const Var<float> loss = model.loss(tokens, ForwardOptions{.training = true, .noise_seed = seed * 1000 + a});
-        loss_sum += loss.item();
-        phase_done(0, t);
-        backward(accum > 1 ? loss * (1.0f / float(accum)) : loss, KeepGradients::leaves_only);  // as drt train
-        tape().reset();
-        phase_done(1, t);
+      {
+        RoundedOperandReuse rounded_weights(weights);  // as drt train
+        for (Index a = 0; a < accum; ++a) {
+          const IndexTensor tokens = random_tokens(o.micro_batch, o.seq_len, c.vocab_size, seed * 1000 + a);
+          const Var<float> loss = model.loss(tokens, ForwardOptions{.training = true, .noise_seed = seed * 1000 + a});
+          loss_sum += loss.item();
+          phase_done(0, t);
+          backward(accum > 1 ? loss * (1.0f / float(accum)) : loss, KeepGradients::leaves_only);  // as drt train
+          tape().reset();
+          phase_done(1, t);
+        }
       }
       clip_grad_norm(params, 1.0);
       opt.step(1e-4);

@@ -163,9 +163,10 @@ TEST(MatmulPrecision, Bf16ProductIsTheProductOfRoundedOperands) {
 TEST(MatmulPrecision, RoundedOperandScopesKeepWhatTheyPromiseFor) {
   const float weight[4] = {}, activation[4] = {}, memory[4] = {};
   auto copy = [] { return std::make_shared<int>(0); };
+  const std::vector<const void*> weights_list{weight}, memory_list{memory};
   std::vector<RoundedOperandReuse::Entry> kept;
   {
-    RoundedOperandReuse weights(RoundedOperandReuse::Only{{weight}});
+    RoundedOperandReuse weights(weights_list);
     {
       RoundedOperandReuse layer;  // as linear_shared_input opens
       RoundedOperandReuse::active()->remember(weight, 4, copy());
@@ -178,7 +179,7 @@ TEST(MatmulPrecision, RoundedOperandScopesKeepWhatTheyPromiseFor) {
     EXPECT_EQ(weights.find(weight, 5), nullptr) << "a longer read than the copy holds";
     EXPECT_EQ(weights.find(activation, 4), nullptr) << "the activation's copy ended with its scope";
     {
-      RoundedOperandReuse group(RoundedOperandReuse::Only{{memory}});
+      RoundedOperandReuse group(memory_list);
       RoundedOperandReuse::active()->remember(activation, 4, copy());
       RoundedOperandReuse::active()->remember(memory, 4, copy());
       EXPECT_EQ(group.find(activation, 4), nullptr) << "no scope promised for the activation";
@@ -187,7 +188,7 @@ TEST(MatmulPrecision, RoundedOperandScopesKeepWhatTheyPromiseFor) {
     }
     kept = weights.copies();
   }
-  RoundedOperandReuse next(RoundedOperandReuse::Only{{weight}});
+  RoundedOperandReuse next(weights_list);
   EXPECT_EQ(next.find(weight, 4), nullptr);
   for (const auto& e : kept) next.remember(e.source, e.elements, e.copy);
   ASSERT_EQ(kept.size(), 1u);

@@ -482,6 +482,26 @@ TYPED_TEST(GpuOps, MatmulBackwardMatchesTheHost) {
   compare_graph<T>("linear", {x, W}, [](const auto& v, Device) { return linear(v[0], v[1]); }, tol);
 }
 
+// With bf16 GEMMs, linear's backward computes dW from the forward's bf16 copy of x (a tape value
+// does not change before backward) instead of rounding x again. Proven by breaking that promise:
+// x's storage is overwritten between forward and backward, and dW is still gᵀ·x of the old x,
+// as the CPU computes it with the switch on (rounded operands, fp32 sums: tolerance as in
+// test_cuda_core's bf16 products, 2e-6 per summed term).
+TEST_F(Gpu, LinearBackwardReusesTheForwardRoundingOfItsInput) {
+  const Index R = 48, I = 64, O = 32;
+  const Tensor<float> x_old = uniform<float>({R, I}, 71), x_new = uniform<float>({R, I}, 72);
+  const Tensor<float> W0 = uniform<float>({O, I}, 73), g = uniform<float>({R, O}, 74);
+  MatmulPrecisionScope bf16(Precision::bf16);
+  tape().reset();
+  const Var<float> x = variable(cuda::to_device(x_old));
+  Parameter<float> W(cuda::to_device(W0));
+  const Var<float> y = linear(x, W);
+  x.value().copy_from(cuda::to_device(x_new));
+  backward(y, cuda::to_device(g));
+  expect_close(drt::matmul(g.transpose(0, 1), x_old), W.grad(), 2e-6 * R, 0, "dW from the forward's copy of x");
+  tape().reset();
+}
+
 // ---- a small model step end to end -----------------------------------------------------------------
 
 TYPED_TEST(GpuOps, AModelLikeGraphMatchesTheHost) {

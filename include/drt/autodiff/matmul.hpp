@@ -60,6 +60,7 @@ SharedInputOutputs<T> linear_shared_input(const Var<T>& x, std::initializer_list
   const Tensor<T> x2 = x.value().contiguous(step_arena()).reshape(Shape{-1, x.size(-1)});
   SharedInputOutputs<T> outs, ws;  // ws: the weights, in the same order
   bool any_grad = false;
+  std::shared_ptr<void> x_rounded;  // the forward's bf16 copy of x (GPU, bf16 GEMMs), for dW
   {
     RoundedOperandReuse reuse;  // x, read by every product
     for (const Var<T>* W : weights) {
@@ -71,11 +72,15 @@ SharedInputOutputs<T> linear_shared_input(const Var<T>& x, std::initializer_list
       outs.y[outs.count] = make_output(y, {&x, W});
       any_grad |= outs.y[outs.count++].requires_grad();
     }
+    if (any_grad) x_rounded = reuse.find(x2.data(), x2.numel());
   }
   if (any_grad) {
     for (int i = 0; i < outs.count; ++i) ++outs[i].node()->grad_readers;  // as record_backward counts
-    tape().record([x, x2, ws, outs] {
+    // The backward reuses the forward's rounding of x (x is a tape value: it does not change
+    // before backward) and lets it go once it has run: one rounding of x per step instead of two.
+    tape().record([x, x2, ws, outs, x_rounded]() mutable {
       RoundedOperandReuse reuse;  // x2 and each dy_i, each read by two products
+      if (x_rounded) reuse.remember(x2.data(), x2.numel(), std::move(x_rounded));
       for (int i = 0; i < outs.count; ++i) {
         if (!outs[i].has_grad()) continue;  // no gradient reached y_i
         const Var<T>& W = ws[i];

@@ -95,10 +95,11 @@ class MatmulPrecisionScope {
 // reused for any read of at most as many elements from that address; it lives until the scope
 // ends. Scopes nest; an inner one also finds its outer scopes' copies.
 //
-// A scope may name the storages it promises for (RoundedOperandReuse(Only{...})): it keeps
+// A scope may name the storages it promises for (RoundedOperandReuse(list)): it keeps
 // copies of those alone, and a long-lived one can hand its copies to the next (copies(),
 // remember()). The decoder keeps the model's weights rounded across prefill segments this way,
-// and rounds the chunk memory once for all the GCA layers of a segment, while the activations
+// the trainer for all the micro-batches of a step, and the decoder rounds the chunk memory once
+// for all the GCA layers of a segment, while the activations
 // read in between, whose addresses the allocator recycles from layer to layer, are not kept.
 class RoundedOperandReuse {
  public:
@@ -107,15 +108,14 @@ class RoundedOperandReuse {
     std::int64_t elements;
     std::shared_ptr<void> copy;
   };
-  // The storages a named scope promises for.
-  struct Only {
-    std::vector<const void*> sources;
-  };
-
+  // A scope for every storage read inside it.
   RoundedOperandReuse() : outer_(innermost()) { innermost() = this; }
-  explicit RoundedOperandReuse(Only only) : only_(std::move(only.sources)), named_(true), outer_(innermost()) {
+  // A scope for the storages in `only` alone; it keeps a reference to the list, so a temporary
+  // list is refused.
+  explicit RoundedOperandReuse(const std::vector<const void*>& only) : only_(&only), outer_(innermost()) {
     innermost() = this;
   }
+  explicit RoundedOperandReuse(std::vector<const void*>&&) = delete;
   ~RoundedOperandReuse() { innermost() = outer_; }
   RoundedOperandReuse(const RoundedOperandReuse&) = delete;
   RoundedOperandReuse& operator=(const RoundedOperandReuse&) = delete;
@@ -135,11 +135,11 @@ class RoundedOperandReuse {
   void remember(const void* source, std::int64_t elements, std::shared_ptr<void> copy) {
     RoundedOperandReuse* keeper = nullptr;
     for (RoundedOperandReuse* scope = this; scope != nullptr; scope = scope->outer_) {
-      if (scope->named_ && std::find(scope->only_.begin(), scope->only_.end(), source) != scope->only_.end()) {
+      if (scope->only_ && std::find(scope->only_->begin(), scope->only_->end(), source) != scope->only_->end()) {
         keeper = scope;
         break;
       }
-      if (!scope->named_ && keeper == nullptr) keeper = scope;
+      if (!scope->only_ && keeper == nullptr) keeper = scope;
     }
     if (keeper != nullptr) keeper->copies_.push_back(Entry{source, elements, std::move(copy)});
   }
@@ -152,8 +152,7 @@ class RoundedOperandReuse {
     return scope;
   }
   std::vector<Entry> copies_;
-  std::vector<const void*> only_;
-  bool named_ = false;
+  const std::vector<const void*>* only_ = nullptr;  // null: the scope promises for every storage
   RoundedOperandReuse* outer_;
 };
 

@@ -205,7 +205,8 @@ class DrtDecoder final : public IncrementalDecoder<T> {
     if (recorder_) recorder_->reset();  // this segment may change what a recorded step reads
     // bf16 GEMMs on the GPU: the weights are rounded once, at the first segment, not at every one
     // (the model does not change while a decoder reads it).
-    RoundedOperandReuse weights(RoundedOperandReuse::Only{weight_storages()});
+    if (weight_storages_.empty()) weight_storages_ = weight_storages(model_.named_parameters());
+    RoundedOperandReuse weights(weight_storages_);
     for (const RoundedOperandReuse::Entry& e : rounded_weights_) weights.remember(e.source, e.elements, e.copy);
     const Index L = static_cast<Index>(ids.size()), p0 = next_position_;
     const IndexTensor id_tensor = IndexTensor::from({1, L}, ids);
@@ -220,7 +221,8 @@ class DrtDecoder final : public IncrementalDecoder<T> {
       const std::map<Index, ChunkRetrieval<T>> retrieved = retrieve_in_segment(h, g, p0);
       const SegmentMemory memory = segment_memory(p0, L, g, retrieved);
       // The group's GCA layers all read this memory: in bf16 it is rounded once for all of them.
-      RoundedOperandReuse rounded_memory(RoundedOperandReuse::Only{{memory.keys.data(), memory.values.data()}});
+      const std::vector<const void*> memory_storages{memory.keys.data(), memory.values.data()};
+      RoundedOperandReuse rounded_memory(memory_storages);
       for (const auto& upper : model_.upper_layers(g)) {
         const Var<T> a = attend_block_cached(upper->block, h, caches_[layer++]);
         h = upper->combine(a, gca_rows(upper->gca, a, memory));
@@ -251,13 +253,6 @@ class DrtDecoder final : public IncrementalDecoder<T> {
 
   Index chunk_of(Index position) const { return position / S_; }
 
-  // Where the model's weight matrices live: the storages a prefill's GEMMs may keep rounded.
-  std::vector<const void*> weight_storages() const {
-    std::vector<const void*> out;
-    for (const auto& [name, p] : model_.named_parameters())
-      if (p->rank() == 2) out.push_back(p->value().data());
-    return out;
-  }
   bool is_landmark(Index position) const { return position % S_ == S_ - 1; }
 
   // One token that does not complete a chunk, on the device, reading its id and position from
@@ -617,7 +612,8 @@ class DrtDecoder final : public IncrementalDecoder<T> {
   Tensor<T> logits_;
   std::vector<RetrievalOnDevice> on_device_;
   std::unique_ptr<StepRecorder> recorder_;
-  std::vector<RoundedOperandReuse::Entry> rounded_weights_;  // bf16 weights kept across segments
+  std::vector<const void*> weight_storages_;                 // the model's weight matrices
+  std::vector<RoundedOperandReuse::Entry> rounded_weights_;  // their bf16 copies, kept across segments
   bool use_graph_ = true;
   Index recordings_ = 0;
 };

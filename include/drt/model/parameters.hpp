@@ -48,4 +48,14 @@ std::vector<Parameter<T>*> parameter_pointers(const ParameterList<T>& list) {
   return out;
 }
 
+// Where the weight matrices (the parameters of rank 2) keep their values: the storages that a
+// RoundedOperandReuse scope over a whole step or prefill segment promises for (precision.hpp).
+template <class T>
+std::vector<const void*> weight_storages(const ParameterList<T>& list) {
+  std::vector<const void*> out;
+  for (const auto& p : list)
+    if (p.parameter->rank() == 2) out.push_back(p.parameter->value().data());
+  return out;
+}
+
 }  // namespace drt

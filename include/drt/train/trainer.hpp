@@ -31,6 +31,7 @@
 #include <fstream>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <ostream>
 #include <sstream>
@@ -301,6 +302,14 @@ class Trainer {
     const std::uint64_t noise_seed = noise_stream_seed(run_.seed);
     const bool noise = run_.model_type == "drt";
     double loss_sum = 0;
+    // bf16 GEMMs on the GPU: each weight matrix is rounded once per step, not twice per
+    // micro-batch; the weights change only in the optimiser's step, after this scope.
+    std::vector<const void*> weights;
+    std::optional<RoundedOperandReuse> rounded_weights;
+    if (device_ != Device::cpu && matmul_precision() == Precision::bf16) {
+      weights = weight_storages(names_);
+      rounded_weights.emplace(weights);
+    }
     for (std::int64_t a = 0; a < run_.grad_accum; ++a) {
       const std::int64_t i = s * run_.grad_accum + a;
       const data::Batch batch = train_source_->batch(i, static_cast<Index>(run_.batch_size), static_cast<Index>(run_.seq_len));
@@ -313,6 +322,7 @@ class Trainer {
       else backward(loss, KeepGradients::leaves_only);
       tape().reset();
     }
+    rounded_weights.reset();
     StepRecord r;
     r.step = s + 1;
     r.loss = loss_sum / static_cast<double>(run_.grad_accum);
