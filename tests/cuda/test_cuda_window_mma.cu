@@ -21,11 +21,16 @@
 // mistake (those move whole probabilities: errors of order the tensor's magnitude itself).
 // Version 4 rounds the same values at the same points as version 3 (only the ALiBi bias is summed
 // in another order, ~1e-7 relative), so the two agree far inside that bound: kV3V4Tol.
+//
+// Version 4's backward reads the forward's bf16 copies of q, k, v (WindowAttentionBf16Copies):
+// tested by overwriting an input between forward and backward, and by a forward and a backward
+// under different precisions (each falls back to rounding its own inputs).
 #include "gpu_test.hpp"
 
 #include <algorithm>
 #include <cmath>
 #include <string>
+#include <utility>
 
 #include <drt/attention/window_attention.hpp>
 #include <drt/nn/alibi.hpp>
@@ -98,14 +103,19 @@ Result<float> run_bf16_version(const WindowInputs& in, const WindowCase& c, int 
   return run_window(in.q, in.k, in.v, in.seed, in.slopes, c.W, in.scale, Device::cuda);
 }
 
+// The CPU op in double on the same inputs: the reference.
+Result<double> run_cpu(const WindowInputs& in, const WindowCase& c) {
+  return run_window(in.q.cast<double>(), in.k.cast<double>(), in.v.cast<double>(), in.seed.cast<double>(),
+                    alibi_slopes<double>(static_cast<int>(c.H)), c.W, double(in.scale), Device::cpu);
+}
+
 void check_bf16_version(const WindowCase& c, int version) {
   SCOPED_TRACE(::testing::Message() << "v" << version << " B" << c.B << " T" << c.T << " H" << c.H << "/" << c.Hkv
                                     << " W" << c.W);
   const WindowInputs in(c);
   const Tensor<float>&q = in.q, &k = in.k, &v = in.v, &seed = in.seed, &slopes = in.slopes;
   const float scale = in.scale;
-  const Result<double> cpu = run_window(q.cast<double>(), k.cast<double>(), v.cast<double>(), seed.cast<double>(),
-                                        alibi_slopes<double>(static_cast<int>(c.H)), c.W, double(scale), Device::cpu);
+  const Result<double> cpu = run_cpu(in, c);
   const Result<float> gpu = run_bf16_version(in, c, version);
   expect_near_relative_to_max(cpu.out, gpu.out, kBf16Tol, "out");
   expect_near_relative_to_max(cpu.dq, gpu.dq, kBf16Tol, "dq");
@@ -184,6 +194,120 @@ TEST_F(Gpu, WindowAttentionVersion4AgreesWithVersion3) {
     for (int i = 0; i < 4; ++i)
       expect_near_relative_to_max(pairs[i][0]->to(Device::cpu).cast<double>(), pairs[i][1]->to(Device::cuda), kV3V4Tol,
                                   names[i]);
+  }
+}
+
+// The GPU op with its forward under `forward_precision` and its backward under
+// `backward_precision`, and between(q, k, v) called in between with the device tensors the
+// forward read (a test may overwrite them there).
+template <class Between>
+Result<float> run_split(const WindowInputs& in, const WindowCase& c, Precision forward_precision,
+                        Precision backward_precision, Between between) {
+  const Var<float> vq = variable(in.q.to(Device::cuda)), vk = variable(in.k.to(Device::cuda)),
+                   vv = variable(in.v.to(Device::cuda));
+  Var<float> out;
+  {
+    MatmulPrecisionScope scope(forward_precision);
+    out = window_attention(vq, vk, vv, in.slopes, c.W, in.scale);
+  }
+  between(vq.value(), vk.value(), vv.value());
+  {
+    MatmulPrecisionScope scope(backward_precision);
+    backward(out, in.seed.to(Device::cuda));
+  }
+  Result<float> r{out.value().clone(), vq.grad().clone(), vk.grad().clone(), vv.grad().clone()};
+  tape().reset();
+  return r;
+}
+
+// The backward reads the forward's bf16 copies (k's and v's for dQ, q's for dK and dV) instead of
+// rounding those inputs again: shown by breaking the promise that makes that valid (tape values
+// do not change between forward and backward), as RoundedOperandsAreReusedInsideAScope
+// (test_cuda_core) does for GEMMs. With k's storage overwritten after the forward, dQ must still
+// be the CPU's dQ for the OLD k; a backward that rounded k again would give the new k's dQ
+// (asserted to be far apart). Likewise q and dK, dV. Not checked: dK and dV after k is
+// overwritten, dQ after q is (those kernels read k, v and q as fp32, once per block).
+TEST_F(Gpu, WindowAttentionVersion4BackwardReadsTheForwardsCopies) {
+  const WindowCase c{2, 700, 4, 2, 512};
+  const WindowInputs in(c);
+  ASSERT_EQ(cuda::attention::window_attention_version<float>(64, Precision::bf16), 4);
+  WindowInputs with_new_k = in, with_new_q = in;
+  with_new_k.k = rounded_to_bf16(uniform<float>(in.k.shape(), 31));
+  with_new_q.q = rounded_to_bf16(uniform<float>(in.q.shape(), 32));
+  const Result<double> cpu = run_cpu(in, c), cpu_new_k = run_cpu(with_new_k, c), cpu_new_q = run_cpu(with_new_q, c);
+  auto largest = [](const Tensor<double>& t) {
+    double m = 0;
+    for (double x : t.to_vector()) m = std::max(m, std::abs(x));
+    return m;
+  };
+  // The overwritten inputs move the gradients checked below by far more than the tolerance.
+  ASSERT_GT(max_abs_difference(cpu.dq, cpu_new_k.dq), 10 * kBf16Tol * largest(cpu.dq));
+  ASSERT_GT(max_abs_difference(cpu.dk, cpu_new_q.dk), 10 * kBf16Tol * largest(cpu.dk));
+  ASSERT_GT(max_abs_difference(cpu.dv, cpu_new_q.dv), 10 * kBf16Tol * largest(cpu.dv));
+
+  const Result<float> k_overwritten = run_split(
+      in, c, Precision::bf16, Precision::bf16,
+      [&](const Tensor<float>&, const Tensor<float>& k, const Tensor<float>&) { k.copy_from(with_new_k.k.to(Device::cuda)); });
+  expect_near_relative_to_max(cpu.out, k_overwritten.out, kBf16Tol, "out");
+  expect_near_relative_to_max(cpu.dq, k_overwritten.dq, kBf16Tol, "dq with k overwritten after the forward");
+
+  const Result<float> q_overwritten = run_split(
+      in, c, Precision::bf16, Precision::bf16,
+      [&](const Tensor<float>& q, const Tensor<float>&, const Tensor<float>&) { q.copy_from(with_new_q.q.to(Device::cuda)); });
+  expect_near_relative_to_max(cpu.dk, q_overwritten.dk, kBf16Tol, "dk with q overwritten after the forward");
+  expect_near_relative_to_max(cpu.dv, q_overwritten.dv, kBf16Tol, "dv with q overwritten after the forward");
+}
+
+// A forward and a backward under different precisions: a version-2 backward after a version-4
+// forward ignores the forward's copies, and a version-4 backward after a version-2 forward (which
+// kept none) rounds q, k and v itself. Both match the CPU.
+TEST_F(Gpu, WindowAttentionForwardAndBackwardUnderDifferentPrecisions) {
+  const WindowCase c{2, 700, 4, 2, 512};
+  const WindowInputs in(c);
+  const Result<double> cpu = run_cpu(in, c);
+  const auto nothing = [](const Tensor<float>&, const Tensor<float>&, const Tensor<float>&) {};
+  const Result<float> fp32 = run_split(in, c, Precision::fp32, Precision::fp32, nothing);
+  for (const auto& [forward_precision, backward_precision] : {std::pair{Precision::bf16, Precision::fp32},
+                                                              std::pair{Precision::fp32, Precision::bf16}}) {
+    SCOPED_TRACE(::testing::Message() << "forward " << precision_name(forward_precision) << ", backward "
+                                      << precision_name(backward_precision));
+    const Result<float> gpu = run_split(in, c, forward_precision, backward_precision, nothing);
+    expect_near_relative_to_max(cpu.out, gpu.out, kBf16Tol, "out");
+    expect_near_relative_to_max(cpu.dq, gpu.dq, kBf16Tol, "dq");
+    expect_near_relative_to_max(cpu.dk, gpu.dk, kBf16Tol, "dk");
+    expect_near_relative_to_max(cpu.dv, gpu.dv, kBf16Tol, "dv");
+    // The bf16 half ran version 4: its results differ from all-fp32 ones by more than fp32 rounding.
+    const Tensor<float>& bf16_result = forward_precision == Precision::bf16 ? gpu.out : gpu.dk;
+    const Tensor<float>& fp32_result = forward_precision == Precision::bf16 ? fp32.out : fp32.dk;
+    EXPECT_GT(max_abs_difference(bf16_result.to(Device::cpu), fp32_result.to(Device::cpu)), 1e-5);
+  }
+}
+
+// Gradients of some inputs only: the op then holds only the copies its backward will read (k's
+// and v's for dQ alone, q's for dK and dV alone), and the backward makes dO's copy only for dK
+// and dV. The gradients asked for still match the CPU.
+TEST_F(Gpu, WindowAttentionVersion4GradientsOfSomeInputs) {
+  const WindowCase c{1, 300, 3, 3, 100};
+  const WindowInputs in(c);
+  const Result<double> cpu = run_cpu(in, c);
+  MatmulPrecisionScope bf16(Precision::bf16);
+  for (const bool query_side : {true, false}) {
+    SCOPED_TRACE(query_side ? "dq alone" : "dk and dv alone");
+    auto input = [](const Tensor<float>& x, bool wanted) {
+      return wanted ? variable(x.to(Device::cuda)) : constant(x.to(Device::cuda));
+    };
+    const Var<float> vq = input(in.q, query_side), vk = input(in.k, !query_side), vv = input(in.v, !query_side);
+    const Var<float> out = window_attention(vq, vk, vv, in.slopes, c.W, in.scale);
+    backward(out, in.seed.to(Device::cuda));
+    if (query_side) {
+      expect_near_relative_to_max(cpu.dq, vq.grad(), kBf16Tol, "dq");
+      EXPECT_FALSE(vk.has_grad());
+    } else {
+      expect_near_relative_to_max(cpu.dk, vk.grad(), kBf16Tol, "dk");
+      expect_near_relative_to_max(cpu.dv, vv.grad(), kBf16Tol, "dv");
+      EXPECT_FALSE(vq.has_grad());
+    }
+    tape().reset();
   }
 }
 

@@ -17,11 +17,28 @@
 
 #include <cmath>
 #include <limits>
+#include <memory>
 
 #include "drt/autodiff/var.hpp"
 #include "drt/core/matmul.hpp"
 #include "drt/core/parallel.hpp"
 #include "drt/core/vector_math.hpp"
+
+namespace drt {
+
+// What the GPU forward in bf16 mode (version 4 of the kernels) keeps for the backward: bf16
+// copies of q, k and v, element for element (rounded to nearest even, as the kernels stage
+// them). The backward's dQ kernel reads k's and v's, its dK/dV kernel q's, instead of rounding
+// those inputs a second time. Tape values do not change between forward and backward, so the
+// copies stay valid. A null copy means "not made" (the forward took another version or ran
+// under another precision): the backward rounds its input itself, as before. Declared here,
+// with shared_ptr<void> for device memory, because the op below is also compiled by a host
+// compiler and holds one of these in its backward record.
+struct WindowAttentionBf16Copies {
+  std::shared_ptr<void> q, k, v;
+};
+
+}  // namespace drt
 
 #if defined(__CUDACC__)
 #include "drt/cuda/attention/window_attention.cuh"
@@ -148,7 +165,9 @@ void window_attention_backward(const Tensor<T>& q, const Tensor<T>& k, const Ten
 }
 
 // The differentiable op. The slopes are a fixed buffer (no gradient), as in the reference. On a GPU
-// (q, k, v there; the slopes anywhere) the kernels of drt/cuda/attention/window_attention.cuh run.
+// (q, k, v there; the slopes anywhere) the kernels of drt/cuda/attention/window_attention.cuh run;
+// in bf16 mode the backward reads the forward's bf16 copies of q, k, v (WindowAttentionBf16Copies)
+// and lets them go once it has run.
 template <class T>
 Var<T> window_attention(const Var<T>& q, const Var<T>& k, const Var<T>& v, const Tensor<T>& slopes, Index window,
                         T scale) {
@@ -158,15 +177,21 @@ Var<T> window_attention(const Var<T>& q, const Var<T>& k, const Var<T>& v, const
   const Tensor<T> sl = slopes.to(device, arena).contiguous(arena);
   const Tensor<T> out = Tensor<T>::empty(q.shape(), arena, device);
   const Tensor<T> lse = Tensor<T>::empty(Shape{q.size(0), q.size(2), q.size(1)}, arena, device);
+  Var<T> result = make_output(out, {&q, &k, &v});  // out is written below
+  WindowAttentionBf16Copies copies;  // stays empty on the CPU, and when no backward will run
   if (device != Device::cpu) {
     detail::window_check(qc, kc, vc, sl, window);
-    DRT_ON_DEVICE("window_attention", cuda::window_attention_forward(qc, kc, vc, sl, window, scale, out, lse));
+    DRT_ON_DEVICE("window_attention", cuda::window_attention_forward(qc, kc, vc, sl, window, scale, out, lse,
+                                                                     result.requires_grad() ? &copies : nullptr));
   } else {
     window_attention_forward(qc, kc, vc, sl, window, scale, out, lse, arena);
   }
-  Var<T> result = make_output(out, {&q, &k, &v});
-  if (result.requires_grad())
-    record_backward(result, [=] {
+  if (!result.requires_grad()) return result;
+  // Hold only what the backward will read: k and v for dQ, q for dK and dV.
+  if (!q.requires_grad()) copies.k = copies.v = nullptr;
+  if (!k.requires_grad() && !v.requires_grad()) copies.q = nullptr;
+  // A mutable closure: it lets the copies go once the backward has read them.
+  record_backward(result, [=, copies = std::move(copies)]() mutable {
       Arena* a = step_arena();
       const Tensor<T> dq = q.requires_grad() ? q.node()->grad_buffer() : Tensor<T>();
       const Tensor<T> dk = k.requires_grad() ? k.node()->grad_buffer() : Tensor<T>();
@@ -175,11 +200,12 @@ Var<T> window_attention(const Var<T>& q, const Var<T>& k, const Var<T>& v, const
       const Tensor<T>*dq_ptr = dq.defined() ? &dq : nullptr, *dk_ptr = dk.defined() ? &dk : nullptr;
       const Tensor<T>* dv_ptr = dv.defined() ? &dv : nullptr;
       if (device != Device::cpu)
-        DRT_ON_DEVICE("window_attention",
-                      cuda::window_attention_backward(qc, kc, vc, sl, window, scale, out, lse, dout, dq_ptr, dk_ptr, dv_ptr));
+        DRT_ON_DEVICE("window_attention", cuda::window_attention_backward(qc, kc, vc, sl, window, scale, out, lse, dout,
+                                                                          dq_ptr, dk_ptr, dv_ptr, &copies));
       else
         window_attention_backward(qc, kc, vc, sl, window, scale, out, lse, dout, dq_ptr, dk_ptr, dv_ptr, a);
-    });
+      copies = {};  // device memory back to the allocator now, not at the tape's reset
+  });
   return result;
 }
 

@@ -137,14 +137,15 @@ void done_reading_grad(Node<T>* n) {
 }
 }  // namespace detail
 
-// Records `fn` to run during backward if a gradient has reached `out` by then. An op that
-// records its own closure with tape().record instead (several outputs) must count its outputs'
-// readers the same way (see linear_shared_input, drt/autodiff/matmul.hpp).
+// Records `fn` to run during backward if a gradient has reached `out` by then. `fn` may be a
+// mutable lambda (to let go of what it holds once it has run: window_attention's bf16 copies).
+// An op that records its own closure with tape().record instead (several outputs) must count
+// its outputs' readers the same way (see linear_shared_input, drt/autodiff/matmul.hpp).
 template <class T, class F>
 void record_backward(const Var<T>& out, F fn) {
   Node<T>* o = out.node();
   ++o->grad_readers;
-  tape().record([o, fn]() {
+  tape().record([o, fn]() mutable {
     if (o->grad.defined()) fn();
     detail::done_reading_grad(o);
   });

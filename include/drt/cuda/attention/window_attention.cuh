@@ -20,9 +20,16 @@
 //   version 4 (the same calls as version 3; drt/cuda/attention/window_attention_v4.cuh): version 3's
 //     math with K/V (and Q/dO) tiles copied by cp.async from bf16 copies into two shared-memory
 //     stages, fewer registers held per warp, the mask only on tiles that need it, and 128-query
-//     blocks of 8 warps for the forward and dQ.
+//     blocks of 8 warps for the forward and dQ. The forward can hand its bf16 copies of q, k, v
+//     to the backward (WindowAttentionBf16Copies, drt/attention/window_attention.hpp, where the
+//     op that holds them is), which then rounds only dO, inside the δ kernel.
 // window_attention_version() says which version a call takes.
+//
+// Included by drt/attention/window_attention.hpp (under nvcc) after it declares
+// WindowAttentionBf16Copies; not meant to be included on its own.
 #pragma once
+
+#include <cuda_bf16.h>
 
 #include <cstdint>
 #include <initializer_list>
@@ -69,14 +76,20 @@ __global__ void window_forward_kernel(const T* q, const T* k, const T* v, const 
   if (lane == 0) lse[(static_cast<long long>(b) * s.H + h) * s.T + t] = running_max + device_log(running_sum);
 }
 
-// δ_t = ⟨dO_t, O_t⟩ per query row, laid out like lse (B, H, T).
+// δ_t = ⟨dO_t, O_t⟩ per query row, laid out like lse (B, H, T). With dout16 (float only: version
+// 4's dK/dV reads dO as bf16), the warp also writes its row of dO rounded to bf16 (nearest even,
+// as bf16_copy rounds) from the values it reads here anyway: one pass over dO instead of two.
 template <class T>
-__global__ void window_delta_kernel(const T* out, const T* dout, WindowShape s, T* delta) {
+__global__ void window_delta_kernel(const T* out, const T* dout, WindowShape s, T* delta, __nv_bfloat16* dout16) {
   const long long row = warp_index();
   if (row >= static_cast<long long>(s.B) * s.T * s.H) return;
   const int h = static_cast<int>(row % s.H), t = static_cast<int>((row / s.H) % s.T), b = static_cast<int>(row / (static_cast<long long>(s.H) * s.T));
   const T value = warp_dot(out + row * s.d, dout + row * s.d, s.d, lane_index());
   if (lane_index() == 0) delta[(static_cast<long long>(b) * s.H + h) * s.T + t] = value;
+  if constexpr (std::is_same_v<T, float>) {
+    if (dout16 != nullptr)
+      for (int e = lane_index(); e < s.d; e += kWarp) dout16[row * s.d + e] = __float2bfloat16_rn(dout[row * s.d + e]);
+  }
 }
 
 // dQ_t += scale · Σ_j P_tj (⟨dO_t, v_j⟩ − δ_t) k_j
@@ -684,10 +697,13 @@ inline WindowShape window_shape(const Shape& q, const Shape& k, Index window) {
 
 }  // namespace attention
 
-// Writes out (B, T, H, d) and lse (B, H, T); all tensors contiguous and on the GPU.
+// Writes out (B, T, H, d) and lse (B, H, T); all tensors contiguous and on the GPU. With `keep`,
+// a call that takes version 4 puts its bf16 copies of q, k, v there for the backward; other
+// versions leave it empty.
 template <class T>
 void window_attention_forward(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, const Tensor<T>& slopes,
-                              Index window, T scale, const Tensor<T>& out, const Tensor<T>& lse) {
+                              Index window, T scale, const Tensor<T>& out, const Tensor<T>& lse,
+                              WindowAttentionBf16Copies* keep = nullptr) {
   const attention::WindowShape s = attention::window_shape(q.shape(), k.shape(), window);
   const long long rows = static_cast<long long>(s.B) * s.T * s.H;
   if (rows == 0) return;
@@ -695,7 +711,7 @@ void window_attention_forward(const Tensor<T>& q, const Tensor<T>& k, const Tens
       s.d, matmul_precision(), attention::all_aligned(16, {q.data(), k.data(), v.data(), out.data()}));
   if constexpr (std::is_same_v<T, float>) {
     if (version == 4) {
-      attention::window_v4::forward(q.data(), k.data(), v.data(), slopes.data(), s, scale, out.data(), lse.data());
+      attention::window_v4::forward(q.data(), k.data(), v.data(), slopes.data(), s, scale, out.data(), lse.data(), keep);
       return;
     }
     if (version == 3) {
@@ -716,29 +732,34 @@ void window_attention_forward(const Tensor<T>& q, const Tensor<T>& k, const Tens
   DRT_CUDA_CHECK_LAUNCH();
 }
 
-// Adds into dq, dk, dv (each may be null), as the CPU backward does.
+// Adds into dq, dk, dv (each may be null), as the CPU backward does. `saved`: what the forward
+// kept (window_attention_forward's `keep`); version 4 reads the copies it finds there and rounds
+// the inputs whose copy is missing, other versions ignore it.
 template <class T>
 void window_attention_backward(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, const Tensor<T>& slopes,
                                Index window, T scale, const Tensor<T>& out, const Tensor<T>& lse,
-                               const Tensor<T>& dout, const Tensor<T>* dq, const Tensor<T>* dk, const Tensor<T>* dv) {
+                               const Tensor<T>& dout, const Tensor<T>* dq, const Tensor<T>* dk, const Tensor<T>* dv,
+                               const WindowAttentionBf16Copies* saved = nullptr) {
   const attention::WindowShape s = attention::window_shape(q.shape(), k.shape(), window);
   const long long rows = static_cast<long long>(s.B) * s.T * s.H, keys = static_cast<long long>(s.B) * s.T * s.Hkv;
   if (rows == 0) return;
   const Tensor<T> delta = Tensor<T>::empty(lse.shape(), nullptr, q.device());
-  attention::window_delta_kernel<T><<<attention::warp_grid(rows), attention::kWarpBlockThreads, 0, ::drt::cuda::stream()>>>(out.data(), dout.data(), s,
-                                                                                         delta.data());
-  DRT_CUDA_CHECK_LAUNCH();
   const int version = attention::window_attention_version<T>(
       s.d, matmul_precision(),
       attention::all_aligned(16, {q.data(), k.data(), v.data(), dout.data(), dq ? dq->data() : nullptr,
                                   dk ? dk->data() : nullptr, dv ? dv->data() : nullptr}));
   if constexpr (std::is_same_v<T, float>) {
-    if (version == 4) {
-      attention::window_v4::backward(q.data(), k.data(), v.data(), slopes.data(), s, scale, lse.data(), delta.data(),
-                                     dout.data(), dq ? dq->data() : nullptr, dk ? dk->data() : nullptr,
-                                     dv ? dv->data() : nullptr);
+    if (version == 4) {  // δ too, with dO's bf16 copy
+      attention::window_v4::backward(q.data(), k.data(), v.data(), slopes.data(), s, scale, out.data(), lse.data(),
+                                     delta.data(), dout.data(), dq ? dq->data() : nullptr, dk ? dk->data() : nullptr,
+                                     dv ? dv->data() : nullptr, saved);
       return;
     }
+  }
+  attention::window_delta_kernel<T><<<attention::warp_grid(rows), attention::kWarpBlockThreads, 0, ::drt::cuda::stream()>>>(
+      out.data(), dout.data(), s, delta.data(), nullptr);
+  DRT_CUDA_CHECK_LAUNCH();
+  if constexpr (std::is_same_v<T, float>) {
     if (version == 3) {
       if (dq) {
         attention::window_dq_mma<<<attention::tiled_grid(s, s.H), attention::window_mma::kThreads, 0, ::drt::cuda::stream()>>>(

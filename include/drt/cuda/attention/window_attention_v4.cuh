@@ -9,11 +9,15 @@
 // shared memory and how many registers a warp holds, because Nsight Compute showed version 3
 // limited by occupancy (244 / 255 / 168 registers, 12–18% of warp slots active):
 //   - K/V (and, for dK/dV, Q/dO) tiles are copied with cp.async from bf16 copies of the inputs
-//     (made once per call, drt/cuda/bf16.cuh) into two shared-memory stages: the next tile lands
-//     while the current one is multiplied, with no registers held for it (version 3 held the
-//     next tile pair as 64 float4 registers per thread). The copies cost one pass over the
-//     inputs (read fp32, write bf16) but halve the bytes every later tile read moves, and a tile
-//     is read by ~9 blocks.
+//     (drt/cuda/bf16.cuh) into two shared-memory stages: the next tile lands while the current
+//     one is multiplied, with no registers held for it (version 3 held the next tile pair as 64
+//     float4 registers per thread). The copies cost one pass over the inputs (read fp32, write
+//     bf16) but halve the bytes every later tile read moves, and a tile is read by ~9 blocks.
+//     Each input is rounded once per forward and backward pair: the forward rounds k and v
+//     (bf16_copy) and, when the op will run a backward, writes the bf16 Q rows it stages anyway
+//     to a copy of q; the backward reads those three (WindowAttentionBf16Copies) and gets dO's
+//     copy from the δ kernel, which reads dO anyway. Without them (another version or precision
+//     in the forward) the backward rounds k, v, q itself, as it used to.
 //   - Operands that stay in shared memory anyway (Q, dO in dQ; K, V in dK/dV) have their A
 //     fragments loaded 16 columns at a time where they are used, instead of being held as
 //     32 registers for the whole kernel; P and dS are packed to bf16 16 columns at a time.
@@ -170,10 +174,27 @@ __device__ inline int last_key_tile(int t0, int rows, const WindowShape& s) {
   return min(t0 + rows - 1, s.T - 1) / kTile * kTile;
 }
 
+// stage_bf16 (mma.cuh), and where kept(r) gives a row of global memory (not nullptr), the same
+// bf16 values stored there too: the forward's copy of Q for the backward, from the one rounding.
+template <class RowPointer, class KeptRow>
+__device__ inline void stage_bf16_and_keep(BfTile& tile, RowPointer src, KeptRow kept) {
+  constexpr int kVectorsPerRow = kTileCols / 4;
+#pragma unroll 4
+  for (int idx = threadIdx.x; idx < kTileRows * kVectorsPerRow; idx += blockDim.x) {
+    const int r = idx / kVectorsPerRow, c = (idx % kVectorsPerRow) * 4;
+    const float* row = src(r);
+    const float4 x = row ? *reinterpret_cast<const float4*>(row + c) : make_float4(0.f, 0.f, 0.f, 0.f);
+    const uint2 packed{pack_bf16x2(x.x, x.y), pack_bf16x2(x.z, x.w)};  // as store_bf16x4
+    *reinterpret_cast<uint2*>(&tile.at[r][c]) = packed;
+    if (__nv_bfloat16* dst = kept(r)) *reinterpret_cast<uint2*>(dst + c) = packed;
+  }
+}
+
 }  // namespace window_v4
 
 // Forward. Shapes: q (B, T, H, 64) fp32, k16, v16 (B, T, Hkv, 64) bf16 copies of k and v,
-// out (B, T, H, 64), lse (B, H, T).
+// out (B, T, H, 64), lse (B, H, T); q16 (B, T, H, 64) bf16 receives Q as staged (rows < T), for
+// the backward, unless it is nullptr.
 // Grid (⌈T/128⌉, H, B), 256 threads (8 warps); warp w owns queries t0 + 16w .. t0 + 16w + 15 and
 // holds them as A fragments (staged once, through stage 1 of the K/V buffers, which the first
 // key tile does not use). Key tiles walk from the one holding t0 − W to the diagonal one
@@ -183,17 +204,22 @@ __device__ inline int last_key_tile(int t0, int rows, const WindowShape& s) {
 // Registers: ≤ 128 (2 blocks of 8 warps per SM, twice version 3's warps); shared: 36,864 bytes.
 static __global__ void __launch_bounds__(window_v4::kQueryThreads, 2)
     window_forward_v4(const float* q, const __nv_bfloat16* k16, const __nv_bfloat16* v16, const float* slopes,
-                      WindowShape s, float scale, float* out, float* lse) {
+                      WindowShape s, float scale, float* out, float* lse, __nv_bfloat16* q16) {
   using namespace window_v4;
   __shared__ KeyValueStages kv;
   const int t0 = blockIdx.x * kQueries, h = blockIdx.y, b = blockIdx.z, g = h / s.heads_per_kv;
   const FragmentLane at;  // at.row0 = 16·warp, 0..112: rows of the 128-query block
   const int first_tile = first_key_tile(t0, s.W), last_tile = last_key_tile(t0, kQueries, s);
   // Tile 0's copy starts first so it flies while Q is rounded to bf16 (plain loads) into stage 1:
-  // queries t0.. into keys[1], t0 + 64.. into values[1].
+  // queries t0.. into keys[1], t0 + 64.. into values[1] (and into q16).
   fetch_key_tile(kv, 0, k16, v16, s, b, first_tile, g);
-  stage_bf16(kv.keys[1], [&](int r) { return window_mma::row_or_null(q, s, b, t0 + r, h, s.H); });
-  stage_bf16(kv.values[1], [&](int r) { return window_mma::row_or_null(q, s, b, t0 + kTile + r, h, s.H); });
+  auto kept_row = [&](int t) -> __nv_bfloat16* {
+    return q16 != nullptr && t < s.T ? q16 + ((static_cast<long long>(b) * s.T + t) * s.H + h) * kD : nullptr;
+  };
+  stage_bf16_and_keep(kv.keys[1], [&](int r) { return window_mma::row_or_null(q, s, b, t0 + r, h, s.H); },
+                      [&](int r) { return kept_row(t0 + r); });
+  stage_bf16_and_keep(kv.values[1], [&](int r) { return window_mma::row_or_null(q, s, b, t0 + kTile + r, h, s.H); },
+                      [&](int r) { return kept_row(t0 + kTile + r); });
   __syncthreads();
   std::uint32_t qa[4][4];  // this warp's 16 queries, for every key tile
   load_a_rows(qa, at.row0 < kTile ? kv.keys[1] : kv.values[1], at.row0 % kTile);
@@ -431,26 +457,42 @@ static inline dim3 key_grid(const WindowShape& s) {
               static_cast<unsigned>(s.B));
 }
 
+// With `keep`, the bf16 copies of q (written by the kernel as it stages Q), k and v go there for
+// the backward; without, k's and v's return to the allocator's cache after the launch (later work
+// on the one stream is ordered after the kernel) and no copy of q is made.
 static inline void forward(const float* q, const float* k, const float* v, const float* slopes, const WindowShape& s,
-                           float scale, float* out, float* lse) {
-  const long long kv_elements = static_cast<long long>(s.B) * s.T * s.Hkv * kD;
-  const auto k16 = bf16_copy(k, kv_elements), v16 = bf16_copy(v, kv_elements);
-  window_forward_v4<<<query_grid(s), kQueryThreads, 0, ::drt::cuda::stream()>>>(q, as_bf16(k16), as_bf16(v16), slopes, s,
-                                                                               scale, out, lse);
-  DRT_CUDA_CHECK_LAUNCH();
-}  // the copies return to the allocator's cache; later work on the one stream is ordered after the kernel
-
-// delta (B, H, T) = ⟨dO, O⟩ per query, already computed. dq, dk, dv may each be null.
-static inline void backward(const float* q, const float* k, const float* v, const float* slopes, const WindowShape& s,
-                            float scale, const float* lse, const float* delta, const float* dout, float* dq, float* dk,
-                            float* dv) {
+                           float scale, float* out, float* lse, WindowAttentionBf16Copies* keep) {
   const long long q_elements = static_cast<long long>(s.B) * s.T * s.H * kD;
   const long long kv_elements = static_cast<long long>(s.B) * s.T * s.Hkv * kD;
+  const auto k16 = bf16_copy(k, kv_elements), v16 = bf16_copy(v, kv_elements);
+  const std::shared_ptr<void> q16 =
+      keep ? ::drt::cuda::detail::device_scratch(static_cast<std::size_t>(q_elements) * sizeof(__nv_bfloat16)) : nullptr;
+  window_forward_v4<<<query_grid(s), kQueryThreads, 0, ::drt::cuda::stream()>>>(
+      q, as_bf16(k16), as_bf16(v16), slopes, s, scale, out, lse, static_cast<__nv_bfloat16*>(q16.get()));
+  DRT_CUDA_CHECK_LAUNCH();
+  if (keep) *keep = WindowAttentionBf16Copies{q16, k16, v16};
+}
+
+// δ (B, H, T) = ⟨dO, O⟩ per query into delta, then the gradients; dq, dk, dv may each be null.
+// The bf16 copies of q, k, v come from `saved` (the forward's) where it holds them, else from a
+// rounding pass here; dO's is written by the δ kernel, and only when dK/dV will read it.
+static inline void backward(const float* q, const float* k, const float* v, const float* slopes, const WindowShape& s,
+                            float scale, const float* out, const float* lse, float* delta, const float* dout, float* dq,
+                            float* dk, float* dv, const WindowAttentionBf16Copies* saved) {
+  const long long q_elements = static_cast<long long>(s.B) * s.T * s.H * kD;
+  const long long kv_elements = static_cast<long long>(s.B) * s.T * s.Hkv * kD;
+  const std::shared_ptr<void> dout16 =
+      dk || dv ? ::drt::cuda::detail::device_scratch(static_cast<std::size_t>(q_elements) * sizeof(__nv_bfloat16))
+               : nullptr;
+  window_delta_kernel<float><<<warp_grid(static_cast<long long>(s.B) * s.T * s.H), kWarpBlockThreads, 0,
+                               ::drt::cuda::stream()>>>(out, dout, s, delta, static_cast<__nv_bfloat16*>(dout16.get()));
+  DRT_CUDA_CHECK_LAUNCH();
   if (dq) {
     constexpr int bytes = int(sizeof(DqShared));
     // Set on every call: cheap, and it holds for whichever device is current.
     DRT_CUDA_CHECK(cudaFuncSetAttribute(window_dq_v4, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-    const auto k16 = bf16_copy(k, kv_elements), v16 = bf16_copy(v, kv_elements);
+    const auto k16 = saved && saved->k ? saved->k : bf16_copy(k, kv_elements);
+    const auto v16 = saved && saved->v ? saved->v : bf16_copy(v, kv_elements);
     window_dq_v4<<<query_grid(s), kQueryThreads, bytes, ::drt::cuda::stream()>>>(
         q, as_bf16(k16), as_bf16(v16), slopes, s, scale, lse, delta, dout, dq);
     DRT_CUDA_CHECK_LAUNCH();
@@ -458,7 +500,7 @@ static inline void backward(const float* q, const float* k, const float* v, cons
   if (dk || dv) {
     constexpr int bytes = int(sizeof(DkvShared));
     DRT_CUDA_CHECK(cudaFuncSetAttribute(window_dkv_v4, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-    const auto q16 = bf16_copy(q, q_elements), dout16 = bf16_copy(dout, q_elements);
+    const auto q16 = saved && saved->q ? saved->q : bf16_copy(q, q_elements);
     window_dkv_v4<<<key_grid(s), kKeyThreads, bytes, ::drt::cuda::stream()>>>(
         k, v, as_bf16(q16), as_bf16(dout16), slopes, s, scale, lse, delta, dk, dv);
     DRT_CUDA_CHECK_LAUNCH();
