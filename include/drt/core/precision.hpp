@@ -95,12 +95,12 @@ class MatmulPrecisionScope {
 // reused for any read of at most as many elements from that address; it lives until the scope
 // ends. Scopes nest; an inner one also finds its outer scopes' copies.
 //
-// A scope may name the storages it promises for (RoundedOperandReuse(list)): it keeps
-// copies of those alone, and a long-lived one can hand its copies to the next (copies(),
-// remember()). The decoder keeps the model's weights rounded across prefill segments this way,
-// the trainer for all the micro-batches of a step, and the decoder rounds the chunk memory once
-// for all the GCA layers of a segment, while the activations
-// read in between, whose addresses the allocator recycles from layer to layer, are not kept.
+// A scope may name the storages it promises for (RoundedOperandReuse(list)): it keeps copies of
+// those alone, and a long-lived one can hand its copies to the next (copies(), remember()). The
+// decoder keeps the model's weights rounded across prefill segments this way, the trainer for
+// all the micro-batches of a step, and the decoder rounds the chunk memory once for all the GCA
+// layers of a segment, while the activations read in between, whose addresses the allocator
+// recycles from layer to layer, are not kept.
 class RoundedOperandReuse {
  public:
   struct Entry {
