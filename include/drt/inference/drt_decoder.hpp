@@ -12,6 +12,8 @@
 //                 or a file; on the GPU the first landmarks κ (at most a fixed number of them) are
 //                 mirrored on the device for scoring, and the later ones streamed in from the store
 //   current[g]    what the latest landmark retrieved for group g: k chunk ids and weights
+//   rounded       with bf16 GEMMs on the GPU, the weight matrices' bf16 copies (2 bytes a weight),
+//                 made by the first segment and kept for the later ones
 //
 // A segment goes through like the batch forward (drt.hpp), restricted to its own rows:
 //   ids ──embed, lower layers (cached attention)──▶ h ──rows of completed chunks──▶ encoder ──▶ store
@@ -252,7 +254,6 @@ class DrtDecoder final : public IncrementalDecoder<T> {
   };
 
   Index chunk_of(Index position) const { return position / S_; }
-
   bool is_landmark(Index position) const { return position % S_ == S_ - 1; }
 
   // One token that does not complete a chunk, on the device, reading its id and position from
