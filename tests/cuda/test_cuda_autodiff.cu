@@ -36,6 +36,7 @@
 #include <type_traits>
 #include <vector>
 
+#include <drt/nn/swiglu.hpp>
 #include <drt/optim.hpp>
 
 namespace {
@@ -499,6 +500,33 @@ TEST_F(Gpu, LinearBackwardReusesTheForwardRoundingOfItsInput) {
   x.value().copy_from(cuda::to_device(x_new));
   backward(y, cuda::to_device(g));
   expect_close(drt::matmul(g.transpose(0, 1), x_old), W.grad(), 2e-6 * R, 0, "dW from the forward's copy of x");
+  tape().reset();
+}
+
+// With bf16 GEMMs, the SwiGLU gate's kernel also writes its output's bf16 copy for the down
+// projection. The output must be the fused expression's, bit for bit, and the copy must be what
+// the rounding pass it replaces (bf16_copy) makes of that output, bit for bit. 3 × 37 × 29
+// elements: not a multiple of 4, so the kernel's one-at-a-time tail runs too.
+TEST_F(Gpu, SwigluWritesTheBf16CopyOfItsOutput) {
+  const Tensor<float> a = cuda::to_device(uniform<float>({3, 37, 29}, 81, -4.0f, 4.0f));
+  const Tensor<float> b = cuda::to_device(uniform<float>({3, 37, 29}, 82));
+  MatmulPrecisionScope bf16(Precision::bf16);
+  tape().reset();
+  std::shared_ptr<void> copy;
+  const Tensor<float> out = swiglu(constant(a), constant(b), &copy).value();
+  ASSERT_TRUE(copy) << "no copy was written";
+  EXPECT_EQ(out.to_vector(), eval(silu(a) * b).to_vector());
+  const Index n = out.numel();
+  const std::shared_ptr<void> reference = cuda::bf16_copy(out.data(), n);
+  std::vector<std::uint16_t> got(static_cast<std::size_t>(n)), want(got.size());
+  ASSERT_EQ(cudaMemcpy(got.data(), copy.get(), got.size() * 2, cudaMemcpyDeviceToHost), cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(want.data(), reference.get(), want.size() * 2, cudaMemcpyDeviceToHost), cudaSuccess);
+  EXPECT_EQ(got, want);
+  // Without the switch, no copy: the plain expression.
+  MatmulPrecisionScope fp32(Precision::fp32);
+  std::shared_ptr<void> none;
+  swiglu(constant(a), constant(b), &none);
+  EXPECT_FALSE(none);
   tape().reset();
 }
 

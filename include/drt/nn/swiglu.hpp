@@ -10,6 +10,10 @@
 // drt/cuda/nn/swiglu.cuh.
 #pragma once
 
+#include <memory>
+#include <type_traits>
+#include <vector>
+
 #include "drt/autodiff/elementwise.hpp"
 #include "drt/autodiff/matmul.hpp"
 #include "drt/nn/lanes.hpp"
@@ -20,11 +24,23 @@
 
 namespace drt {
 
+// `rounded`, when given: on the GPU with bf16 GEMMs (and float, contiguous, aligned tensors), the
+// kernel also writes a bf16 copy of the output there, for the GEMM that reads it next
+// (swiglu_mlp); elsewhere it is left empty.
 template <class T>
-Var<T> swiglu(const Var<T>& gate, const Var<T>& up) {
+Var<T> swiglu(const Var<T>& gate, const Var<T>& up, std::shared_ptr<void>* rounded = nullptr) {
   DRT_CHECK(gate.shape() == up.shape(), "swiglu: gate of shape ", gate.shape().str(), " and up of shape ",
             up.shape().str(), " must have the same shape");
-  Var<T> out = make_output(eval(silu(gate.value()) * up.value(), step_arena()), {&gate, &up});
+  Tensor<T> value;
+  if constexpr (std::is_same_v<T, float>) {
+    if (rounded != nullptr && !gate.value().on_host() && matmul_precision() == Precision::bf16) {
+      value = Tensor<T>::empty(gate.shape(), step_arena(), gate.device());
+      DRT_ON_DEVICE("swiglu", *rounded = cuda::swiglu_forward_rounded(gate.value(), up.value(), value));
+      if (!*rounded) value = Tensor<T>();  // the kernel does not apply: the expression below
+    }
+  }
+  if (!value.defined()) value = eval(silu(gate.value()) * up.value(), step_arena());
+  Var<T> out = make_output(value, {&gate, &up});
   if (out.requires_grad())
     record_backward(out, [gate, up, out] {
       const Tensor<T>& a = gate.value();
@@ -73,7 +89,15 @@ Var<T> swiglu_mlp(const Var<T>& x, const Var<T>& w_gate, const Var<T>& w_up, con
             "swiglu_mlp: weights must be w_gate (F, D), w_up (F, D), w_down (D, F); got w_gate ",
             w_gate.shape().str(), ", w_up ", w_up.shape().str(), ", w_down ", w_down.shape().str());
   const auto gate_up = linear_shared_input(x, {&w_gate, &w_up});
-  return linear(swiglu(gate_up[0], gate_up[1]), w_down);
+  // With bf16 GEMMs on the GPU the gate writes its output's bf16 copy as well, and the down
+  // projection (and its backward's dW, linear_shared_input) reads that copy instead of rounding
+  // the output in a pass of its own.
+  std::shared_ptr<void> rounded;
+  const Var<T> h = swiglu(gate_up[0], gate_up[1], &rounded);
+  const std::vector<const void*> named{h.value().data()};
+  RoundedOperandReuse reuse(named);
+  if (rounded) reuse.remember(h.value().data(), h.numel(), std::move(rounded));
+  return linear(h, w_down);
 }
 
 }  // namespace drt
