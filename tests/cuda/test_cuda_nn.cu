@@ -10,7 +10,8 @@
 //   exact (bitwise)      dropout (the device draws the CPU's uniforms bit for bit and applies the
 //                        same single multiplication), masked_fill, top-k indices / values / their
 //                        gradient (gathers and one addition into a zero buffer), retrieval indices,
-//                        fp32 Gumbel noise (see below)
+//                        fp32 Gumbel noise (see below); RMSNorm's value and gradients on two GPU
+//                        runs (fixed orders of addition, no atomics)
 //   fp32                 |gpu − cpu| ≤ 2e-6 + 2e-5·|cpu|: CUDA's expf/logf are within 2 ulp
 //                        (glibc's within 1), the lane sums are trees instead of a loop (a few ulp
 //                        each over ≤ 3,000 terms of one sign), and nvcc contracts a·b + c into FMAs
@@ -281,6 +282,107 @@ TYPED_TEST(NnGpu, RmsNorm) {
   check_op<T>(
       "rms_norm with a misaligned gamma", {uniform<T>({300, 768}, 39), uniform<T>({769}, 40, T(0.5), T(1.5))},
       [&](const auto& v) { return rms_norm(v[0], slice(v[1], 0, 1, 769), eps); }, atol, rtol, {}, grad_atol(300));
+}
+
+// ---- rms_norm's fused backward ---------------------------------------------------------------------
+// With x and γ both wanting a gradient and D ≤ 1024, one kernel writes dx and dγ's per-chunk
+// partial sums (drt/cuda/nn/rms_norm.cuh): a block of 8 warps per chunk of rows, the chunk's length
+// a multiple of 8 from the row count alone (at most 1,024 chunks).
+
+// Fills `count` device blocks of x's shape with NaN and returns them to the allocator's cache, so
+// that the next allocations of that size (x's copy, y, g, x's gradient) likely reuse them: a fresh
+// dx that the kernel added to instead of writing, or an element it forgot, then shows as NaN.
+template <class T>
+void poison_device_cache(const Shape& shape, int count = 16) {
+  std::vector<Tensor<T>> blocks;
+  for (int i = 0; i < count; ++i)
+    blocks.push_back(Tensor<T>::full(shape, std::numeric_limits<T>::quiet_NaN(), nullptr, Device::cuda));
+}
+
+// The graph on the CPU and twice on the GPU (the device cache poisoned before each): the value and
+// input 0's gradient (x's) within atol + rtol·|cpu|, the other inputs' (γs: sums over rows) within
+// sum_atol; and the two GPU runs the same bits (every sum runs in a fixed order).
+template <class T, class Graph>
+void check_rms_norm_backward(const std::string& what, const std::vector<Tensor<T>>& inputs, Graph&& graph,
+                             double atol, double rtol, double sum_atol, const std::vector<bool>& wants_grad = {}) {
+  SCOPED_TRACE(what);
+  const Run<T> cpu = run(Device::cpu, inputs, graph, wants_grad);
+  poison_device_cache<T>(inputs[0].shape());
+  const Run<T> gpu = run(Device::cuda, inputs, graph, wants_grad);
+  poison_device_cache<T>(inputs[0].shape());
+  const Run<T> again = run(Device::cuda, inputs, graph, wants_grad);
+  expect_close(cpu.value, gpu.value, atol, rtol, (what + ": value").c_str());
+  expect_close(gpu.value, again.value, 0.0, 0.0, (what + ": value, GPU run twice").c_str());
+  ASSERT_EQ(cpu.grads.size(), inputs.size()) << what;
+  ASSERT_EQ(gpu.grads.size(), inputs.size()) << what;
+  ASSERT_EQ(again.grads.size(), inputs.size()) << what;
+  for (std::size_t i = 0; i < inputs.size(); ++i) {
+    const bool wanted = wants_grad.empty() || wants_grad[i];
+    ASSERT_EQ(cpu.grads[i].defined(), wanted) << what << ": input " << i;
+    ASSERT_EQ(gpu.grads[i].defined(), wanted) << what << ": input " << i;
+    if (!wanted) continue;
+    const std::string name = what + ": gradient of input " + std::to_string(i);
+    expect_close(cpu.grads[i], gpu.grads[i], i == 0 ? atol : sum_atol, rtol, name.c_str());
+    expect_close(gpu.grads[i], again.grads[i], 0.0, 0.0, (name + ", GPU run twice").c_str());
+  }
+}
+
+TYPED_TEST(NnGpu, RmsNormFusedBackward) {
+  using T = TypeParam;
+  const double atol = Tol<T>::atol, rtol = Tol<T>::rtol;
+  const T eps = T(1e-5);
+  auto sum_atol = [&](Index rows) { return std::max(atol, 4 * double(std::numeric_limits<T>::epsilon()) * rows); };
+  auto plain = [&](const auto& v) { return rms_norm(v[0], v[1], eps); };
+  // Both gradients, x's fresh: dx written into a NaN-filled buffer, not added to.
+  //   16,380 rows (the model's micro-batch): 1,024 chunks of 16 (two rows per warp), the last of 12.
+  //   8,203 rows of 1,024 (every lane's 32 columns in use; fp64's warp sums meet in two rounds):
+  //     513 chunks of 16, the last of 11 (warps 0–2 two rows, 3–7 one).
+  //   1,000 columns: some lanes own one pack fewer than others; 77 rows: 10 chunks of 8, the last of 5.
+  //   Fewer rows than warps (3 rows, and 1): one chunk, warps without rows add zeros.
+  check_rms_norm_backward<T>("fused, 16380 rows of 96",
+                             {uniform<T>({4, 4095, 96}, 50), uniform<T>({96}, 51, T(0.5), T(1.5))}, plain, atol,
+                             rtol, sum_atol(16380));
+  check_rms_norm_backward<T>("fused, 8203 rows of 1024",
+                             {uniform<T>({8203, 1024}, 52), uniform<T>({1024}, 53, T(0.5), T(1.5))}, plain, atol,
+                             rtol, sum_atol(8203));
+  check_rms_norm_backward<T>("fused, 77 rows of 1000", {uniform<T>({7, 11, 1000}, 54), uniform<T>({1000}, 55)},
+                             plain, atol, rtol, sum_atol(77));
+  const Tensor<T> gamma768 = uniform<T>({768}, 56, T(0.5), T(1.5));
+  check_rms_norm_backward<T>("fused, 3 rows of 768", {uniform<T>({3, 768}, 57), gamma768}, plain, atol, rtol,
+                             sum_atol(3));
+  check_rms_norm_backward<T>("fused, 1 row of 768", {uniform<T>({1, 768}, 58), gamma768}, plain, atol, rtol,
+                             sum_atol(1));
+  // The unfused paths with a fresh dx too: a block per row (D = 1500), and x's gradient alone.
+  check_rms_norm_backward<T>("D = 1500", {uniform<T>({40, 1500}, 66), uniform<T>({1500}, 67)}, plain, atol, rtol,
+                             sum_atol(40));
+  check_rms_norm_backward<T>("x's gradient only", {uniform<T>({300, 768}, 68), gamma768}, plain, atol, rtol,
+                             sum_atol(300), {true, false});
+  // Element by element (a transposed view: a row's elements 300 apart, no packs), 300 rows.
+  check_rms_norm_backward<T>(
+      "fused, rows of a transposed view", {uniform<T>({768, 300}, 59), gamma768},
+      [&](const auto& v) { return rms_norm(transpose(v[0], 0, 1), v[1], eps); }, atol, rtol, sum_atol(300));
+  // x's gradient arrives twice, so the kernel adds to dx: the add's gradient first (it runs
+  // backward before rms_norm), or the other rms_norm's (the later op's record runs first). With a
+  // warp per row (fused), a block per row (D = 1500), and x's gradient alone (dx kernel only).
+  const Tensor<T> x5331 = uniform<T>({5331, 768}, 60);
+  auto plus_x = [&](const auto& v) { return rms_norm(v[0], v[1], eps) + v[0]; };
+  check_rms_norm_backward<T>("fused, rms_norm(x) + x", {x5331, gamma768}, plus_x, atol, rtol, sum_atol(5331));
+  check_rms_norm_backward<T>(
+      "fused, rms_norm(x, γ) · rms_norm(x, γ2)",
+      {x5331, gamma768, uniform<T>({768}, 61, T(0.5), T(1.5))},
+      [&](const auto& v) { return rms_norm(v[0], v[1], eps) * rms_norm(v[0], v[2], eps); }, atol, rtol,
+      sum_atol(5331));
+  check_rms_norm_backward<T>("rms_norm(x) + x, D = 1500", {uniform<T>({40, 1500}, 62), uniform<T>({1500}, 63)},
+                             plus_x, atol, rtol, sum_atol(40));
+  check_rms_norm_backward<T>("rms_norm(x) + x, x's gradient only", {x5331, gamma768}, plus_x, atol, rtol,
+                             sum_atol(5331), {true, false});
+  // x is its own γ (one row): x's fresh gradient is written by the dx pass, then dγ is added to
+  // the same buffer. Fused (768) and not (1500).
+  auto self = [&](const auto& v) { return rms_norm(v[0], v[0], eps); };
+  check_rms_norm_backward<T>("rms_norm(x, x), D = 768", {uniform<T>({768}, 64, T(0.5), T(1.5))}, self, atol, rtol,
+                             sum_atol(1));
+  check_rms_norm_backward<T>("rms_norm(x, x), D = 1500", {uniform<T>({1500}, 65, T(0.5), T(1.5))}, self, atol, rtol,
+                             sum_atol(1));
 }
 
 // ---- rope ------------------------------------------------------------------------------------------

@@ -4,7 +4,8 @@
 //
 // The forward keeps r = 1/sqrt(mean(x²) + eps) per row (one number per row) for the backward:
 //   x̂ = x·r,  dγ = Σ_rows g ⊙ x̂,  dx = r · (g⊙γ − x̂ · mean(g⊙γ⊙x̂)).
-// On the device the same formulas run in drt/cuda/nn/rms_norm.cuh (dγ deterministic, no atomics).
+// On the device the same formulas run in drt/cuda/nn/rms_norm.cuh (dγ deterministic, no atomics;
+// dx and dγ from one pass over x and g where a warp takes a row).
 #pragma once
 
 #include <algorithm>
@@ -54,11 +55,17 @@ Var<T> rms_norm(const Var<T>& x, const Var<T>& gamma, T eps) {
       const Tensor<T>& gv = gamma.value();
       const Tensor<T>& g = out.grad();
       if (!xv.on_host()) {
-        if (x.requires_grad())
-          DRT_ON_DEVICE("rms_norm", cuda::rms_norm_backward_x(xv, gv, g, inv_rms, x.node()->grad_buffer()));
-        if (gamma.requires_grad())
-          DRT_ON_DEVICE("rms_norm",
-                        cuda::rms_norm_backward_gamma(xv, g, inv_rms, gamma.node()->grad_buffer(), step_arena()));
+        // One call for both gradients (one pass over x and g where it can). A fresh dx (x's first
+        // gradient, the usual case) is written, not zero-filled and added to; undefined: not wanted.
+        Tensor<T> dx, dgamma;
+        [[maybe_unused]] bool add_dx = false;  // unused where a host compiler drops the device call
+        if (x.requires_grad()) {
+          const auto slot = x.node()->grad_slot();
+          dx = slot.buffer;
+          add_dx = !slot.fresh;
+        }
+        if (gamma.requires_grad()) dgamma = gamma.node()->grad_buffer();
+        DRT_ON_DEVICE("rms_norm", cuda::rms_norm_backward(xv, gv, g, inv_rms, dx, add_dx, dgamma, step_arena()));
         return;
       }
       const Index D = xv.size(-1), rows = inv_rms.numel();
