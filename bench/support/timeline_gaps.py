@@ -10,9 +10,10 @@ window between cudaProfilerStart and cudaProfilerStop (the whole trace if there 
   stream or device synchronisation), or else to "launch-bound" (the host had not yet issued
   the next piece of work);
   the largest gaps, with the work on either side and the host calls inside them;
-  host calls by name: how many and how long.
+  host calls by name: how many and how long;
+  with --kernels N, the N kernels (by name and template arguments) that took the most GPU time.
 
-    python3 bench/support/timeline_gaps.py trace.csv [--gaps 25] [--min-gap-us 5]
+    python3 bench/support/timeline_gaps.py trace.csv [--gaps 25] [--min-gap-us 5] [--kernels 40]
 """
 import argparse
 import bisect
@@ -54,6 +55,7 @@ def main():
     p.add_argument("trace")
     p.add_argument("--gaps", type=int, default=25, help="how many of the largest gaps to list")
     p.add_argument("--min-gap-us", type=float, default=5.0, help="shorter idle intervals are not gaps")
+    p.add_argument("--kernels", type=int, default=0, help="list this many kernels by total GPU time")
     a = p.parse_args()
 
     gpu, host = read(a.trace)
@@ -126,6 +128,35 @@ def main():
         per[name][1] += e - s
     for name, (n, ns) in sorted(per.items(), key=lambda kv: -kv[1][1])[:15]:
         print(f"  {n:7d}  {ns / 1e6:9.3f} ms  {name}")
+
+    if a.kernels:
+        print_kernel_table(gpu, busy, a.kernels)
+
+
+def kernel_family(name):
+    """A kernel's name without its parameter list (template arguments kept: each expression that
+    an elementwise kernel evaluates is a row of its own)."""
+    if name.startswith("memcpy") or name.startswith("memset"):
+        return name
+    depth = 0
+    for i, ch in enumerate(name):  # the parameter list is the "(" outside every "<...>"
+        depth += (ch == "<") - (ch == ">")
+        if ch == "(" and depth == 0 and i > 0:
+            name = name[:i]
+            break
+    return name.replace("void ", "", 1)
+
+
+def print_kernel_table(gpu, busy, count):
+    per = collections.defaultdict(lambda: [0, 0])
+    for s, e, _, name, _ in gpu:
+        row = per[kernel_family(name)]
+        row[0] += 1
+        row[1] += e - s
+    total = sum(ns for _, ns in per.values())
+    print(f"\nGPU time by kernel ({total / 1e6:.3f} ms summed; busy {busy / 1e6:.3f} ms):")
+    for name, (n, ns) in sorted(per.items(), key=lambda kv: -kv[1][1])[:count]:
+        print(f"  {n:6d}  {ns / 1e6:8.3f} ms  {100 * ns / total:5.1f}%  {name[:140]}")
 
 
 if __name__ == "__main__":
