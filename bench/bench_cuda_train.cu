@@ -13,9 +13,14 @@
 // steps again with a synchronisation after forward, backward and clip + AdamW, to show where
 // the time goes; --profile times one more step's backward op by op (drt/autodiff/profile.hpp)
 // and prints the ops that take the most. --kernels brackets one more micro-batch's forward and
-// backward with cudaProfilerStart/Stop, for a per-kernel profile of just that:
+// backward (a second one under the step's weight rounding, as micro-batches 2.. of a step run)
+// with cudaProfilerStart/Stop, for a per-kernel profile of just that:
 //   ncu --clock-control none --profile-from-start off --metrics gpu__time_duration.sum --csv
 //       bench_cuda_train --precision bf16 --steps 1 --kernels
+// or, where nsys and ncu do not run, the CUPTI timeline (bench/support/cupti_timeline.cpp):
+//   CUDA_INJECTION64_PATH=build/bench/libcupti_timeline.so DRT_TIMELINE=t.csv \
+//       bench_cuda_train --precision bf16 --steps 1 --kernels
+//   python3 bench/support/timeline_gaps.py t.csv --kernels 40
 #include <cublas_v2.h>
 #include <cuda_profiler_api.h>
 
@@ -173,14 +178,18 @@ int main(int argc, char** argv) {
       std::printf("backward of one step, op by op (synchronised after each):\n%s", profile.table(25).c_str());
     }
     if (o.kernels) {
+      // A micro-batch after the step's first, as in steps: the weights were rounded by the first.
+      RoundedOperandReuse rounded_weights(weights);
       const IndexTensor tokens = random_tokens(o.micro_batch, o.seq_len, c.vocab_size, 999);
-      cuda::synchronize();
-      cudaProfilerStart();
-      backward(model.loss(tokens, ForwardOptions{.training = true, .noise_seed = 999}), KeepGradients::leaves_only);
-      tape().reset();
-      cuda::synchronize();
+      for (int pass = 0; pass < 2; ++pass) {
+        cuda::synchronize();
+        if (pass == 1) cudaProfilerStart();
+        backward(model.loss(tokens, ForwardOptions{.training = true, .noise_seed = 999}), KeepGradients::leaves_only);
+        tape().reset();
+        cuda::synchronize();
+      }
       cudaProfilerStop();
-      std::printf("profiled one micro-batch's forward and backward (--kernels)\n");
+      std::printf("profiled one micro-batch's forward and backward (--kernels), the step's weights already rounded\n");
     }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_cuda_train: %s\n", e.what());

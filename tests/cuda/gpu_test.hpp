@@ -7,6 +7,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <memory>
 #include <vector>
 
 #include <drt/core.hpp>
@@ -56,6 +58,23 @@ double max_abs_difference(const Tensor<T>& a, const Tensor<T>& b) {
 template <class T>
 void expect_equal(const Tensor<T>& cpu, const Tensor<T>& gpu, const char* what) {
   expect_close(cpu, gpu, 0.0, 0.0, what);
+}
+
+// `copy` holds t's values as bf16, element for element and bit for bit what bf16_copy
+// (drt/cuda/bf16.cuh) makes of t: a copy that an op writes for a bf16 GEMM must be exactly what
+// the rounding pass it replaces would have made.
+inline void expect_bf16_copy_of(const Tensor<float>& t, const std::shared_ptr<void>& copy, const char* what) {
+  ASSERT_TRUE(copy) << what << ": no copy was written";
+  ASSERT_TRUE(t.is_contiguous()) << what;
+  const std::size_t n = static_cast<std::size_t>(t.numel());
+  const std::shared_ptr<void> reference = cuda::bf16_copy(t.data(), t.numel());
+  std::vector<std::uint16_t> got(n), want(n);
+  ASSERT_EQ(cudaMemcpy(got.data(), copy.get(), n * 2, cudaMemcpyDeviceToHost), cudaSuccess) << what;
+  ASSERT_EQ(cudaMemcpy(want.data(), reference.get(), n * 2, cudaMemcpyDeviceToHost), cudaSuccess) << what;
+  Index first_difference = -1;
+  for (std::size_t i = 0; i < n && first_difference < 0; ++i)
+    if (got[i] != want[i]) first_difference = Index(i);
+  EXPECT_LT(first_difference, 0) << what << ": the copy differs from bf16_copy first at element " << first_difference;
 }
 
 }  // namespace drt::gpu_test

@@ -28,6 +28,7 @@
 //       differ by that much, so 2 ulp in fp32 and 1e-13 relative in fp64
 #include "gpu_test.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <functional>
@@ -36,6 +37,8 @@
 #include <type_traits>
 #include <vector>
 
+#include <drt/nn/cross_entropy.hpp>
+#include <drt/nn/rms_norm.hpp>
 #include <drt/nn/swiglu.hpp>
 #include <drt/optim.hpp>
 
@@ -516,12 +519,7 @@ TEST_F(Gpu, SwigluWritesTheBf16CopyOfItsOutput) {
   const Tensor<float> out = swiglu(constant(a), constant(b), &copy).value();
   ASSERT_TRUE(copy) << "no copy was written";
   EXPECT_EQ(out.to_vector(), eval(silu(a) * b).to_vector());
-  const Index n = out.numel();
-  const std::shared_ptr<void> reference = cuda::bf16_copy(out.data(), n);
-  std::vector<std::uint16_t> got(static_cast<std::size_t>(n)), want(got.size());
-  ASSERT_EQ(cudaMemcpy(got.data(), copy.get(), got.size() * 2, cudaMemcpyDeviceToHost), cudaSuccess);
-  ASSERT_EQ(cudaMemcpy(want.data(), reference.get(), want.size() * 2, cudaMemcpyDeviceToHost), cudaSuccess);
-  EXPECT_EQ(got, want);
+  expect_bf16_copy_of(out, copy, "swiglu's output");
   // Without the switch, no copy: the plain expression.
   MatmulPrecisionScope fp32(Precision::fp32);
   std::shared_ptr<void> none;
@@ -641,6 +639,54 @@ TYPED_TEST(GpuOps, GradNormAndClippingMatchTheHost) {
   std::vector<Parameter<T>*> one{&p};
   EXPECT_TRUE(std::isinf(clip_grad_norm(one, 1.0)));
   for (T g : p.grad().to_vector()) EXPECT_TRUE(std::isinf(g));
+}
+
+// The bf16 copies that ops write for the GEMMs after them, end to end with bf16 GEMMs: a pre-norm
+// (rms_norm_then), gate and up projections, SwiGLU (whose backward writes its gradients' copies),
+// a head and cross-entropy (whose backward writes the logits' gradient's copy, handed through a
+// reshape). The gate also feeds a side term recorded BEFORE SwiGLU, so its backward runs after
+// SwiGLU's and adds to the gate's gradient: SwiGLU's copy is then stale and must be dropped, or
+// the gate projection's backward would miss the side term's gradient, which dominates here.
+// Every gradient must follow the CPU's bf16 emulation (the same rounded operands; fp32 sums in
+// another order, and an activation may round to the neighbouring bf16 value: 1% of each
+// gradient's largest element), with KeepGradients::all and ::leaves_only alike.
+TEST_F(Gpu, GradientCopiesForBf16GemmsAreUsedOnlyWhileTheyHold) {
+  const Index R = 24, D = 32, F = 48, V = 40;
+  const std::vector<Tensor<float>> inputs = {uniform<float>({R, D}, 91, -2.0f, 2.0f), uniform<float>({D}, 92),
+                                             uniform<float>({F, D}, 93),  uniform<float>({F, D}, 94),
+                                             uniform<float>({F, F}, 95),  uniform<float>({V, F}, 96),
+                                             uniform<float>({R, F}, 97, -4.0f, 4.0f)};
+  IndexTensor targets = IndexTensor::empty({2, R / 2});
+  for (Index i = 0; i < R; ++i) targets.data()[i] = i % 7 == 3 ? -100 : static_cast<std::int32_t>(random_bits(98, i) % V);
+  auto gradients = [&](Device device, KeepGradients keep) {
+    MatmulPrecisionScope bf16(Precision::bf16);
+    tape().reset();
+    std::vector<Var<float>> v;
+    for (const Tensor<float>& t : inputs) v.push_back(variable(t.to(device)));
+    const Var<float> loss = rms_norm_then(v[0], v[1], 1e-5f, [&](const Var<float>& x) {
+      const auto gate_up = linear_shared_input(x, {&v[2], &v[3]});
+      const Var<float> side = sum_all(gate_up[0] * v[6]);  // recorded before swiglu: its backward runs after
+      const Var<float> h = linear(swiglu(gate_up[0], gate_up[1]), v[4]);
+      const Var<float> logits = reshape(linear(h, v[5]), {2, R / 2, V});
+      return cross_entropy(logits, targets) + side * 0.25f;
+    });
+    backward(loss, keep);
+    std::vector<Tensor<float>> grads;
+    for (const Var<float>& x : v) grads.push_back(x.grad().to(Device::cpu));
+    tape().reset();
+    return grads;
+  };
+  const std::vector<Tensor<float>> cpu = gradients(Device::cpu, KeepGradients::all);
+  for (KeepGradients keep : {KeepGradients::all, KeepGradients::leaves_only}) {
+    SCOPED_TRACE(keep == KeepGradients::all ? "KeepGradients::all" : "KeepGradients::leaves_only");
+    const std::vector<Tensor<float>> gpu = gradients(Device::cuda, keep);
+    for (std::size_t i = 0; i < cpu.size(); ++i) {
+      double largest = 0;
+      for (float g : cpu[i].to_vector()) largest = std::max(largest, double(std::abs(g)));
+      ASSERT_GT(largest, 0.0) << "input " << i << " got no gradient";
+      expect_close(cpu[i], cuda::to_device(gpu[i]), 1e-2 * largest, 0, ("gradient of input " + std::to_string(i)).c_str());
+    }
+  }
 }
 
 }  // namespace

@@ -97,6 +97,41 @@ TEST_F(Gpu, DeviceViewCopiesInWideWords) {
   EXPECT_EQ(cuda::to_device(ints).transpose(0, 1).contiguous().to_vector(), ints.transpose(0, 1).contiguous().to_vector());
 }
 
+// Assigning a tensor of the destination's shape (a plain leaf, not added) between views that are
+// not both flat takes the copy path (copy.cuh) instead of the expression kernel: the GCA layer's
+// permute and concat and their gradients. The same values as the host, bit for bit, and the
+// destination's neighbours untouched; broadcasting and accumulation keep the expression kernel.
+TEST_F(Gpu, AssigningATensorToAViewCopies) {
+  const Tensor<float> h = uniform<float>({3, 5, 7, 4, 16}, 6);
+  const Tensor<float> d = cuda::to_device(h);
+  // A GCA layer's query layout: chunks 1.. of (B, C, S, H, d) as (B, C − 1, H, S, d).
+  auto gca_queries = [](const Tensor<float>& q) { return q.slice(1, 1, 5).permute({0, 1, 3, 2, 4}); };
+  Tensor<float> out_host = Tensor<float>::zeros({3, 4, 4, 7, 16});
+  Tensor<float> out = Tensor<float>::zeros({3, 4, 4, 7, 16}, nullptr, Device::cuda);
+  out_host.assign(gca_queries(h));
+  out.assign(gca_queries(d));
+  expect_equal(out_host, out, "permuted source into a flat destination");
+  // Into a slice of a bigger tensor (concat's forward; the neighbours keep their zeros).
+  Tensor<float> wide_host = Tensor<float>::zeros({3, 6, 7, 4, 16});
+  Tensor<float> wide = Tensor<float>::zeros({3, 6, 7, 4, 16}, nullptr, Device::cuda);
+  wide_host.slice(1, 1, 6).assign(h);
+  wide.slice(1, 1, 6).assign(d);
+  expect_equal(wide_host, wide, "flat source into a slice");
+  // Both strided, and doubles.
+  const Tensor<double> hd = uniform<double>({4, 6, 8}, 7);
+  Tensor<double> both_host = Tensor<double>::zeros({8, 6, 9});
+  Tensor<double> both = Tensor<double>::zeros({8, 6, 9}, nullptr, Device::cuda);
+  both_host.slice(2, 1, 5).assign(hd.permute({2, 1, 0}));
+  both.slice(2, 1, 5).assign(cuda::to_device(hd).permute({2, 1, 0}));
+  EXPECT_EQ(both_host.to_vector(), both.to_vector());
+  // A broadcast source and accumulation: still right.
+  wide_host.slice(1, 0, 5) += h;
+  wide.slice(1, 0, 5) += d;
+  wide_host.slice(1, 5, 6).assign(h.slice(1, 0, 1).slice(0, 0, 1));
+  wide.slice(1, 5, 6).assign(d.slice(1, 0, 1).slice(0, 0, 1));
+  expect_equal(wide_host, wide, "accumulated, then a broadcast row");
+}
+
 TEST_F(Gpu, CreationFillAndItem) {
   const auto z = Tensor<float>::zeros({1000}, nullptr, Device::cuda);
   for (float v : z.to_vector()) ASSERT_EQ(v, 0.0f);

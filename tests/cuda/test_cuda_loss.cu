@@ -247,4 +247,48 @@ TYPED_TEST(LossGpu, PaddedVocabularyRows) {
   expect_zero_outside_classes(a.grad, targets, 50265, "gradient");
 }
 
+// With bf16 GEMMs a first gradient of the logits comes with its bf16 copy (Node::grad_rounded),
+// which the LM head's backward reads instead of rounding the gradient itself. The gradient must be
+// the one written without the switch, bit for bit (ignored rows and padding columns included),
+// and the copy exactly bf16_copy of it; V = 37 takes the kernel's one-at-a-time path and 3004 a
+// block per row. Without the switch there is no copy; a gradient added to an existing one drops it.
+TEST_F(Gpu, CrossEntropyBackwardWritesTheBf16CopyOfItsGradient) {
+  struct Case {
+    const char* what;
+    Shape shape;
+    Index classes;
+  };
+  const std::vector<Case> cases = {{"warp per row, 16-byte words", {4, 9, 40}, 37},
+                                   {"warp per row, one element at a time", {7, 37}, 30},
+                                   {"block per row, words", {5, 3004}, 3001}};
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.what);
+    const IndexTensor targets = random_targets(target_shape(c.shape), c.classes, 18);
+    const Tensor<float> x = cuda::to_device(logits_with_padding<float>(c.shape, c.classes, targets, 17));
+    auto gradient = [&](Precision p, std::shared_ptr<void>* copy) {
+      MatmulPrecisionScope scope(p);
+      tape().reset();
+      const Var<float> logits = variable(x);
+      backward(cross_entropy(logits, targets, -100, c.classes));
+      const Tensor<float> g = logits.grad().clone();
+      *copy = logits.node()->grad_rounded;
+      tape().reset();
+      return g;
+    };
+    std::shared_ptr<void> copy, none;
+    const Tensor<float> with_copy = gradient(Precision::bf16, &copy), plain = gradient(Precision::fp32, &none);
+    EXPECT_EQ(with_copy.to_vector(), plain.to_vector());
+    expect_bf16_copy_of(with_copy, copy, "the logits' gradient");
+    EXPECT_FALSE(none) << "a copy without bf16 GEMMs";
+  }
+  // A second loss over the same logits adds to the first's gradient: no copy may survive that.
+  MatmulPrecisionScope bf16(Precision::bf16);
+  tape().reset();
+  const IndexTensor targets = random_targets({6}, 40, 19);
+  const Var<float> logits = variable(cuda::to_device(uniform<float>({6, 40}, 20)));
+  backward(cross_entropy(logits, targets) + cross_entropy(logits, targets));
+  EXPECT_FALSE(logits.node()->grad_rounded) << "a copy of the first loss's gradient outlived the second's";
+  tape().reset();
+}
+
 }  // namespace

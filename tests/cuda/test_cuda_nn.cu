@@ -622,4 +622,99 @@ TYPED_TEST(NnGpu, RetrieveOnTheDevice) {
   check_retrieve<T>("top-k larger than C", 1, 6, 8, 10, true);
 }
 
+// ---- bf16 copies written by the ops that feed bf16 GEMMs -------------------------------------------
+
+// With bf16 GEMMs RMSNorm's kernel also writes its output's bf16 copy, for the projections after
+// it (rms_norm_then). The output must be the plain forward's, bit for bit, and the copy exactly
+// bf16_copy of it, on each of the kernel's paths: a warp per row in 16-byte packs, a warp per row
+// one element at a time (D = 30), a block per row (D = 1100).
+TEST_F(Gpu, RmsNormWritesTheBf16CopyOfItsOutput) {
+  for (const Shape& shape : {Shape{3, 37, 64}, Shape{40, 30}, Shape{5, 1100}}) {
+    SCOPED_TRACE(shape.str());
+    const Tensor<float> x = cuda::to_device(uniform<float>(shape, 61, -3.0f, 3.0f));
+    const Tensor<float> gamma = cuda::to_device(uniform<float>({shape.dim(-1)}, 62));
+    MatmulPrecisionScope bf16(Precision::bf16);
+    tape().reset();
+    std::shared_ptr<void> copy;
+    const Tensor<float> y = rms_norm(constant(x), constant(gamma), 1e-5f, &copy).value();
+    EXPECT_EQ(y.to_vector(), rms_norm(constant(x), constant(gamma), 1e-5f).value().to_vector());
+    expect_bf16_copy_of(y, copy, "rms_norm's output");
+    MatmulPrecisionScope fp32(Precision::fp32);
+    std::shared_ptr<void> none;
+    rms_norm(constant(x), constant(gamma), 1e-5f, &none);
+    EXPECT_FALSE(none) << "a copy without bf16 GEMMs";
+    tape().reset();
+  }
+}
+
+// RMSNorm's fused backward writes dx's bf16 copy as it writes dx (Node::grad_rounded), fresh or
+// added to: x also feeds a product recorded after the norm, whose backward runs first, so the
+// norm adds to its gradient and the copy is of the sum. The gradient must equal the one written
+// without the switch, bit for bit. A product recorded BEFORE the norm adds to dx after the copy
+// was written: the copy must then be gone.
+TEST_F(Gpu, RmsNormBackwardWritesTheBf16CopyOfItsInputsGradient) {
+  const Tensor<float> x0 = cuda::to_device(uniform<float>({3, 37, 64}, 68, -3.0f, 3.0f));
+  const Tensor<float> c = cuda::to_device(uniform<float>({3, 37, 64}, 69));
+  const Tensor<float> seed = cuda::to_device(uniform<float>({3, 37, 64}, 70));
+  for (bool side_after_norm : {false, true}) {
+    SCOPED_TRACE(side_after_norm ? "the other use of x recorded after the norm" : "recorded before the norm");
+    auto gradient = [&](Precision p, std::shared_ptr<void>* copy) {
+      MatmulPrecisionScope scope(p);
+      tape().reset();
+      const Var<float> x = variable(x0), gamma = variable(cuda::to_device(uniform<float>({64}, 71)));
+      Var<float> side, normed;
+      if (!side_after_norm) side = x * constant(c);
+      normed = rms_norm(x, gamma, 1e-5f);
+      if (side_after_norm) side = x * constant(c);
+      backward(normed + side, seed);
+      const Tensor<float> g = x.grad().clone();
+      *copy = x.node()->grad_rounded;
+      tape().reset();
+      return g;
+    };
+    std::shared_ptr<void> copy, none;
+    const Tensor<float> with_copy = gradient(Precision::bf16, &copy), plain = gradient(Precision::fp32, &none);
+    EXPECT_EQ(with_copy.to_vector(), plain.to_vector());
+    EXPECT_FALSE(none) << "a copy without bf16 GEMMs";
+    if (side_after_norm) expect_bf16_copy_of(with_copy, copy, "dx");
+    else EXPECT_FALSE(copy) << "the copy outlived a later addition to dx";
+  }
+}
+
+// SwiGLU's backward writes the bf16 copies of both gradients as it writes them, fresh or added
+// to, in 16-byte packs (4 × 64) or one element at a time (3 × 37 × 29, and an unaligned view).
+// The gradients within the CPU's formula's rounding, the copies exactly bf16_copy of them.
+TEST_F(Gpu, SwigluBackwardWritesTheBf16CopiesOfItsGradients) {
+  struct Case {
+    const char* what;
+    Shape shape;
+    Index offset;  // elements skipped at the start of each buffer (1: not 16-byte aligned)
+  };
+  for (const Case& c : {Case{"packs", {4, 64}, 0}, Case{"odd count", {3, 37, 29}, 0}, Case{"unaligned", {8, 16}, 1}}) {
+    for (bool add : {false, true}) {
+      SCOPED_TRACE(std::string(c.what) + (add ? ", added to" : ", fresh"));
+      const Index n = c.shape.numel();
+      auto device_view = [&](std::uint64_t seed, float lo, float hi) {
+        const Tensor<float> t = cuda::to_device(uniform<float>({n + c.offset}, seed, lo, hi));
+        return t.slice(0, c.offset, n + c.offset).reshape(c.shape);
+      };
+      const Tensor<float> a = device_view(63, -4.0f, 4.0f), b = device_view(64, -1, 1), g = device_view(65, -1, 1);
+      const Tensor<float> da = device_view(66, -1, 1), db = device_view(67, -1, 1);
+      const Tensor<float> da_before = da.to(Device::cpu), db_before = db.to(Device::cpu);
+      std::shared_ptr<void> da16, db16;
+      cuda::swiglu_backward_rounded(a, b, g, da, db, add, add, da16, db16);
+      // The CPU's formula (drt/nn/swiglu.hpp) on the same inputs.
+      const Tensor<float> ha = a.to(Device::cpu), hb = b.to(Device::cpu), hg = g.to(Device::cpu);
+      const Tensor<float> sig = eval(sigmoid(ha));
+      Tensor<float> want_a = eval(hg * hb * sig * (1.0f + ha * (1.0f - sig)));
+      Tensor<float> want_b = eval(hg * ha * sig);
+      if (add) want_a = eval(want_a + da_before), want_b = eval(want_b + db_before);
+      expect_close(want_a, da, 4e-6, 4e-6, "da");
+      expect_close(want_b, db, 4e-6, 4e-6, "db");
+      expect_bf16_copy_of(da.contiguous(), da16, "da");
+      expect_bf16_copy_of(db.contiguous(), db16, "db");
+    }
+  }
+}
+
 }  // namespace

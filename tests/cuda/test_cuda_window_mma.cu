@@ -29,6 +29,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
 #include <string>
 #include <utility>
 
@@ -309,6 +310,31 @@ TEST_F(Gpu, WindowAttentionVersion4GradientsOfSomeInputs) {
     }
     tape().reset();
   }
+}
+
+// Version 4's forward can write its output's bf16 copy for the output projection as it writes the
+// output (the op's `rounded`). The output must be the same with and without it, bit for bit, and
+// the copy exactly bf16_copy of it, padding rows past T included (T = 700 is not a multiple of
+// the 128-query block). Without bf16 (version 2) no copy is made.
+TEST_F(Gpu, WindowAttentionVersion4WritesTheBf16CopyOfItsOutput) {
+  const WindowCase c{2, 700, 4, 2, 512};
+  const WindowInputs in(c);
+  auto forward = [&](Precision p, std::shared_ptr<void>* rounded) {
+    MatmulPrecisionScope scope(p);
+    tape().reset();
+    const Tensor<float> out = window_attention(constant(in.q.to(Device::cuda)), constant(in.k.to(Device::cuda)),
+                                               constant(in.v.to(Device::cuda)), in.slopes, c.W, in.scale, rounded)
+                                  .value()
+                                  .clone();
+    tape().reset();
+    return out;
+  };
+  std::shared_ptr<void> copy, none;
+  const Tensor<float> with_copy = forward(Precision::bf16, &copy), plain = forward(Precision::bf16, nullptr);
+  EXPECT_EQ(with_copy.to_vector(), plain.to_vector());
+  expect_bf16_copy_of(with_copy, copy, "window attention's output");
+  forward(Precision::fp32, &none);
+  EXPECT_FALSE(none) << "a copy from version 2";
 }
 
 }  // namespace

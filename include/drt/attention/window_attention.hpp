@@ -167,10 +167,12 @@ void window_attention_backward(const Tensor<T>& q, const Tensor<T>& k, const Ten
 // The differentiable op. The slopes are a fixed buffer (no gradient), as in the reference. On a GPU
 // (q, k, v there; the slopes anywhere) the kernels of drt/cuda/attention/window_attention.cuh run;
 // in bf16 mode the backward reads the forward's bf16 copies of q, k, v (WindowAttentionBf16Copies)
-// and lets them go once it has run.
+// and lets them go once it has run. `rounded`, when given: where version 4 runs (GPU, bf16), the
+// output's bf16 copy is written there too, for the output projection (with_rounded,
+// drt/autodiff/matmul.hpp); elsewhere it is left empty.
 template <class T>
 Var<T> window_attention(const Var<T>& q, const Var<T>& k, const Var<T>& v, const Tensor<T>& slopes, Index window,
-                        T scale) {
+                        T scale, std::shared_ptr<void>* rounded = nullptr) {
   Arena* arena = step_arena();
   const Device device = q.device();
   const Tensor<T> qc = q.value().contiguous(arena), kc = k.value().contiguous(arena), vc = v.value().contiguous(arena);
@@ -182,7 +184,8 @@ Var<T> window_attention(const Var<T>& q, const Var<T>& k, const Var<T>& v, const
   if (device != Device::cpu) {
     detail::window_check(qc, kc, vc, sl, window);
     DRT_ON_DEVICE("window_attention", cuda::window_attention_forward(qc, kc, vc, sl, window, scale, out, lse,
-                                                                     result.requires_grad() ? &copies : nullptr));
+                                                                     result.requires_grad() ? &copies : nullptr,
+                                                                     rounded));
   } else {
     window_attention_forward(qc, kc, vc, sl, window, scale, out, lse, arena);
   }

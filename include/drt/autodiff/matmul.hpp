@@ -5,6 +5,9 @@
 //         linear_shared_input  x (..., K), W_i (N_i, K) → y_i (..., N_i)
 #pragma once
 
+#include <memory>
+#include <vector>
+
 #include "drt/autodiff/var.hpp"
 #include "drt/core/matmul.hpp"
 #include "drt/core/reduce.hpp"
@@ -85,6 +88,10 @@ SharedInputOutputs<T> linear_shared_input(const Var<T>& x, std::initializer_list
         if (!outs[i].has_grad()) continue;  // no gradient reached y_i
         const Var<T>& W = ws[i];
         const Tensor<T> g2 = outs[i].grad().reshape(Shape{-1, W.size(0)});
+        // The op that wrote dy_i may have written its bf16 copy too (Node::grad_rounded).
+        const std::shared_ptr<void>& dy_rounded = outs[i].node()->grad_rounded;
+        if (dy_rounded && g2.data() == outs[i].grad().data() && outs[i].grad().is_contiguous())
+          reuse.remember(g2.data(), g2.numel(), dy_rounded);
         if (x.requires_grad()) {
           const auto dx = x.node()->grad_slot();
           gemm(g2, W.value(), dx.buffer.reshape(Shape{-1, W.size(1)}), T(1), dx.fresh ? T(0) : T(1));
@@ -95,6 +102,20 @@ SharedInputOutputs<T> linear_shared_input(const Var<T>& x, std::initializer_list
     });
   }
   return outs;
+}
+
+// make() with `rounded`, a bf16 copy of x's values that the op producing x wrote in the same pass
+// (rms_norm, swiglu: on the GPU with bf16 GEMMs), standing in for the rounding pass of every GEMM
+// inside make() that reads x, and for linear's backward dW, which keeps the forward's copy. The
+// scope promises for x's storage alone; without a copy (CPU, fp32 GEMMs) it is make() itself,
+// and nothing is allocated.
+template <class T, class Make>
+auto with_rounded(const Var<T>& x, std::shared_ptr<void> rounded, Make make) {
+  if (!rounded) return make();
+  const std::vector<const void*> named{x.value().data()};
+  RoundedOperandReuse reuse(named);
+  reuse.remember(x.value().data(), x.numel(), std::move(rounded));
+  return make();
 }
 
 // y = x · Wᵀ (a bias-free linear layer; W is stored (out_features, in_features) as in PyTorch)

@@ -26,10 +26,16 @@ struct Node {
   bool requires_grad = false;
   int grad_readers = 0;  // backward records still to run that read `grad` (record_backward)
   bool grad_given = false;  // an input has taken `grad` as its own (Var::accumulate_grad_of)
+  // A bf16 copy of `grad`, written by the op that last wrote `grad` in the same pass (on the GPU
+  // with bf16 GEMMs), for the GEMMs that read `grad` next (linear's backward), which would
+  // otherwise round it in a pass of their own. Every other write of `grad` goes through
+  // grad_buffer() or grad_slot(), which drop it, so it is null or exactly bf16(grad).
+  std::shared_ptr<void> grad_rounded;
 
   // The gradient buffer, created zero-filled in the tape's arena on first use, on the value's
   // device (so that the same ops record and run backward on the GPU).
   const Tensor<T>& grad_buffer() {
+    grad_rounded.reset();
     if (!grad.defined()) grad = Tensor<T>::zeros(value.shape(), &tape().arena(), value.device());
     return grad;
   }
@@ -43,6 +49,7 @@ struct Node {
     bool fresh;
   };
   Slot grad_slot() {
+    grad_rounded.reset();
     const bool fresh = !grad.defined();
     if (fresh) grad = Tensor<T>::empty(value.shape(), &tape().arena(), value.device());
     return {grad, fresh};
@@ -87,14 +94,25 @@ class Var {
   // a copy of it: in a training step those copies were 180 launches per micro-batch on the GPU.
   // Only one input of a record may take it (Node::grad_given): in a + b, b's gradient is a copy,
   // or two inputs would share one buffer and a later gradient of one would land on the other.
+  // Where this Var's gradient ends up equal to out's, element for element in the same order, it
+  // shares out's bf16 copy of it too (Node::grad_rounded).
   void accumulate_grad_of(const Var<T>& out, const Tensor<T>& g) const {
     if (!requires_grad()) return;
     Node<T>* o = out.node();
-    const bool can_take = !node_->grad.defined() && !o->grad_given && tape().releasing_gradients() &&
-                          o->grad_readers == 1 && g.shape() == shape() && g.is_contiguous();
-    if (!can_take) return accumulate_grad(g);
-    node_->grad = g;
-    o->grad_given = true;
+    const bool fresh = !node_->grad.defined();
+    const bool same_order = g.shape() == shape() && g.is_contiguous();
+    const bool can_take =
+        fresh && same_order && !o->grad_given && tape().releasing_gradients() && o->grad_readers == 1;
+    const bool shares_copy = fresh && same_order && o->grad_rounded != nullptr && g.data() == o->grad.data() &&
+                             g.numel() == o->grad.numel();
+    if (can_take) {
+      node_->grad = g;
+      o->grad_given = true;
+    } else {
+      accumulate_grad(g);
+      if (!fresh || !node_->grad.is_contiguous()) return;
+    }
+    if (shares_copy) node_->grad_rounded = o->grad_rounded;
   }
   void accumulate_grad_of(const Var<T>& out) const { accumulate_grad_of(out, out.grad()); }
 
@@ -133,7 +151,10 @@ namespace detail {
 // when backward releases intermediate gradients (KeepGradients::leaves_only).
 template <class T>
 void done_reading_grad(Node<T>* n) {
-  if (--n->grad_readers == 0 && tape().releasing_gradients()) n->grad = Tensor<T>();
+  if (--n->grad_readers == 0 && tape().releasing_gradients()) {
+    n->grad = Tensor<T>();
+    n->grad_rounded.reset();
+  }
 }
 }  // namespace detail
 

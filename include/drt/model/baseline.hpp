@@ -91,7 +91,8 @@ class SlidingWindowLM {
   Var<T> head_logits(const Var<T>& h) const { return padded_head_.visible(head_product(h)); }
   // The same before the slice: (..., V') on a GPU.
   Var<T> head_product(const Var<T>& h) const {
-    return linear(rms_norm(h, *norm_, static_cast<T>(config_.rms_norm_eps)), padded_head_.table(lm_head()));
+    return rms_norm_then(h, *norm_, static_cast<T>(config_.rms_norm_eps),
+                         [&](const Var<T>& x) { return linear(x, padded_head_.table(lm_head())); });
   }
 
   // Moves every parameter and buffer to `device` (see DrtModel::move_to).

@@ -13,6 +13,7 @@
 #pragma once
 
 #include <cmath>
+#include <memory>
 
 #include "drt/attention/window_attention.hpp"
 #include "drt/autodiff/matmul.hpp"
@@ -64,8 +65,10 @@ struct DecoderAttention : AttentionProjections<T> {
     const Var<T> q = reshape(qkv[0], {B, L, heads, head_dim});
     const Var<T> k = reshape(qkv[1], {B, L, kv_heads, head_dim});
     const Var<T> v = reshape(qkv[2], {B, L, kv_heads, head_dim});
-    const Var<T> o = window_attention(q, k, v, alibi_slopes, window, T(1) / std::sqrt(T(head_dim)));
-    return linear(reshape(o, {B, L, Index(heads) * head_dim}), o_proj);
+    std::shared_ptr<void> rounded;  // o's bf16 copy, for o_proj (GPU, bf16)
+    const Var<T> o = reshape(window_attention(q, k, v, alibi_slopes, window, T(1) / std::sqrt(T(head_dim)), &rounded),
+                             {B, L, Index(heads) * head_dim});
+    return with_rounded(o, std::move(rounded), [&] { return linear(o, o_proj); });
   }
 
 };
@@ -143,11 +146,13 @@ struct Block {
         self_attn(c, gen), mlp(c, gen), eps(static_cast<T>(norm_eps)) {}
 
   // The attention half: a = h + attn(norm₁ h).
-  Var<T> attend(const Var<T>& h) const { return h + self_attn(rms_norm(h, input_layernorm, eps)); }
+  Var<T> attend(const Var<T>& h) const {
+    return h + rms_norm_then(h, input_layernorm, eps, [&](const Var<T>& x) { return self_attn(x); });
+  }
   // The MLP half, reading its input from `mlp_input` (upper layers feed it a + GCA(a), spec §7)
   // and adding its output to `residual`.
   Var<T> feed_forward(const Var<T>& residual, const Var<T>& mlp_input) const {
-    return residual + mlp(rms_norm(mlp_input, post_attention_layernorm, eps));
+    return residual + rms_norm_then(mlp_input, post_attention_layernorm, eps, [&](const Var<T>& x) { return mlp(x); });
   }
   Var<T> operator()(const Var<T>& h) const {
     const Var<T> a = attend(h);

@@ -86,7 +86,8 @@ class DrtModel {
   Var<T> head_logits(const Var<T>& h) const { return padded_head_.visible(head_product(h)); }
   // The same before the slice: (..., V') on a GPU.
   Var<T> head_product(const Var<T>& h) const {
-    return linear(rms_norm(h, *norm_, static_cast<T>(config_.rms_norm_eps)), padded_head_.table(lm_head()));
+    return rms_norm_then(h, *norm_, static_cast<T>(config_.rms_norm_eps),
+                         [&](const Var<T>& x) { return linear(x, padded_head_.table(lm_head())); });
   }
 
   // Moves every parameter and buffer to `device`; the model then runs there through the same
@@ -109,7 +110,15 @@ class DrtModel {
     const Index B = h.size(0), S = c.chunk_positions(), C = h.size(1) / S, D = c.hidden_size;
     Var<T> e = rms_norm(reshape(h, {B * C, S, D}), *enc_prenorm_, static_cast<T>(c.rms_norm_eps));
     for (const auto& layer : encoder_) e = (*layer)(e);
-    e = rms_norm(e, *encoder_norm_, static_cast<T>(ModelConfig::kEncoderNormEps));
+    // The key and value projections read the norm's bf16 copy (rms_norm_then).
+    return rms_norm_then(e, *encoder_norm_, static_cast<T>(ModelConfig::kEncoderNormEps),
+                         [&](const Var<T>& normed) { return project_chunks(normed, B, C); });
+  }
+
+  // Chunk keys and values from the encoder's normed output e (B·C, S, D), and the landmarks.
+  ChunkMemory<T> project_chunks(const Var<T>& e, Index B, Index C) const {
+    const ModelConfig& c = config_;
+    const Index S = c.chunk_positions(), D = c.hidden_size;
     const Var<T> landmarks = reshape(slice(reshape(e, {B, C, S, D}), 2, S - 1, S), {B, C, D});
     auto project = [&](const Parameter<T>& w) {
       Var<T> m = linear(e, w);  // (B·C, S, D)

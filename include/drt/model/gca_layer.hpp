@@ -43,7 +43,8 @@ struct GcaLayer {
     const Index B = a.size(0), C = a.size(1) / S, D = a.size(2), Z = B * (C - 1), k = retrieval.index.size(2);
     if (C == 1) return constant(Tensor<T>::zeros(a.shape(), step_arena(), a.device()));  // nothing to retrieve from
     // Queries of chunks 1..C−1 as (Z, H, S, d).
-    Var<T> q = reshape(linear(rms_norm(a, pre_norm, eps), q_proj), {B, C, S, heads, head_dim});
+    Var<T> q = rms_norm_then(a, pre_norm, eps, [&](const Var<T>& x) { return linear(x, q_proj); });
+    q = reshape(q, {B, C, S, heads, head_dim});
     q = reshape(permute(slice(q, 1, 1, C), {0, 1, 3, 2, 4}), {Z, heads, S, head_dim});
     // Chunk c+1 uses what landmark c retrieved: landmarks 0..C−2.
     const IndexTensor index = retrieval.index.slice(1, 0, C - 1).contiguous(step_arena()).reshape({Z, k});

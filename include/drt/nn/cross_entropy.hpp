@@ -22,7 +22,9 @@
 
 #include <cmath>
 #include <limits>
+#include <type_traits>
 
+#include "drt/core/precision.hpp"
 #include "drt/core/reduce.hpp"
 #include "drt/nn/softmax.hpp"
 
@@ -50,9 +52,19 @@ Var<T> cross_entropy_on_device(const Var<T>& logits, const IndexTensor& host_tar
     record_backward(out, [logits, targets, ignore_index, count, classes, lse, out] {
       // A first gradient is written whole by the kernel (zeros included), so it needs no zero-fill:
       // Node::grad_buffer's, minus the fill. A later one is added to.
+      // With bf16 GEMMs a first gradient comes with its bf16 copy, which the LM head's backward
+      // reads (Node::grad_rounded); a later one is added to, and any copy is dropped.
       Node<T>* node = logits.node();
       const bool fresh = !node->grad.defined();
+      node->grad_rounded.reset();
       if (fresh) node->grad = Tensor<T>::empty(logits.shape(), step_arena(), logits.device());
+      if constexpr (std::is_same_v<T, float>)
+        if (fresh && matmul_precision() == Precision::bf16) {
+          DRT_ON_DEVICE("cross_entropy",
+                        node->grad_rounded = cuda::cross_entropy_backward_rounded(
+                            logits.value(), targets, ignore_index, count, classes, lse, out.grad(), node->grad));
+          return;
+        }
       DRT_ON_DEVICE("cross_entropy", cuda::cross_entropy_backward(logits.value(), targets, ignore_index, count,
                                                                    classes, lse, out.grad(), node->grad, fresh));
     });

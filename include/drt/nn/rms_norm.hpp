@@ -10,8 +10,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
+#include <type_traits>
 
+#include "drt/autodiff/matmul.hpp"
 #include "drt/autodiff/var.hpp"
+#include "drt/core/precision.hpp"
 #include "drt/nn/lanes.hpp"
 
 #if defined(__CUDACC__)
@@ -20,8 +24,11 @@
 
 namespace drt {
 
+// `rounded`, when given: on the GPU with bf16 GEMMs (float), the kernel also writes y's bf16 copy
+// there, for the projections that read y next (with_rounded, drt/autodiff/matmul.hpp); elsewhere
+// it is left empty.
 template <class T>
-Var<T> rms_norm(const Var<T>& x, const Var<T>& gamma, T eps) {
+Var<T> rms_norm(const Var<T>& x, const Var<T>& gamma, T eps, std::shared_ptr<void>* rounded = nullptr) {
   DRT_CHECK(x.rank() >= 1 && gamma.rank() == 1 && gamma.size(0) == x.size(-1), "rms_norm: input of shape ",
             x.shape().str(), " does not match gamma of shape ", gamma.shape().str(),
             " (gamma must be (D) with D the input's last extent)");
@@ -35,7 +42,13 @@ Var<T> rms_norm(const Var<T>& x, const Var<T>& gamma, T eps) {
   Tensor<T> inv_rms = Tensor<T>::empty(Shape{rows}, step_arena(), xv.device());
   const Index xs = detail::row_step(xv), gs = gv.strides()[0];
   if (!xv.on_host()) {
-    DRT_ON_DEVICE("rms_norm", cuda::rms_norm_forward(xv, gv, eps, y, inv_rms));
+    bool done = false;
+    if constexpr (std::is_same_v<T, float>)
+      if (rounded != nullptr && matmul_precision() == Precision::bf16) {
+        DRT_ON_DEVICE("rms_norm", *rounded = cuda::rms_norm_forward_rounded(xv, gv, eps, y, inv_rms));
+        done = true;
+      }
+    if (!done) DRT_ON_DEVICE("rms_norm", cuda::rms_norm_forward(xv, gv, eps, y, inv_rms));
   } else {
     detail::parallel_for_lanes(rows, xv.numel(), [&](Index row) {
       const T* in = xv.data() + detail::row_offset(xv, row);
@@ -65,6 +78,15 @@ Var<T> rms_norm(const Var<T>& x, const Var<T>& gamma, T eps) {
           add_dx = !slot.fresh;
         }
         if (gamma.requires_grad()) dgamma = gamma.node()->grad_buffer();
+        if constexpr (std::is_same_v<T, float>)
+          if (x.requires_grad() && x.node() != gamma.node() && matmul_precision() == Precision::bf16) {
+            // With dx's bf16 copy (Node::grad_rounded), which the residual adds hand on to the
+            // output projections' backward (Var::accumulate_grad_of). Not for rms_norm(x, x),
+            // where dγ lands on dx after the copy is written.
+            DRT_ON_DEVICE("rms_norm", x.node()->grad_rounded = cuda::rms_norm_backward_rounded(
+                                          xv, gv, g, inv_rms, dx, add_dx, dgamma, step_arena()));
+            return;
+          }
         DRT_ON_DEVICE("rms_norm", cuda::rms_norm_backward(xv, gv, g, inv_rms, dx, add_dx, dgamma, step_arena()));
         return;
       }
@@ -104,6 +126,16 @@ Var<T> rms_norm(const Var<T>& x, const Var<T>& gamma, T eps) {
       }
     });
   return out;
+}
+
+// then(rms_norm(x, γ)), for a `then` whose GEMMs read the norm's output first (the projections
+// after a pre-norm): on the GPU with bf16 GEMMs the norm's kernel writes the output's bf16 copy
+// too, and those GEMMs read it instead of rounding the output in a pass of their own.
+template <class T, class Then>
+auto rms_norm_then(const Var<T>& x, const Var<T>& gamma, T eps, Then then) {
+  std::shared_ptr<void> rounded;
+  const Var<T> y = rms_norm(x, gamma, eps, &rounded);
+  return with_rounded(y, std::move(rounded), [&] { return then(y); });
 }
 
 }  // namespace drt

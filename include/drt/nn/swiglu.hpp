@@ -12,7 +12,6 @@
 
 #include <memory>
 #include <type_traits>
-#include <vector>
 
 #include "drt/autodiff/elementwise.hpp"
 #include "drt/autodiff/matmul.hpp"
@@ -58,6 +57,15 @@ Var<T> swiglu(const Var<T>& gate, const Var<T>& up, std::shared_ptr<void>* round
       const Tensor<T>& db = up_slot.buffer;
       const bool add_a = !gate_slot.fresh, add_b = !up_slot.fresh;
       if (!a.on_host()) {
+        if constexpr (std::is_same_v<T, float>)
+          if (matmul_precision() == Precision::bf16) {
+            // The gate and up projections' backward read these bf16 copies (Node::grad_rounded).
+            std::shared_ptr<void> da16, db16;
+            DRT_ON_DEVICE("swiglu", cuda::swiglu_backward_rounded(a, b, g, da, db, add_a, add_b, da16, db16));
+            gate.node()->grad_rounded = std::move(da16);
+            up.node()->grad_rounded = std::move(db16);
+            return;
+          }
         DRT_ON_DEVICE("swiglu", cuda::swiglu_backward(a, b, g, da, db, add_a, add_b));
         return;
       }
@@ -94,11 +102,7 @@ Var<T> swiglu_mlp(const Var<T>& x, const Var<T>& w_gate, const Var<T>& w_up, con
   // the output in a pass of its own.
   std::shared_ptr<void> rounded;
   const Var<T> h = swiglu(gate_up[0], gate_up[1], &rounded);
-  if (!rounded) return linear(h, w_down);  // (a CPU step allocates nothing here: tests/test_allocation.cpp)
-  const std::vector<const void*> named{h.value().data()};
-  RoundedOperandReuse reuse(named);
-  reuse.remember(h.value().data(), h.numel(), std::move(rounded));
-  return linear(h, w_down);
+  return with_rounded(h, std::move(rounded), [&] { return linear(h, w_down); });
 }
 
 }  // namespace drt

@@ -698,12 +698,13 @@ inline WindowShape window_shape(const Shape& q, const Shape& k, Index window) {
 }  // namespace attention
 
 // Writes out (B, T, H, d) and lse (B, H, T); all tensors contiguous and on the GPU. With `keep`,
-// a call that takes version 4 puts its bf16 copies of q, k, v there for the backward; other
-// versions leave it empty.
+// a call that takes version 4 puts its bf16 copies of q, k, v there for the backward, and with
+// out_rounded the bf16 copy of out (for the output projection's GEMM); other versions leave both
+// empty.
 template <class T>
 void window_attention_forward(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, const Tensor<T>& slopes,
                               Index window, T scale, const Tensor<T>& out, const Tensor<T>& lse,
-                              WindowAttentionBf16Copies* keep = nullptr) {
+                              WindowAttentionBf16Copies* keep = nullptr, std::shared_ptr<void>* out_rounded = nullptr) {
   const attention::WindowShape s = attention::window_shape(q.shape(), k.shape(), window);
   const long long rows = static_cast<long long>(s.B) * s.T * s.H;
   if (rows == 0) return;
@@ -711,7 +712,8 @@ void window_attention_forward(const Tensor<T>& q, const Tensor<T>& k, const Tens
       s.d, matmul_precision(), attention::all_aligned(16, {q.data(), k.data(), v.data(), out.data()}));
   if constexpr (std::is_same_v<T, float>) {
     if (version == 4) {
-      attention::window_v4::forward(q.data(), k.data(), v.data(), slopes.data(), s, scale, out.data(), lse.data(), keep);
+      attention::window_v4::forward(q.data(), k.data(), v.data(), slopes.data(), s, scale, out.data(), lse.data(), keep,
+                                    out_rounded);
       return;
     }
     if (version == 3) {

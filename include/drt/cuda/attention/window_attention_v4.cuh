@@ -194,7 +194,8 @@ __device__ inline void stage_bf16_and_keep(BfTile& tile, RowPointer src, KeptRow
 
 // Forward. Shapes: q (B, T, H, 64) fp32, k16, v16 (B, T, Hkv, 64) bf16 copies of k and v,
 // out (B, T, H, 64), lse (B, H, T); q16 (B, T, H, 64) bf16 receives Q as staged (rows < T), for
-// the backward, unless it is nullptr.
+// the backward, unless it is nullptr; out16 (B, T, H, 64) bf16, unless nullptr, receives out
+// rounded to nearest even (bit for bit bf16_copy of out), for the output projection's GEMM.
 // Grid (⌈T/128⌉, H, B), 256 threads (8 warps); warp w owns queries t0 + 16w .. t0 + 16w + 15 and
 // holds them as A fragments (staged once, through stage 1 of the K/V buffers, which the first
 // key tile does not use). Key tiles walk from the one holding t0 − W to the diagonal one
@@ -204,7 +205,7 @@ __device__ inline void stage_bf16_and_keep(BfTile& tile, RowPointer src, KeptRow
 // Registers: ≤ 128 (2 blocks of 8 warps per SM, twice version 3's warps); shared: 36,864 bytes.
 static __global__ void __launch_bounds__(window_v4::kQueryThreads, 2)
     window_forward_v4(const float* q, const __nv_bfloat16* k16, const __nv_bfloat16* v16, const float* slopes,
-                      WindowShape s, float scale, float* out, float* lse, __nv_bfloat16* q16) {
+                      WindowShape s, float scale, float* out, float* lse, __nv_bfloat16* q16, __nv_bfloat16* out16) {
   using namespace window_v4;
   __shared__ KeyValueStages kv;
   const int t0 = blockIdx.x * kQueries, h = blockIdx.y, b = blockIdx.z, g = h / s.heads_per_kv;
@@ -251,11 +252,14 @@ static __global__ void __launch_bounds__(window_v4::kQueryThreads, 2)
     const int t = t0 + at.row(2 * half);
     if (t >= s.T) continue;  // padding rows: nothing to write (their l may be 0)
     const float inv = 1.0f / row_sum[half];
-    float* out_row = out + ((static_cast<long long>(b) * s.T + t) * s.H + h) * kD;
+    const long long row = ((static_cast<long long>(b) * s.T + t) * s.H + h) * kD;
 #pragma unroll
-    for (int j = 0; j < 8; ++j)
-      *reinterpret_cast<float2*>(out_row + at.col(j, 0)) =
-          make_float2(o.c[j][2 * half] * inv, o.c[j][2 * half + 1] * inv);
+    for (int j = 0; j < 8; ++j) {
+      const float2 value = make_float2(o.c[j][2 * half] * inv, o.c[j][2 * half + 1] * inv);
+      *reinterpret_cast<float2*>(out + row + at.col(j, 0)) = value;
+      if (out16 != nullptr)
+        *reinterpret_cast<__nv_bfloat162*>(out16 + row + at.col(j, 0)) = __floats2bfloat162_rn(value.x, value.y);
+    }
     if (at.pair == 0)
       lse[(static_cast<long long>(b) * s.H + h) * s.T + t] = softmax.row_max[half] * kLn2 + logf(row_sum[half]);
   }
@@ -459,16 +463,21 @@ static inline dim3 key_grid(const WindowShape& s) {
 
 // With `keep`, the bf16 copies of q (written by the kernel as it stages Q), k and v go there for
 // the backward; without, k's and v's return to the allocator's cache after the launch (later work
-// on the one stream is ordered after the kernel) and no copy of q is made.
+// on the one stream is ordered after the kernel) and no copy of q is made. With out_rounded, out's
+// bf16 copy is written too and returned there.
 static inline void forward(const float* q, const float* k, const float* v, const float* slopes, const WindowShape& s,
-                           float scale, float* out, float* lse, WindowAttentionBf16Copies* keep) {
+                           float scale, float* out, float* lse, WindowAttentionBf16Copies* keep,
+                           std::shared_ptr<void>* out_rounded = nullptr) {
   const long long q_elements = static_cast<long long>(s.B) * s.T * s.H * kD;
   const long long kv_elements = static_cast<long long>(s.B) * s.T * s.Hkv * kD;
   const auto k16 = bf16_copy(k, kv_elements), v16 = bf16_copy(v, kv_elements);
   const std::shared_ptr<void> q16 =
       keep ? ::drt::cuda::detail::device_scratch(static_cast<std::size_t>(q_elements) * sizeof(__nv_bfloat16)) : nullptr;
+  if (out_rounded != nullptr)
+    *out_rounded = ::drt::cuda::detail::device_scratch(static_cast<std::size_t>(q_elements) * sizeof(__nv_bfloat16));
   window_forward_v4<<<query_grid(s), kQueryThreads, 0, ::drt::cuda::stream()>>>(
-      q, as_bf16(k16), as_bf16(v16), slopes, s, scale, out, lse, static_cast<__nv_bfloat16*>(q16.get()));
+      q, as_bf16(k16), as_bf16(v16), slopes, s, scale, out, lse, static_cast<__nv_bfloat16*>(q16.get()),
+      out_rounded != nullptr ? static_cast<__nv_bfloat16*>(out_rounded->get()) : nullptr);
   DRT_CUDA_CHECK_LAUNCH();
   if (keep) *keep = WindowAttentionBf16Copies{q16, k16, v16};
 }

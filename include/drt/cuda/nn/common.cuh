@@ -12,10 +12,12 @@
 // its order of additions differs from the CPU's sequential loop (floats agree to rounding).
 #pragma once
 
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 
 #include "drt/core/random.hpp"
 #include "drt/core/tensor.hpp"
@@ -122,6 +124,21 @@ template <int W, class T>
 __device__ void store_pack(T* row, Index k, Index step, const Pack<T, W>& p) {
   if constexpr (W == 1) row[k * step] = p.v[0];
   else reinterpret_cast<Pack<T, W>*>(row)[k] = p;
+}
+
+// Pack k of a contiguous row (elements k·W … k·W + W − 1) into a bf16 copy of the row, rounded
+// to nearest even as bf16_copy (drt/cuda/bf16.cuh) rounds: the copy an op leaves for the bf16
+// GEMM that reads its output next, written from the values it has in registers anyway.
+template <int W, class T>
+__device__ void store_bf16_pack(__nv_bfloat16* row, Index k, const Pack<T, W>& p) {
+  if constexpr (W == 4 && std::is_same_v<T, float>) {
+    const __nv_bfloat162 lo = __floats2bfloat162_rn(p.v[0], p.v[1]), hi = __floats2bfloat162_rn(p.v[2], p.v[3]);
+    reinterpret_cast<uint2*>(row)[k] =
+        uint2{*reinterpret_cast<const unsigned*>(&lo), *reinterpret_cast<const unsigned*>(&hi)};
+  } else {
+#pragma unroll
+    for (int w = 0; w < W; ++w) row[k * W + w] = __float2bfloat16_rn(static_cast<float>(p.v[w]));
+  }
 }
 
 // ---- group reductions -------------------------------------------------------------------------

@@ -25,8 +25,10 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <type_traits>
 
+#include "drt/cuda/copy.cuh"
 #include "drt/cuda/nn/common.cuh"
 
 namespace drt::cuda {
@@ -114,20 +116,28 @@ template <int G, int W, bool Accumulate, class T>
 __global__ void __launch_bounds__(kBlock)
     cross_entropy_backward_kernel(const T* x, Lanes xl, Index V, Index C, const std::int32_t* targets,
                                   int ignore_index, const T* lse, const T* g, Index count, T* dx, Lanes dl,
-                                  Index rows) {
+                                  Index rows, __nv_bfloat16* dx16) {
   const Index row = group_lane<G>();
   const int t = group_rank<G>();
   if (row >= rows) return;
   const std::int32_t target = targets[row];
   T* d = dx + start_of(dl, row);
+  // dx's bf16 copy (overwrite mode only; dx is then row-major, so row `row` starts at row·V).
+  __nv_bfloat16* d16 = dx16 != nullptr ? dx16 + row * V : nullptr;
   const Index xs = xl.step, ds = dl.step;  // both 1 when W > 1
   const Index width = Accumulate ? C : V;  // the columns this mode touches
   const Index words = width / W;
   if (target == ignore_index) {  // no gradient: nothing to add, or zeros to write
     if constexpr (!Accumulate) {
       const Pack<T, W> zero{};
-      for (Index p = t; p < words; p += G) store_pack<W>(d, p, ds, zero);
-      for (Index k = words * W + t; k < width; k += G) store_pack<1>(d, k, ds, Pack<T, 1>{});
+      for (Index p = t; p < words; p += G) {
+        store_pack<W>(d, p, ds, zero);
+        if (d16 != nullptr) store_bf16_pack<W>(d16, p, zero);
+      }
+      for (Index k = words * W + t; k < width; k += G) {
+        store_pack<1>(d, k, ds, Pack<T, 1>{});
+        if (d16 != nullptr) d16[k] = __float2bfloat16_rn(0.0f);
+      }
     }
     return;
   }
@@ -148,6 +158,7 @@ __global__ void __launch_bounds__(kBlock)
 #pragma unroll
     for (int i = 0; i < W; ++i) dv.v[i] = column(p * W + i, xv.v[i], dv.v[i]);
     store_pack<W>(d, p, ds, dv);
+    if (d16 != nullptr) store_bf16_pack<W>(d16, p, dv);
   };
   // Two words per step, both loaded before either store (x and d could alias, as far as the
   // compiler knows, so it would not hoist the second load above the first store).
@@ -161,6 +172,7 @@ __global__ void __launch_bounds__(kBlock)
   for (Index k = words * W + t; k < width; k += G) {  // the last width mod W columns (none when W = 1)
     const T base = Accumulate ? d[k * ds] : T(0);
     d[k * ds] = column(k, in[k * xs], base);
+    if (d16 != nullptr) d16[k] = __float2bfloat16_rn(static_cast<float>(d[k * ds]));
   }
 }
 
@@ -221,11 +233,13 @@ void cross_entropy_forward(const Tensor<T>& logits, const IndexTensor& targets, 
 // g is the loss's gradient (one element, on the device); dx has the logits' shape.
 // overwrite = false: dx += (softmax − onehot)·g/count over the class columns of the counted rows
 //                    (nothing to do when count is 0);
-// overwrite = true:  dx = that, with every other element 0 (dx was just allocated, uninitialised).
+// overwrite = true:  dx = that, with every other element 0 (dx was just allocated, uninitialised);
+//                    with dx16 (dx.numel() bf16, dx contiguous), dx's bf16 copy as well, for the
+//                    LM head's backward GEMMs (cross_entropy_backward_rounded).
 template <class T>
 void cross_entropy_backward(const Tensor<T>& logits, const IndexTensor& targets, int ignore_index, Index count,
                             Index classes, const Tensor<T>& lse, const Tensor<T>& g, const Tensor<T>& dx,
-                            bool overwrite) {
+                            bool overwrite, __nv_bfloat16* dx16 = nullptr) {
   using namespace nn_detail;
   const int axis = logits.rank() - 1;
   const Index V = logits.shape()[axis], rows = targets.numel();
@@ -239,13 +253,27 @@ void cross_entropy_backward(const Tensor<T>& logits, const IndexTensor& targets,
     if (overwrite)
       xent::cross_entropy_backward_kernel<G, W, false><<<lane_blocks(rows, G), kBlock, 0, ::drt::cuda::stream()>>>(
           logits.data(), xl, V, classes, targets.data(), ignore_index, lse.data(), g.data(), count, dx.data(), dl,
-          rows);
+          rows, dx16);
     else
       xent::cross_entropy_backward_kernel<G, W, true><<<lane_blocks(rows, G), kBlock, 0, ::drt::cuda::stream()>>>(
           logits.data(), xl, V, classes, targets.data(), ignore_index, lse.data(), g.data(), count, dx.data(), dl,
-          rows);
+          rows, nullptr);
   });
   DRT_CUDA_CHECK_LAUNCH();
+}
+
+// The first gradient of the logits (overwrite mode) with its bf16 copy, returned (device
+// scratch): the LM head's backward GEMMs read it instead of rounding the (rows × V) gradient in
+// a pass of their own, the largest such pass of a training step. dx must be contiguous.
+inline std::shared_ptr<void> cross_entropy_backward_rounded(const Tensor<float>& logits, const IndexTensor& targets,
+                                                            int ignore_index, Index count, Index classes,
+                                                            const Tensor<float>& lse, const Tensor<float>& g,
+                                                            const Tensor<float>& dx) {
+  DRT_CHECK(dx.is_contiguous(), "cross_entropy: the gradient with a bf16 copy must be contiguous");
+  std::shared_ptr<void> copy = detail::device_scratch(static_cast<std::size_t>(dx.numel()) * sizeof(__nv_bfloat16));
+  cross_entropy_backward(logits, targets, ignore_index, count, classes, lse, g, dx, true,
+                         static_cast<__nv_bfloat16*>(copy.get()));
+  return copy;
 }
 
 }  // namespace drt::cuda

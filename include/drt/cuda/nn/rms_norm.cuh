@@ -40,9 +40,11 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <type_traits>
 
 #include "drt/core/memory.hpp"
+#include "drt/cuda/copy.cuh"
 #include "drt/cuda/nn/common.cuh"
 
 namespace drt::cuda {
@@ -80,7 +82,8 @@ bool rows_in_packs(const Tensor<T>& t, Index width) {
 
 template <int G, int W, class T>
 __global__ void __launch_bounds__(kBlock)
-    rms_norm_kernel(const T* x, Lanes xl, const T* gamma, Index gs, Index D, T eps, T* y, T* inv_rms, Index rows) {
+    rms_norm_kernel(const T* x, Lanes xl, const T* gamma, Index gs, Index D, T eps, T* y, T* inv_rms, Index rows,
+                    __nv_bfloat16* y16) {
   const Index row = group_lane<G>();
   const int t = group_rank<G>();
   if (row >= rows) return;
@@ -104,6 +107,7 @@ __global__ void __launch_bounds__(kBlock)
 #pragma unroll
     for (int w = 0; w < W; ++w) o.v[w] = v.v[w] * r * gm.v[w];
     store_pack<W>(out, k, 1, o);
+    if (y16 != nullptr) store_bf16_pack<W>(y16 + row * D, k, o);
   }
 }
 
@@ -149,7 +153,7 @@ __global__ void __launch_bounds__(kBlock)
     rms_norm_dx_gamma_kernel(const T* __restrict__ x, Lanes xl, const T* __restrict__ gamma, Index gs,
                              const T* __restrict__ g, Lanes gl, const T* __restrict__ inv_rms, Index D,
                              T* __restrict__ dx, Lanes dl, bool add, Index rows, Index rows_per_chunk,
-                             T* __restrict__ partial) {
+                             T* __restrict__ partial, __nv_bfloat16* __restrict__ dx16) {
   constexpr int K = static_cast<int>(kWarpLaneMax / 32) / W;
   constexpr int C = kFusedSumColumns<T>;
   static_assert(C % W == 0, "a pack's columns meet in one round");
@@ -192,6 +196,7 @@ __global__ void __launch_bounds__(kBlock)
           acc[i].v[w] += vg.v[w] * v.v[w] * r;
         }
         store_pack<W>(d, k, ds, vd);
+        if (dx16 != nullptr) store_bf16_pack<W>(dx16 + row * D, k, vd);  // dx row-major (checked by the caller)
       }
     }
   }
@@ -303,9 +308,10 @@ void rms_norm_gamma_sum(const Tensor<T>& partial, Index chunks, const Tensor<T>&
 
 }  // namespace nn_detail
 
-// y (row-major, x's shape) and inv_rms (rows).
+// y (row-major, x's shape) and inv_rms (rows); with y16, y's bf16 copy too (y.numel() elements).
 template <class T>
-void rms_norm_forward(const Tensor<T>& x, const Tensor<T>& gamma, T eps, const Tensor<T>& y, const Tensor<T>& inv_rms) {
+void rms_norm_forward(const Tensor<T>& x, const Tensor<T>& gamma, T eps, const Tensor<T>& y, const Tensor<T>& inv_rms,
+                      __nv_bfloat16* y16 = nullptr) {
   using namespace nn_detail;
   const Index D = x.rank() ? x.shape()[x.rank() - 1] : 1, rows = inv_rms.numel();
   if (rows == 0) return;
@@ -316,7 +322,7 @@ void rms_norm_forward(const Tensor<T>& x, const Tensor<T>& gamma, T eps, const T
   auto launch = [&](auto group, auto width) {
     constexpr int G = decltype(group)::value, W = decltype(width)::value;
     rms_norm_kernel<G, W><<<lane_blocks(rows, G), kBlock, 0, ::drt::cuda::stream()>>>(x.data(), xl, gamma.data(), gs, D,
-                                                                                     eps, y.data(), inv_rms.data(), rows);
+                                                                                     eps, y.data(), inv_rms.data(), rows, y16);
   };
   using Warp = std::integral_constant<int, 32>;
   using Block = std::integral_constant<int, kBlock>;
@@ -329,6 +335,15 @@ void rms_norm_forward(const Tensor<T>& x, const Tensor<T>& gamma, T eps, const T
   else
     packed ? launch(Block{}, Packs{}) : launch(Block{}, One{});
   DRT_CUDA_CHECK_LAUNCH();
+}
+
+// rms_norm_forward that returns y's bf16 copy as well (device scratch, freed with its last owner),
+// for the bf16 GEMMs that read y next: the projections after a norm.
+inline std::shared_ptr<void> rms_norm_forward_rounded(const Tensor<float>& x, const Tensor<float>& gamma, float eps,
+                                                      const Tensor<float>& y, const Tensor<float>& inv_rms) {
+  std::shared_ptr<void> copy = detail::device_scratch(static_cast<std::size_t>(y.numel()) * sizeof(__nv_bfloat16));
+  rms_norm_forward(x, gamma, eps, y, inv_rms, static_cast<__nv_bfloat16*>(copy.get()));
+  return copy;
 }
 
 // dx += the gradient of x, from the output's gradient g (dx = ..., without reading dx, when !add).
@@ -379,15 +394,23 @@ void rms_norm_backward_gamma(const Tensor<T>& x, const Tensor<T>& g, const Tenso
   rms_norm_gamma_sum(partial, used_chunks, dgamma);
 }
 
+// Whether rms_norm_backward takes the fused kernel (both gradients, a warp per row), the one path
+// that can also write dx's bf16 copy.
+template <class T>
+bool rms_norm_backward_is_fused(const Tensor<T>& x, const Tensor<T>& dx, const Tensor<T>& dgamma) {
+  return dx.defined() && dgamma.defined() && x.shape()[x.rank() - 1] <= nn_detail::kWarpLaneMax;
+}
+
 // dx (+)= the gradient of x and dgamma += Σ_rows g·x·r, as rms_norm_backward_x and
 // rms_norm_backward_gamma; either may be undefined (not wanted). With both wanted and D ≤
 // kWarpLaneMax, one kernel reads x and g once for both (then pass 2); otherwise the two above.
 template <class T>
 void rms_norm_backward(const Tensor<T>& x, const Tensor<T>& gamma, const Tensor<T>& g, const Tensor<T>& inv_rms,
-                       const Tensor<T>& dx, bool add_dx, const Tensor<T>& dgamma, Arena* arena) {
+                       const Tensor<T>& dx, bool add_dx, const Tensor<T>& dgamma, Arena* arena,
+                       __nv_bfloat16* dx16 = nullptr) {
   using namespace nn_detail;
   const Index D = x.shape()[x.rank() - 1], rows = inv_rms.numel();
-  if (!dx.defined() || !dgamma.defined() || D > kWarpLaneMax) {
+  if (!rms_norm_backward_is_fused(x, dx, dgamma)) {
     if (dx.defined()) rms_norm_backward_x(x, gamma, g, inv_rms, dx, add_dx);
     if (dgamma.defined()) rms_norm_backward_gamma(x, g, inv_rms, dgamma, arena);
     return;
@@ -405,11 +428,28 @@ void rms_norm_backward(const Tensor<T>& x, const Tensor<T>& gamma, const Tensor<
     constexpr int W = decltype(width)::value;
     rms_norm_dx_gamma_kernel<W><<<static_cast<unsigned>(chunks), kBlock, 0, ::drt::cuda::stream()>>>(
         x.data(), xl, gamma.data(), gs, g.data(), gl, inv_rms.data(), D, dx.data(), dl, add_dx, rows, rows_per_chunk,
-        partial.data());
+        partial.data(), dx16);
   };
   packed ? launch(std::integral_constant<int, P>{}) : launch(std::integral_constant<int, 1>{});
   DRT_CUDA_CHECK_LAUNCH();
   rms_norm_gamma_sum(partial, chunks, dgamma);
+}
+
+// rms_norm_backward that also returns dx's bf16 copy as written (device scratch), for the GEMMs
+// that read x's gradient next (Node::grad_rounded: the residual stream's gradient reaches the
+// output projections through the residual adds); null, with only the gradients written, where
+// the fused kernel does not run or dx is not contiguous.
+inline std::shared_ptr<void> rms_norm_backward_rounded(const Tensor<float>& x, const Tensor<float>& gamma,
+                                                       const Tensor<float>& g, const Tensor<float>& inv_rms,
+                                                       const Tensor<float>& dx, bool add_dx, const Tensor<float>& dgamma,
+                                                       Arena* arena) {
+  if (!rms_norm_backward_is_fused(x, dx, dgamma) || !dx.is_contiguous()) {
+    rms_norm_backward(x, gamma, g, inv_rms, dx, add_dx, dgamma, arena);
+    return nullptr;
+  }
+  std::shared_ptr<void> copy = detail::device_scratch(static_cast<std::size_t>(dx.numel()) * sizeof(__nv_bfloat16));
+  rms_norm_backward(x, gamma, g, inv_rms, dx, add_dx, dgamma, arena, static_cast<__nv_bfloat16*>(copy.get()));
+  return copy;
 }
 
 }  // namespace drt::cuda

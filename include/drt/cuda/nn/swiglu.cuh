@@ -22,6 +22,7 @@
 #include <cstdint>
 #include <initializer_list>
 #include <memory>
+#include <type_traits>
 
 #include "drt/core/expr.hpp"
 #include "drt/cuda/copy.cuh"
@@ -65,13 +66,26 @@ __global__ void __launch_bounds__(kBlock)
   }
 }
 
-template <class T>
+// Contiguous tensors, W elements per load (16-byte packs where every pointer is aligned and W
+// divides the count; else W = 1): `packs` packs. With da16 / db16 (bf16 GEMMs) it also writes the
+// bf16 copies of da and db as written, for the gate and up projections' backward GEMMs.
+template <int W, class T>
 __global__ void __launch_bounds__(kBlock)
-    swiglu_backward_flat_kernel(const T* a, const T* b, const T* g, T* da, T* db, Index total, bool add_a, bool add_b) {
-  for (Index e = Index(blockIdx.x) * kBlock + threadIdx.x; e < total; e += Index(gridDim.x) * kBlock) {
-    const T z = a[e], s = T(1) / (T(1) + dev_exp(-z)), gj = g[e];
-    da[e] = (add_a ? da[e] : T(0)) + gj * b[e] * s * (T(1) + z * (T(1) - s));
-    db[e] = (add_b ? db[e] : T(0)) + gj * z * s;
+    swiglu_backward_flat_kernel(const T* a, const T* b, const T* g, T* da, T* db, Index packs, bool add_a, bool add_b,
+                                __nv_bfloat16* da16, __nv_bfloat16* db16) {
+  for (Index k = Index(blockIdx.x) * kBlock + threadIdx.x; k < packs; k += Index(gridDim.x) * kBlock) {
+    const Pack<T, W> z = load_pack<W>(a, k, 1), u = load_pack<W>(b, k, 1), gk = load_pack<W>(g, k, 1);
+    Pack<T, W> pa = add_a ? load_pack<W>(da, k, 1) : Pack<T, W>{}, pb = add_b ? load_pack<W>(db, k, 1) : Pack<T, W>{};
+#pragma unroll
+    for (int w = 0; w < W; ++w) {
+      const T s = T(1) / (T(1) + dev_exp(-z.v[w]));
+      pa.v[w] += gk.v[w] * u.v[w] * s * (T(1) + z.v[w] * (T(1) - s));
+      pb.v[w] += gk.v[w] * z.v[w] * s;
+    }
+    store_pack<W>(da, k, 1, pa);
+    store_pack<W>(db, k, 1, pb);
+    if (da16 != nullptr) store_bf16_pack<W>(da16, k, pa);
+    if (db16 != nullptr) store_bf16_pack<W>(db16, k, pb);
   }
 }
 
@@ -95,16 +109,27 @@ inline std::shared_ptr<void> swiglu_forward_rounded(const Tensor<float>& a, cons
 }
 
 // da += d(silu(a)·b)/da · g,  db += silu(a) · g; a buffer whose add_ flag is false is written
-// without being read (it may hold anything).
+// without being read (it may hold anything). With da16 and db16 (room for da.numel() bf16
+// each), da's and db's bf16 copies are written too; that needs every tensor contiguous
+// (swiglu_backward_rounded checks it).
 template <class T>
 void swiglu_backward(const Tensor<T>& a, const Tensor<T>& b, const Tensor<T>& g, const Tensor<T>& da,
-                     const Tensor<T>& db, bool add_a = true, bool add_b = true) {
+                     const Tensor<T>& db, bool add_a = true, bool add_b = true, __nv_bfloat16* da16 = nullptr,
+                     __nv_bfloat16* db16 = nullptr) {
   using namespace nn_detail;
   const Index total = a.numel(), n = a.rank() ? a.shape()[a.rank() - 1] : 1;
   if (total == 0) return;
   if (a.is_contiguous() && b.is_contiguous() && g.is_contiguous() && da.is_contiguous() && db.is_contiguous()) {
-    swiglu_backward_flat_kernel<<<element_blocks(total), kBlock, 0, ::drt::cuda::stream()>>>(a.data(), b.data(), g.data(), da.data(), db.data(),
-                                                                   total, add_a, add_b);
+    constexpr int P = kPackWidth<T>;
+    bool packed = total % P == 0;
+    for (const Tensor<T>* t : {&a, &b, &g, &da, &db}) packed &= reinterpret_cast<std::uintptr_t>(t->data()) % 16 == 0;
+    const Index packs = packed ? total / P : total;
+    auto launch = [&](auto width) {
+      constexpr int W = decltype(width)::value;
+      swiglu_backward_flat_kernel<W><<<element_blocks(packs), kBlock, 0, ::drt::cuda::stream()>>>(
+          a.data(), b.data(), g.data(), da.data(), db.data(), packs, add_a, add_b, da16, db16);
+    };
+    packed ? launch(std::integral_constant<int, P>{}) : launch(std::integral_constant<int, 1>{});
     DRT_CUDA_CHECK_LAUNCH();
     return;
   }
@@ -112,6 +137,22 @@ void swiglu_backward(const Tensor<T>& a, const Tensor<T>& b, const Tensor<T>& g,
                                                             rows_of(g), da.data(), rows_of(da), db.data(), rows_of(db),
                                                             n, total, add_a, add_b);
   DRT_CUDA_CHECK_LAUNCH();
+}
+
+// swiglu_backward that also returns the bf16 copies of da and db as written (device scratch), for
+// the gate and up projections' backward GEMMs; where the tensors are not all contiguous it
+// writes the gradients alone and returns no copies.
+inline void swiglu_backward_rounded(const Tensor<float>& a, const Tensor<float>& b, const Tensor<float>& g,
+                                    const Tensor<float>& da, const Tensor<float>& db, bool add_a, bool add_b,
+                                    std::shared_ptr<void>& da16, std::shared_ptr<void>& db16) {
+  bool contiguous = true;
+  for (const Tensor<float>* t : {&a, &b, &g, &da, &db}) contiguous &= t->is_contiguous();
+  if (!contiguous) return swiglu_backward(a, b, g, da, db, add_a, add_b);
+  const std::size_t bytes = static_cast<std::size_t>(a.numel()) * sizeof(__nv_bfloat16);
+  da16 = detail::device_scratch(bytes);
+  db16 = detail::device_scratch(bytes);
+  swiglu_backward(a, b, g, da, db, add_a, add_b, static_cast<__nv_bfloat16*>(da16.get()),
+                  static_cast<__nv_bfloat16*>(db16.get()));
 }
 
 }  // namespace drt::cuda
