@@ -18,8 +18,8 @@
 //   ncu --clock-control none --profile-from-start off --metrics gpu__time_duration.sum --csv
 //       bench_cuda_train --precision bf16 --steps 1 --kernels
 // or, where nsys and ncu do not run, the CUPTI timeline (bench/support/cupti_timeline.cpp):
-//   CUDA_INJECTION64_PATH=build/bench/libcupti_timeline.so DRT_TIMELINE=t.csv \
-//       bench_cuda_train --precision bf16 --steps 1 --kernels
+//   CUDA_INJECTION64_PATH=build/bench/libcupti_timeline.so DRT_TIMELINE=t.csv
+//       bench_cuda_train --precision bf16 --steps 1 --kernels        (one command line)
 //   python3 bench/support/timeline_gaps.py t.csv --kernels 40
 #include <cublas_v2.h>
 #include <cuda_profiler_api.h>
