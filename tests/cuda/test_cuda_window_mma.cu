@@ -34,6 +34,8 @@
 #include <utility>
 
 #include <drt/attention/window_attention.hpp>
+#include <drt/autodiff/elementwise.hpp>
+#include <drt/autodiff/reduce.hpp>
 #include <drt/nn/alibi.hpp>
 
 namespace {
@@ -335,6 +337,30 @@ TEST_F(Gpu, WindowAttentionVersion4WritesTheBf16CopyOfItsOutput) {
   expect_bf16_copy_of(with_copy, copy, "window attention's output");
   forward(Precision::fp32, &none);
   EXPECT_FALSE(none) << "a copy from version 2";
+}
+
+// Version 4's backward writes the bf16 copies of dq, dk, dv as they end up (Node::grad_rounded,
+// for the q, k, v projections' backward), exactly bf16_copy of each gradient; q, k and v also
+// feed a product recorded after the attention, whose backward runs first, so the kernels add to
+// an existing gradient and the copies must be of the sums. Version 2 (fp32) writes none.
+TEST_F(Gpu, WindowAttentionVersion4BackwardWritesTheBf16CopiesOfItsGradients) {
+  const WindowCase c{2, 700, 4, 2, 512};
+  const WindowInputs in(c);
+  for (Precision p : {Precision::bf16, Precision::fp32}) {
+    SCOPED_TRACE(p == Precision::bf16 ? "bf16" : "fp32");
+    MatmulPrecisionScope scope(p);
+    tape().reset();
+    const Var<float> q = variable(in.q.to(Device::cuda)), k = variable(in.k.to(Device::cuda)),
+                     v = variable(in.v.to(Device::cuda));
+    const Var<float> out = window_attention(q, k, v, in.slopes, c.W, in.scale);
+    const Var<float> side = sum_all(q) + sum_all(k * 2.0f) + sum_all(v * 3.0f);  // its backward runs first
+    backward(sum_all(out * constant(in.seed.to(Device::cuda))) + side);
+    for (const Var<float>* x : {&q, &k, &v}) {
+      if (p == Precision::bf16) expect_bf16_copy_of(x->grad(), x->node()->grad_rounded, "a gradient of the attention");
+      else EXPECT_FALSE(x->node()->grad_rounded) << "a copy from version 2";
+    }
+    tape().reset();
+  }
 }
 
 }  // namespace

@@ -33,7 +33,8 @@ namespace drt {
 // copies stay valid. A null copy means "not made" (the forward took another version or ran
 // under another precision): the backward rounds its input itself, as before. Declared here,
 // with shared_ptr<void> for device memory, because the op below is also compiled by a host
-// compiler and holds one of these in its backward record.
+// compiler and holds one of these in its backward record. The backward returns the copies of the
+// gradients dq, dk, dv it wrote in the same struct (window_attention_backward's gradient_copies).
 struct WindowAttentionBf16Copies {
   std::shared_ptr<void> q, k, v;
 };
@@ -202,11 +203,21 @@ Var<T> window_attention(const Var<T>& q, const Var<T>& k, const Var<T>& v, const
       const Tensor<T> dout = result.grad().contiguous(a);
       const Tensor<T>*dq_ptr = dq.defined() ? &dq : nullptr, *dk_ptr = dk.defined() ? &dk : nullptr;
       const Tensor<T>* dv_ptr = dv.defined() ? &dv : nullptr;
-      if (device != Device::cpu)
-        DRT_ON_DEVICE("window_attention", cuda::window_attention_backward(qc, kc, vc, sl, window, scale, out, lse, dout,
-                                                                          dq_ptr, dk_ptr, dv_ptr, &copies));
-      else
+      if (device != Device::cpu) {
+        // With bf16 GEMMs (version 4), the gradients' bf16 copies too, for the q, k, v projections'
+        // backward (Node::grad_rounded, handed on by the reshapes between). Not where two of q, k,
+        // v are one node: the second kernel would add to a gradient whose copy is already written.
+        const bool distinct = q.node() != k.node() && q.node() != v.node() && k.node() != v.node();
+        WindowAttentionBf16Copies gradient_copies;
+        DRT_ON_DEVICE("window_attention",
+                      cuda::window_attention_backward(qc, kc, vc, sl, window, scale, out, lse, dout, dq_ptr, dk_ptr,
+                                                      dv_ptr, &copies, distinct ? &gradient_copies : nullptr));
+        if (dq_ptr) q.node()->grad_rounded = std::move(gradient_copies.q);
+        if (dk_ptr) k.node()->grad_rounded = std::move(gradient_copies.k);
+        if (dv_ptr) v.node()->grad_rounded = std::move(gradient_copies.v);
+      } else {
         window_attention_backward(qc, kc, vc, sl, window, scale, out, lse, dout, dq_ptr, dk_ptr, dv_ptr, a);
+      }
       copies = {};  // device memory back to the allocator now, not at the tape's reset
   });
   return result;

@@ -736,12 +736,15 @@ void window_attention_forward(const Tensor<T>& q, const Tensor<T>& k, const Tens
 
 // Adds into dq, dk, dv (each may be null), as the CPU backward does. `saved`: what the forward
 // kept (window_attention_forward's `keep`); version 4 reads the copies it finds there and rounds
-// the inputs whose copy is missing, other versions ignore it.
+// the inputs whose copy is missing, other versions ignore it. With gradient_copies, version 4
+// also writes the bf16 copies of dq, dk, dv as they end up (for the q, k, v projections'
+// backward GEMMs) and returns them there (fields q, k, v); other versions leave it empty.
 template <class T>
 void window_attention_backward(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, const Tensor<T>& slopes,
                                Index window, T scale, const Tensor<T>& out, const Tensor<T>& lse,
                                const Tensor<T>& dout, const Tensor<T>* dq, const Tensor<T>* dk, const Tensor<T>* dv,
-                               const WindowAttentionBf16Copies* saved = nullptr) {
+                               const WindowAttentionBf16Copies* saved = nullptr,
+                               WindowAttentionBf16Copies* gradient_copies = nullptr) {
   const attention::WindowShape s = attention::window_shape(q.shape(), k.shape(), window);
   const long long rows = static_cast<long long>(s.B) * s.T * s.H, keys = static_cast<long long>(s.B) * s.T * s.Hkv;
   if (rows == 0) return;
@@ -754,7 +757,7 @@ void window_attention_backward(const Tensor<T>& q, const Tensor<T>& k, const Ten
     if (version == 4) {  // δ too, with dO's bf16 copy
       attention::window_v4::backward(q.data(), k.data(), v.data(), slopes.data(), s, scale, out.data(), lse.data(),
                                      delta.data(), dout.data(), dq ? dq->data() : nullptr, dk ? dk->data() : nullptr,
-                                     dv ? dv->data() : nullptr, saved);
+                                     dv ? dv->data() : nullptr, saved, gradient_copies);
       return;
     }
   }

@@ -288,11 +288,13 @@ struct DkvShared {
 // (B, H, T). Grid (⌈T/128⌉, H, B), 256 threads; warp w owns queries t0 + 16w .. + 15 and walks
 // the forward's key tiles. Per tile: S = Q·Kᵀ, P = exp2(S − lse), dP = dO·Vᵀ,
 // dS = P ∘ (dP − δ), dQ += bf16(dS)·K, with Q's and dO's A fragments read from shared memory as
-// needed (version 3 held both: 32 registers). Adds scale·dQ into dq.
+// needed (version 3 held both: 32 registers). Adds scale·dQ into dq, and writes the sum's bf16
+// copy to dq16 unless it is nullptr (for the q projection's backward GEMMs).
 // Registers: ≤ 128 (2 blocks of 8 warps per SM); shared: 73,728 bytes (DqShared).
 static __global__ void __launch_bounds__(window_v4::kQueryThreads, 2)
     window_dq_v4(const float* q, const __nv_bfloat16* k16, const __nv_bfloat16* v16, const float* slopes,
-                 WindowShape s, float scale, const float* lse, const float* delta, const float* dout, float* dq) {
+                 WindowShape s, float scale, const float* lse, const float* delta, const float* dout, float* dq,
+                 __nv_bfloat16* dq16) {
   using namespace window_v4;
   extern __shared__ __align__(16) unsigned char dq_shared_bytes[];
   DqShared& sh = *reinterpret_cast<DqShared*>(dq_shared_bytes);
@@ -345,11 +347,14 @@ static __global__ void __launch_bounds__(window_v4::kQueryThreads, 2)
   for (int half = 0; half < 2; ++half) {
     const int t = t0 + at.row(2 * half);
     if (t >= s.T) continue;
-    float* dq_row = dq + ((static_cast<long long>(b) * s.T + t) * s.H + h) * kD;
+    const long long row = ((static_cast<long long>(b) * s.T + t) * s.H + h) * kD;
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
-      float2* x = reinterpret_cast<float2*>(dq_row + at.col(j, 0));
-      *x = make_float2(x->x + scale * dq_acc.c[j][2 * half], x->y + scale * dq_acc.c[j][2 * half + 1]);
+      float2* x = reinterpret_cast<float2*>(dq + row + at.col(j, 0));
+      const float2 sum = make_float2(x->x + scale * dq_acc.c[j][2 * half], x->y + scale * dq_acc.c[j][2 * half + 1]);
+      *x = sum;
+      if (dq16 != nullptr)
+        *reinterpret_cast<__nv_bfloat162*>(dq16 + row + at.col(j, 0)) = __floats2bfloat162_rn(sum.x, sum.y);
     }
   }
 }
@@ -361,12 +366,13 @@ static __global__ void __launch_bounds__(window_v4::kQueryThreads, 2)
 // stages of Q, dO, lse, δ. Per step, keys as rows (so bf16(Pᵀ), bf16(dSᵀ) are A operands):
 // Sᵀ = K·Qᵀ, Pᵀ = exp2(Sᵀ − lse), dV += bf16(Pᵀ)·dO, dPᵀ = V·dOᵀ, dSᵀ = Pᵀ ∘ (dPᵀ − δ),
 // dK += bf16(dSᵀ)·Q, with K's and V's A fragments read from shared memory as needed.
-// Adds scale·dK into dk and dV into dv (either may be null), as versions 2 and 3 do.
+// Adds scale·dK into dk and dV into dv (either may be null), as versions 2 and 3 do, with the
+// sums' bf16 copies in dk16 and dv16 where those are not nullptr.
 // Registers: ≤ 168 (3 blocks of 4 warps per SM; dK and dV alone take 64); shared: 56,320 bytes.
 static __global__ void __launch_bounds__(window_v4::kKeyThreads, 3)
     window_dkv_v4(const float* k, const float* v, const __nv_bfloat16* q16, const __nv_bfloat16* dout16,
                   const float* slopes, WindowShape s, float scale, const float* lse, const float* delta, float* dk,
-                  float* dv) {
+                  float* dv, __nv_bfloat16* dk16, __nv_bfloat16* dv16) {
   using namespace window_v4;
   extern __shared__ __align__(16) unsigned char dkv_shared_bytes[];
   DkvShared& sh = *reinterpret_cast<DkvShared*>(dkv_shared_bytes);
@@ -437,11 +443,15 @@ static __global__ void __launch_bounds__(window_v4::kKeyThreads, 3)
       const int c = at.col(jj, 0);
       if (dk) {
         float2* x = reinterpret_cast<float2*>(dk + key + c);
-        *x = make_float2(x->x + scale * dk_acc.c[jj][2 * half], x->y + scale * dk_acc.c[jj][2 * half + 1]);
+        const float2 sum = make_float2(x->x + scale * dk_acc.c[jj][2 * half], x->y + scale * dk_acc.c[jj][2 * half + 1]);
+        *x = sum;
+        if (dk16 != nullptr) *reinterpret_cast<__nv_bfloat162*>(dk16 + key + c) = __floats2bfloat162_rn(sum.x, sum.y);
       }
       if (dv) {
         float2* x = reinterpret_cast<float2*>(dv + key + c);
-        *x = make_float2(x->x + dv_acc.c[jj][2 * half], x->y + dv_acc.c[jj][2 * half + 1]);
+        const float2 sum = make_float2(x->x + dv_acc.c[jj][2 * half], x->y + dv_acc.c[jj][2 * half + 1]);
+        *x = sum;
+        if (dv16 != nullptr) *reinterpret_cast<__nv_bfloat162*>(dv16 + key + c) = __floats2bfloat162_rn(sum.x, sum.y);
       }
     }
   }
@@ -484,15 +494,24 @@ static inline void forward(const float* q, const float* k, const float* v, const
 
 // δ (B, H, T) = ⟨dO, O⟩ per query into delta, then the gradients; dq, dk, dv may each be null.
 // The bf16 copies of q, k, v come from `saved` (the forward's) where it holds them, else from a
-// rounding pass here; dO's is written by the δ kernel, and only when dK/dV will read it.
+// rounding pass here; dO's is written by the δ kernel, and only when dK/dV will read it. With
+// `gradient_copies`, the bf16 copies of dq, dk, dv as written (those that are not null) go there.
 static inline void backward(const float* q, const float* k, const float* v, const float* slopes, const WindowShape& s,
                             float scale, const float* out, const float* lse, float* delta, const float* dout, float* dq,
-                            float* dk, float* dv, const WindowAttentionBf16Copies* saved) {
+                            float* dk, float* dv, const WindowAttentionBf16Copies* saved,
+                            WindowAttentionBf16Copies* gradient_copies = nullptr) {
   const long long q_elements = static_cast<long long>(s.B) * s.T * s.H * kD;
   const long long kv_elements = static_cast<long long>(s.B) * s.T * s.Hkv * kD;
-  const std::shared_ptr<void> dout16 =
-      dk || dv ? ::drt::cuda::detail::device_scratch(static_cast<std::size_t>(q_elements) * sizeof(__nv_bfloat16))
-               : nullptr;
+  auto scratch = [](long long elements) {
+    return ::drt::cuda::detail::device_scratch(static_cast<std::size_t>(elements) * sizeof(__nv_bfloat16));
+  };
+  const std::shared_ptr<void> dout16 = dk || dv ? scratch(q_elements) : nullptr;
+  WindowAttentionBf16Copies written;  // the gradients' copies, when asked for
+  if (gradient_copies != nullptr) {
+    if (dq) written.q = scratch(q_elements);
+    if (dk) written.k = scratch(kv_elements);
+    if (dv) written.v = scratch(kv_elements);
+  }
   window_delta_kernel<float><<<warp_grid(static_cast<long long>(s.B) * s.T * s.H), kWarpBlockThreads, 0,
                                ::drt::cuda::stream()>>>(out, dout, s, delta, static_cast<__nv_bfloat16*>(dout16.get()));
   DRT_CUDA_CHECK_LAUNCH();
@@ -503,7 +522,8 @@ static inline void backward(const float* q, const float* k, const float* v, cons
     const auto k16 = saved && saved->k ? saved->k : bf16_copy(k, kv_elements);
     const auto v16 = saved && saved->v ? saved->v : bf16_copy(v, kv_elements);
     window_dq_v4<<<query_grid(s), kQueryThreads, bytes, ::drt::cuda::stream()>>>(
-        q, as_bf16(k16), as_bf16(v16), slopes, s, scale, lse, delta, dout, dq);
+        q, as_bf16(k16), as_bf16(v16), slopes, s, scale, lse, delta, dout, dq,
+        static_cast<__nv_bfloat16*>(written.q.get()));
     DRT_CUDA_CHECK_LAUNCH();
   }
   if (dk || dv) {
@@ -511,9 +531,11 @@ static inline void backward(const float* q, const float* k, const float* v, cons
     DRT_CUDA_CHECK(cudaFuncSetAttribute(window_dkv_v4, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
     const auto q16 = saved && saved->q ? saved->q : bf16_copy(q, q_elements);
     window_dkv_v4<<<key_grid(s), kKeyThreads, bytes, ::drt::cuda::stream()>>>(
-        k, v, as_bf16(q16), as_bf16(dout16), slopes, s, scale, lse, delta, dk, dv);
+        k, v, as_bf16(q16), as_bf16(dout16), slopes, s, scale, lse, delta, dk, dv,
+        static_cast<__nv_bfloat16*>(written.k.get()), static_cast<__nv_bfloat16*>(written.v.get()));
     DRT_CUDA_CHECK_LAUNCH();
   }
+  if (gradient_copies != nullptr) *gradient_copies = std::move(written);
 }
 
 }  // namespace window_v4
