@@ -51,9 +51,8 @@ Var<T> cross_entropy_on_device(const Var<T>& logits, const IndexTensor& host_tar
   if (out.requires_grad())
     record_backward(out, [logits, targets, ignore_index, count, classes, lse, out] {
       // A first gradient is written whole by the kernel (zeros included), so it needs no zero-fill:
-      // Node::grad_buffer's, minus the fill. A later one is added to.
-      // With bf16 GEMMs a first gradient comes with its bf16 copy, which the LM head's backward
-      // reads (Node::grad_rounded); a later one is added to, and any copy is dropped.
+      // Node::grad_buffer's, minus the fill; with bf16 GEMMs it comes with its bf16 copy, which the
+      // LM head's backward reads (Node::grad_rounded). A later one is added to, and any copy dropped.
       Node<T>* node = logits.node();
       const bool fresh = !node->grad.defined();
       node->grad_rounded.reset();
