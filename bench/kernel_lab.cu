@@ -17,13 +17,11 @@
 //       tiles that need it, 128-query blocks. GCA: P normalised and weighted before P·V (no
 //       per-chunk O accumulator), and a backward in two passes, query-major (dQ, δ and dW fused)
 //       and key-major per memory chunk (dK/dV in registers, no atomics).
-//   v5  v4 with a forward whose warps own 32 queries (two m-tiles sharing every K/V fragment read
-//       from shared memory: half the ldmatrix traffic per product); the backward is v4's.
 //
 // Error: the op on a small shape (window: B 2, T 300, H 4 / Hkv 2, d 64, W 100; GCA: Z 6, H 4 /
 // Hkv 2, M = N = d = 64, Kc 3, empty slots and a zero weight) on the GPU against the CPU op in
 // double on the same inputs; the largest |gpu − cpu| over the output and every input gradient,
-// relative to that tensor's largest |cpu|. fp32 versions sit near 1e-6; v3 to v5 near 1e-3 (their
+// relative to that tensor's largest |cpu|. fp32 versions sit near 1e-6; v3, v4 near 1e-3 (their
 // operands and P, dS are rounded to bf16; tests/cuda/ states the bounds).
 // Time: forward and backward at the DRT training shape (bench/support/attention_bench.hpp),
 // FLOPs as flash attention counts them.
@@ -116,20 +114,10 @@ double gca_error() {
       });
 }
 
-const char* kHow[] = {"",
-                      "warp per row, fp32",
-                      "64-row tiles in shared memory, fp32",
-                      "bf16 tensor cores (mma), flash-style",
-                      "v3 + cp.async stages, 128-query blocks",
-                      "v4, forward: 32 queries per warp"};
-const char* kGcaHow[] = {"",
-                         "warp per row, fp32",
-                         "64-row tiles in shared memory, fp32",
-                         "bf16 tensor cores (mma), flash-style",
-                         "v3 + cp.async stages, key-major dK/dV",
-                         "v4, forward: 32 queries per warp"};
-static_assert(sizeof(kHow) / sizeof(kHow[0]) == attention::kNewestVersion + 1, "one line per version");
-static_assert(sizeof(kGcaHow) / sizeof(kGcaHow[0]) == attention::kNewestVersion + 1, "one line per version");
+const char* kHow[] = {"", "warp per row, fp32", "64-row tiles in shared memory, fp32", "bf16 tensor cores (mma), flash-style",
+                      "v3 + cp.async stages, 128-query blocks"};
+const char* kGcaHow[] = {"", "warp per row, fp32", "64-row tiles in shared memory, fp32",
+                         "bf16 tensor cores (mma), flash-style", "v3 + cp.async stages, key-major dK/dV"};
 
 // One op, versions 1..newest: what each is, its error, its speed, its speed-up over version 1.
 template <class Inputs, class VersionOf, class Error>

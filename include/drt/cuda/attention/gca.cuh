@@ -24,9 +24,6 @@
 // Version 4 (the same calls; gca_v4.cuh): version 3's math with cp.async-staged chunks and fewer
 // registers, P normalised and weighted before P·V, and a backward in two passes (query-major:
 // dQ, δ, dW fused; key-major per memory chunk: dK/dV in registers, no atomics).
-// Version 5 (the same calls; gca_v5.cuh): the forward and the backward's query-major pass with 32
-// queries per warp (two m-tiles sharing every K/V fragment: half the shared-memory reads of K and V
-// per product); version 4's key-major pass.
 // gca_version() says which version a call takes.
 #pragma once
 
@@ -613,7 +610,6 @@ static __global__ void __launch_bounds__(gca_mma::kThreads) gca_backward_mma(con
 
 // Version 4 builds on version 3's shape and helpers above.
 #include "drt/cuda/attention/gca_v4.cuh"
-#include "drt/cuda/attention/gca_v5.cuh"
 
 namespace drt::cuda {
 namespace attention {
@@ -630,9 +626,9 @@ inline GcaShape gca_shape(const Shape& q, const Shape& k, const Shape& index) {
   return s;
 }
 
-// The version a call takes: 5 (bf16 tensor cores, cp.async stages, key-major dK/dV, a forward of
-// 32 queries per warp) for float at M = N = d = 64 when the precision switch says bf16 and the
-// tensors allow 16-byte vector access, or 4 or 3 on the same calls under a cap of 4 or 3; 2 (tiled fp32) for other float shapes with
+// The version a call takes: 4 (bf16 tensor cores, cp.async stages, key-major dK/dV) for float at
+// M = N = d = 64 when the precision switch says bf16 and the tensors allow 16-byte vector access,
+// or 3 on the same calls under a cap of 3; 2 (tiled fp32) for other float shapes with
 // M, N, d ≤ 64; 1 for everything else (double, larger shapes).
 // version_cap() (version.cuh) lowers the ceiling for the kernel lab.
 template <class T>
@@ -640,7 +636,6 @@ int gca_version(const GcaShape& s, Precision precision, bool vector_aligned = tr
   if (!std::is_same_v<T, float>) return 1;
   if (precision == Precision::bf16 && vector_aligned && s.M == gca_mma::kSize && s.N == gca_mma::kSize &&
       s.d == gca_mma::kSize) {
-    if (version_cap() >= 5) return 5;
     if (version_cap() >= 4) return 4;
     if (version_cap() >= 3) return 3;
   }
@@ -659,11 +654,6 @@ void gca_forward(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, con
   const bool aligned = attention::all_aligned(16, {q.data(), k.data(), v.data(), out.data()});
   const int version = attention::gca_version<T>(s, matmul_precision(), aligned);
   if constexpr (std::is_same_v<T, float>) {
-    if (version == 5) {
-      attention::gca_v5::forward(q.data(), k.data(), v.data(), index.data(), weight.data(), s, scale, out.data(),
-                                 lse.data());
-      return;
-    }
     if (version == 4) {
       attention::gca_v4::forward(q.data(), k.data(), v.data(), index.data(), weight.data(), s, scale, out.data(),
                                  lse.data());
@@ -705,12 +695,6 @@ void gca_backward(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, co
                        attention::all_aligned(8, {data(dq), data(dk), data(dv)});  // float2 gradients
   const int version = attention::gca_version<T>(s, matmul_precision(), aligned);
   if constexpr (std::is_same_v<T, float>) {
-    if (version == 5) {
-      attention::gca_v5::backward(q.data(), k.data(), v.data(), index.data(), weight.data(), s, scale, lse.data(),
-                                  dout.data(), delta.data(), dq ? dq->data() : nullptr, dk ? dk->data() : nullptr,
-                                  dv ? dv->data() : nullptr, dweight ? dweight->data() : nullptr);
-      return;
-    }
     if (version == 4) {
       attention::gca_v4::backward(q.data(), k.data(), v.data(), index.data(), weight.data(), s, scale, lse.data(),
                                   dout.data(), delta.data(), dq ? dq->data() : nullptr, dk ? dk->data() : nullptr,

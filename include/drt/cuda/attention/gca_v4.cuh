@@ -91,113 +91,11 @@ __device__ inline void stage_bf16_and_keep(BfTile& tile, const float* src, __nv_
   }
 }
 
-// One retrieved chunk's scores for a warp's 16 queries (an m-tile of raw products S = Q·Kᵀ)
-// become, in place, the probabilities the output takes from that chunk: P·w / Σ_n P with
-// P = exp2(log2(e)·scale·S − max). The chunk is one 64-key tile, so its softmax is complete here
-// and P can be normalised and weighted before P·V (no O accumulator per chunk). row_lse receives
-// the natural log-sum-exp of the lane's two rows (at.row(0), at.row(2)).
-__device__ inline void weighted_chunk_probabilities(Accumulator16x64& p, float to_log2, float w, float (&row_lse)[2]) {
-  float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};
-#pragma unroll
-  for (int j = 0; j < 8; ++j)
-#pragma unroll
-    for (int u = 0; u < 4; ++u) {
-      p.c[j][u] *= to_log2;
-      row_max[u / 2] = fmaxf(row_max[u / 2], p.c[j][u]);
-    }
-  row_max[0] = group_max(row_max[0]);
-  row_max[1] = group_max(row_max[1]);
-#pragma unroll
-  for (int j = 0; j < 8; ++j)
-#pragma unroll
-    for (int u = 0; u < 4; ++u) {
-      p.c[j][u] = exp2f(p.c[j][u] - row_max[u / 2]);
-      row_sum[u / 2] += p.c[j][u];
-    }
-  row_sum[0] = group_sum(row_sum[0]);
-  row_sum[1] = group_sum(row_sum[1]);
-  const float norm[2] = {w / row_sum[0], w / row_sum[1]};
-#pragma unroll
-  for (int j = 0; j < 8; ++j)
-#pragma unroll
-    for (int u = 0; u < 4; ++u) p.c[j][u] *= norm[u / 2];
-  row_lse[0] = row_max[0] * kLn2 + logf(row_sum[0]);
-  row_lse[1] = row_max[1] * kLn2 + logf(row_sum[1]);
-}
-
-// Writes a warp's 16 output rows (an m-tile of fp32 accumulators) into the block's 64 contiguous
-// rows of 64 floats.
-__device__ inline void store_rows(float* rows, const Accumulator16x64& x, const FragmentLane& at) {
-#pragma unroll
-  for (int j = 0; j < 8; ++j)
-#pragma unroll
-    for (int half = 0; half < 2; ++half)
-      *reinterpret_cast<float2*>(rows + at.row(2 * half) * kSize + at.col(j, 0)) =
-          make_float2(x.c[j][2 * half], x.c[j][2 * half + 1]);
-}
-
-// The forward block's start (versions 4 and 5): requests the chunk of (z, h)'s first filled slot
-// into stage 0, rounds the block's 64 queries to bf16 into stage 1's keys (plain loads, while the
-// chunk flies; the first chunk does not use stage 1), marks skipped slots in lse with −inf (as
-// on the CPU: the backward skips them), and returns that first filled slot (Kc: none). Ends with
-// a barrier, so the staged queries are visible. All threads of the block (≥ 64) call it.
-__device__ inline int start_forward_block(ChunkBuffers& chunks, const float* q, const __nv_bfloat16* k16,
-                                          const __nv_bfloat16* v16, const std::int32_t* index, const float* weight,
-                                          const GcaShape& s, int z, int h, float* lse) {
-  const long long first_query = (static_cast<long long>(z) * s.H + h) * kSize;
-  const long long first_stat = (static_cast<long long>(z) * s.H + h) * s.Kc * kSize;  // lse of slot 0
-  const int i = next_filled_slot(index, weight, z, s.Kc, 0);
-  if (i < s.Kc) fetch_chunk(chunks, 0, k16, v16, s, z / s.rows_per_sequence, index[z * s.Kc + i], h / s.heads_per_kv);
-  stage_bf16(chunks.keys[1], [&](int r) { return q + (first_query + r) * kSize; });
-  for (int slot = 0; slot < s.Kc; ++slot)
-    if (threadIdx.x < kSize && slot_skipped(index, weight, z, s.Kc, slot))
-      lse[first_stat + slot * kSize + threadIdx.x] = -INFINITY;
-  __syncthreads();
-  return i;
-}
-
 // Sum over all 32 lanes (every lane gets it).
 __device__ inline float warp_total(float x) {
 #pragma unroll
   for (int offset = 16; offset > 0; offset >>= 1) x += __shfl_xor_sync(0xffffffffu, x, offset);
   return x;
-}
-
-// The backward's per-chunk step for one m-tile, between its products (versions 4 and 5): raw
-// scores S become P = exp2(log2(e)·scale·S − lse) (lse_log2: the lane's two rows' lse in base 2),
-// δ = Σ_n P dP is summed per row (returned in slot_delta, every lane of the row), and, when
-// want_ds, dP becomes dS = w·P ∘ (dP − δ) in place.
-__device__ inline void chunk_score_gradients(Accumulator16x64& p, Accumulator16x64& ds, float to_log2,
-                                             const float (&lse_log2)[2], float w, bool want_ds,
-                                             float (&slot_delta)[2]) {
-#pragma unroll
-  for (int j = 0; j < 8; ++j)
-#pragma unroll
-    for (int u = 0; u < 4; ++u) p.c[j][u] = exp2f(p.c[j][u] * to_log2 - lse_log2[u / 2]);
-  slot_delta[0] = slot_delta[1] = 0.0f;
-#pragma unroll
-  for (int j = 0; j < 8; ++j)
-#pragma unroll
-    for (int u = 0; u < 4; ++u) slot_delta[u / 2] += p.c[j][u] * ds.c[j][u];
-  slot_delta[0] = group_sum(slot_delta[0]);
-  slot_delta[1] = group_sum(slot_delta[1]);
-  if (!want_ds) return;
-#pragma unroll
-  for (int j = 0; j < 8; ++j)
-#pragma unroll
-    for (int u = 0; u < 4; ++u) ds.c[j][u] = w * p.c[j][u] * (ds.c[j][u] - slot_delta[u / 2]);
-}
-
-// rows += factor · x for a warp's 16 rows (an m-tile) of the block's 64 contiguous rows of 64.
-__device__ inline void add_rows(float* rows, const Accumulator16x64& x, const FragmentLane& at, float factor) {
-#pragma unroll
-  for (int j = 0; j < 8; ++j)
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      float2* cell = reinterpret_cast<float2*>(rows + at.row(2 * half) * kSize + at.col(j, 0));
-      const float2 old = *cell;
-      *cell = make_float2(old.x + factor * x.c[j][2 * half], old.y + factor * x.c[j][2 * half + 1]);
-    }
 }
 
 }  // namespace gca_v4
@@ -220,7 +118,15 @@ static __global__ void __launch_bounds__(gca_v4::kThreads, 5)
   const FragmentLane at;
   const long long first_query = (static_cast<long long>(z) * s.H + h) * kSize;
   const long long first_stat = (static_cast<long long>(z) * s.H + h) * s.Kc * kSize;  // lse of slot 0
-  int i = start_forward_block(chunks, q, k16, v16, index, weight, s, z, h, lse);
+  int i = next_filled_slot(index, weight, z, s.Kc, 0);
+  // The first chunk's copy starts first, so it flies while Q is rounded to bf16 (plain loads)
+  // into stage 1, which the first chunk does not use.
+  if (i < s.Kc) fetch_chunk(chunks, 0, k16, v16, s, b, index[z * s.Kc + i], kv);
+  stage_bf16(chunks.keys[1], [&](int r) { return q + (first_query + r) * kSize; });
+  for (int slot = 0; slot < s.Kc; ++slot)  // skipped, as on the CPU: −inf marks them for the backward
+    if (threadIdx.x < kSize && slot_skipped(index, weight, z, s.Kc, slot))
+      lse[first_stat + slot * kSize + threadIdx.x] = -INFINITY;
+  __syncthreads();
   std::uint32_t qa[4][4];  // this warp's 16 queries as A fragments, for every chunk
   load_a_rows(qa, chunks.keys[1], at.row0);
   __syncthreads();  // every warp has its Q: stage 1 may now receive the second chunk
@@ -232,21 +138,51 @@ static __global__ void __launch_bounds__(gca_v4::kThreads, 5)
     next_tile_then_wait(next < s.Kc,
                         [&] { fetch_chunk(chunks, stage ^ 1, k16, v16, s, b, index[z * s.Kc + next], kv); });
     const float w = weight[z * s.Kc + i];
-    Accumulator16x64 p;  // S, then P·w/Σ
+    Accumulator16x64 p;  // S, then P, then P·w/Σ
     p.zero();
     multiply_by_transposed(p, qa, chunks.keys[stage]);
-    float row_lse[2];
-    weighted_chunk_probabilities(p, to_log2, w, row_lse);
+    float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        p.c[j][u] *= to_log2;
+        row_max[u / 2] = fmaxf(row_max[u / 2], p.c[j][u]);
+      }
+    row_max[0] = group_max(row_max[0]);
+    row_max[1] = group_max(row_max[1]);
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        p.c[j][u] = exp2f(p.c[j][u] - row_max[u / 2]);
+        row_sum[u / 2] += p.c[j][u];
+      }
+    row_sum[0] = group_sum(row_sum[0]);
+    row_sum[1] = group_sum(row_sum[1]);
+    // The whole chunk's softmax is known here, so its normalisation and fusion weight go into P
+    // before the product: out += bf16(P·w/Σ)·V needs no O accumulator of its own.
+    const float norm[2] = {w / row_sum[0], w / row_sum[1]};
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+#pragma unroll
+      for (int u = 0; u < 4; ++u) p.c[j][u] *= norm[u / 2];
     multiply_packed(total, p, chunks.values[stage]);
     if (at.pair == 0) {
       float* lse_slot = lse + first_stat + i * kSize;
-      lse_slot[at.row(0)] = row_lse[0];
-      lse_slot[at.row(2)] = row_lse[1];
+      lse_slot[at.row(0)] = row_max[0] * kLn2 + logf(row_sum[0]);
+      lse_slot[at.row(2)] = row_max[1] * kLn2 + logf(row_sum[1]);
     }
     __syncthreads();  // every warp is done with this stage before it is refilled (chunk after next)
     i = next;
   }
-  store_rows(out + first_query * kSize, total, at);
+  float* out_rows = out + first_query * kSize;
+#pragma unroll
+  for (int j = 0; j < 8; ++j)
+#pragma unroll
+    for (int half = 0; half < 2; ++half)
+      *reinterpret_cast<float2*>(out_rows + at.row(2 * half) * kSize + at.col(j, 0)) =
+          make_float2(total.c[j][2 * half], total.c[j][2 * half + 1]);
 }
 
 namespace gca_v4 {
@@ -257,28 +193,6 @@ struct QueryShared {
   BfTile queries, douts;
   ChunkBuffers chunks;
 };
-
-// Pass 1's block start (versions 4 and 5): requests the chunk of (z, h)'s first filled slot into
-// stage 0, stages the block's Q and dO rows as bf16 (plain loads, read once per block; the same
-// bf16 rows into q16 and dout16 unless nullptr, for pass 2), sets δ = 0 on skipped slots (nothing
-// flowed through them), and returns that first filled slot (Kc: none). Q and dO are visible after
-// the next barrier. All threads of the block (≥ 64) call it.
-__device__ inline int start_query_backward_block(QueryShared& sh, const float* q, const float* dout,
-                                                 const __nv_bfloat16* k16, const __nv_bfloat16* v16,
-                                                 const std::int32_t* index, const float* weight, const GcaShape& s,
-                                                 int z, int h, float* delta, __nv_bfloat16* q16,
-                                                 __nv_bfloat16* dout16) {
-  const long long first_query = (static_cast<long long>(z) * s.H + h) * kSize;
-  const long long first_stat = (static_cast<long long>(z) * s.H + h) * s.Kc * kSize;  // δ of slot 0
-  const int i = next_filled_slot(index, weight, z, s.Kc, 0);
-  if (i < s.Kc) fetch_chunk(sh.chunks, 0, k16, v16, s, z / s.rows_per_sequence, index[z * s.Kc + i], h / s.heads_per_kv);
-  stage_bf16_and_keep(sh.queries, q + first_query * kSize, q16 ? q16 + first_query * kSize : nullptr);
-  stage_bf16_and_keep(sh.douts, dout + first_query * kSize, dout16 ? dout16 + first_query * kSize : nullptr);
-  for (int slot = 0; slot < s.Kc; ++slot)
-    if (threadIdx.x < kSize && slot_skipped(index, weight, z, s.Kc, slot))
-      delta[first_stat + slot * kSize + threadIdx.x] = 0.0f;
-  return i;
-}
 
 }  // namespace gca_v4
 
@@ -308,7 +222,14 @@ static __global__ void __launch_bounds__(gca_v4::kThreads, 4)
   const FragmentLane at;
   const long long first_query = (static_cast<long long>(z) * s.H + h) * kSize;
   const long long first_stat = (static_cast<long long>(z) * s.H + h) * s.Kc * kSize;  // δ of slot 0
-  int i = start_query_backward_block(sh, q, dout, k16, v16, index, weight, s, z, h, delta, q16, dout16);
+  int i = next_filled_slot(index, weight, z, s.Kc, 0);
+  if (i < s.Kc) fetch_chunk(sh.chunks, 0, k16, v16, s, b, index[z * s.Kc + i], kv);
+  // Q and dO are read once per block: plain loads, rounded (visible at the loop's first barrier).
+  stage_bf16_and_keep(sh.queries, q + first_query * kSize, q16 ? q16 + first_query * kSize : nullptr);
+  stage_bf16_and_keep(sh.douts, dout + first_query * kSize, dout16 ? dout16 + first_query * kSize : nullptr);
+  for (int slot = 0; slot < s.Kc; ++slot)  // nothing flowed through a skipped slot
+    if (threadIdx.x < kSize && slot_skipped(index, weight, z, s.Kc, slot))
+      delta[first_stat + slot * kSize + threadIdx.x] = 0.0f;
   const float to_log2 = scale * kLog2e;
   Accumulator16x64 dq_acc;
   dq_acc.zero();
@@ -324,11 +245,20 @@ static __global__ void __launch_bounds__(gca_v4::kThreads, 4)
     Accumulator16x64 p;  // S, then P
     p.zero();
     multiply_rows_by_transposed(p, sh.queries, at.row0, keys);
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+#pragma unroll
+      for (int u = 0; u < 4; ++u) p.c[j][u] = exp2f(p.c[j][u] * to_log2 - lse_log2[u / 2]);
     Accumulator16x64 ds;  // dP, then dS
     ds.zero();
     multiply_rows_by_transposed(ds, sh.douts, at.row0, values);
-    float slot_delta[2];
-    chunk_score_gradients(p, ds, to_log2, lse_log2, w, dq != nullptr, slot_delta);
+    float slot_delta[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+#pragma unroll
+      for (int u = 0; u < 4; ++u) slot_delta[u / 2] += p.c[j][u] * ds.c[j][u];
+    slot_delta[0] = group_sum(slot_delta[0]);
+    slot_delta[1] = group_sum(slot_delta[1]);
     if (at.pair == 0) {
       delta[stat + at.row(0)] = slot_delta[0];
       delta[stat + at.row(2)] = slot_delta[1];
@@ -337,11 +267,26 @@ static __global__ void __launch_bounds__(gca_v4::kThreads, 4)
       const float rows = warp_total(at.pair == 0 ? slot_delta[0] + slot_delta[1] : 0.0f);
       if (threadIdx.x % kWarp == 0) atomicAdd(dweight + z * s.Kc + i, rows);
     }
-    if (dq) multiply_packed(dq_acc, ds, keys);
+    if (dq) {
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+#pragma unroll
+        for (int u = 0; u < 4; ++u) ds.c[j][u] = w * p.c[j][u] * (ds.c[j][u] - slot_delta[u / 2]);
+      multiply_packed(dq_acc, ds, keys);
+    }
     __syncthreads();  // every warp is done with this stage before it is refilled
     i = next;
   }
-  if (dq) add_rows(dq + first_query * kSize, dq_acc, at, scale);
+  if (!dq) return;
+  float* dq_rows = dq + first_query * kSize;
+#pragma unroll
+  for (int j = 0; j < 8; ++j)
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      float2* cell = reinterpret_cast<float2*>(dq_rows + at.row(2 * half) * kSize + at.col(j, 0));
+      const float2 old = *cell;
+      *cell = make_float2(old.x + scale * dq_acc.c[j][2 * half], old.y + scale * dq_acc.c[j][2 * half + 1]);
+    }
 }
 
 namespace gca_v4 {
@@ -515,14 +460,10 @@ static inline void forward(const float* q, const float* k, const float* v, const
   DRT_CUDA_CHECK_LAUNCH();
 }  // the copies return to the allocator's cache; later work on the one stream is ordered after the kernel
 
-// The backward's launches. delta (Z, H, Kc, 64) is scratch for δ. dq, dk, dv, dweight may each be
-// null; all are added into. `query_kernel` is pass 1's kernel (version 4's or 5's: both take grid (Z, H) and QueryShared),
-// launched with `query_threads` threads per block; pass 2 is version 4's.
-template <class QueryKernel>
-static inline void backward_with(QueryKernel query_kernel, int query_threads, const float* q, const float* k,
-                                 const float* v, const std::int32_t* index, const float* weight, const GcaShape& s,
-                                 float scale, const float* lse, const float* dout, float* delta, float* dq, float* dk,
-                                 float* dv, float* dweight) {
+// delta (Z, H, Kc, 64) is scratch for δ. dq, dk, dv, dweight may each be null; all are added into.
+static inline void backward(const float* q, const float* k, const float* v, const std::int32_t* index,
+                            const float* weight, const GcaShape& s, float scale, const float* lse, const float* dout,
+                            float* delta, float* dq, float* dk, float* dv, float* dweight) {
   const long long memory = static_cast<long long>(s.B) * s.E * s.N * s.Hkv * kSize;
   const long long queries = static_cast<long long>(s.Z) * s.H * kSize * kSize;
   const auto k16 = bf16_operand(k, memory), v16 = bf16_operand(v, memory);
@@ -536,8 +477,8 @@ static inline void backward_with(QueryKernel query_kernel, int query_threads, co
   {
     constexpr int bytes = int(sizeof(QueryShared));
     // Set on every call: cheap, and it holds for whichever device is current.
-    DRT_CUDA_CHECK(cudaFuncSetAttribute(query_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-    query_kernel<<<dim3(unsigned(s.Z), unsigned(s.H)), query_threads, bytes, ::drt::cuda::stream()>>>(
+    DRT_CUDA_CHECK(cudaFuncSetAttribute(gca_query_backward_v4, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+    gca_query_backward_v4<<<dim3(unsigned(s.Z), unsigned(s.H)), kThreads, bytes, ::drt::cuda::stream()>>>(
         q, as_bf16(k16), as_bf16(v16), index, weight, s, scale, lse, dout, delta, dq, dweight,
         static_cast<__nv_bfloat16*>(q16.get()), static_cast<__nv_bfloat16*>(dout16.get()));
     DRT_CUDA_CHECK_LAUNCH();
@@ -549,14 +490,6 @@ static inline void backward_with(QueryKernel query_kernel, int query_threads, co
       as_bf16(k16), as_bf16(v16), static_cast<const __nv_bfloat16*>(q16.get()),
       static_cast<const __nv_bfloat16*>(dout16.get()), index, weight, s, scale, lse, delta, dk, dv);
   DRT_CUDA_CHECK_LAUNCH();
-}
-
-// Version 4's backward (see backward_with).
-static inline void backward(const float* q, const float* k, const float* v, const std::int32_t* index,
-                            const float* weight, const GcaShape& s, float scale, const float* lse, const float* dout,
-                            float* delta, float* dq, float* dk, float* dv, float* dweight) {
-  backward_with(gca_query_backward_v4, kThreads, q, k, v, index, weight, s, scale, lse, dout, delta, dq, dk, dv,
-                dweight);
 }
 
 }  // namespace gca_v4

@@ -190,10 +190,6 @@ __device__ inline void a_fragments(std::uint32_t (&a)[4][4], const Accumulator16
 struct FragmentLane {
   int row0, group, pair;  // row0: the warp's first row in the 64-row tile
   __device__ FragmentLane() : row0(threadIdx.x / 32 * 16), group(threadIdx.x % 32 / 4), pair(threadIdx.x % 4) {}
-  // For warps that own more than 16 rows (version 5): the lane's place in the 16-row m-tile
-  // whose first row is first_row.
-  __device__ explicit FragmentLane(int first_row)
-      : row0(first_row), group(threadIdx.x % 32 / 4), pair(threadIdx.x % 4) {}
   __device__ int row(int u) const { return row0 + group + 8 * (u / 2); }
   __device__ int col(int j, int u) const { return 8 * j + 2 * pair + u % 2; }
 };
@@ -312,77 +308,6 @@ __device__ inline void multiply_packed(Accumulator16x64& acc, const Accumulator1
       load_b_pair_from_columns(b, x, 16 * kk, 16 * jj);
       mma_bf16(acc.c[2 * jj], af, b[0], b[1]);
       mma_bf16(acc.c[2 * jj + 1], af, b[2], b[3]);
-    }
-  }
-}
-
-
-// ---- added for version 5: two 16-row m-tiles per warp ------------------------------------------
-//
-// In versions 3 and 4 a warp owns 16 rows, so every B fragment it loads (a whole K and V tile per
-// key tile: 16 KB of ldmatrix per 64 products) feeds only two mma instructions; shared-memory
-// reads, not the tensor cores, bound the loop. A warp that owns 32 rows (two m-tiles, as flash
-// attention 2's warps do) loads each B fragment once for both: half the shared-memory traffic per
-// product, for twice the accumulator registers.
-
-// acc[m] (16×64) += A[m] (16×64, as four A fragments) · Xᵀ for m = 0, 1 and a stored 64×64 tile X:
-// multiply_by_transposed for two m-tiles sharing each B fragment.
-__device__ inline void multiply_pair_by_transposed(Accumulator16x64 (&acc)[2], const std::uint32_t (&a)[2][4][4],
-                                                   const BfTile& x) {
-#pragma unroll
-  for (int kk = 0; kk < 4; ++kk)
-#pragma unroll
-    for (int jj = 0; jj < 4; ++jj) {
-      std::uint32_t b[4];
-      load_b_pair_from_rows(b, x, 16 * kk, 16 * jj);
-#pragma unroll
-      for (int m = 0; m < 2; ++m) {
-        mma_bf16(acc[m].c[2 * jj], a[m][kk], b[0], b[1]);
-        mma_bf16(acc[m].c[2 * jj + 1], a[m][kk], b[2], b[3]);
-      }
-    }
-}
-
-// multiply_pair_by_transposed with A = rows row0..row0+31 of the stored tile `a` (m-tile m: rows
-// row0 + 16m..), its fragments loaded from shared memory 16 columns at a time where used:
-// acc[m][r][n] += Σ_k a[row0 + 16m + r][k] · x[n][k].
-__device__ inline void multiply_pair_rows_by_transposed(Accumulator16x64 (&acc)[2], const BfTile& a, int row0,
-                                                        const BfTile& x) {
-#pragma unroll
-  for (int kk = 0; kk < 4; ++kk) {
-    std::uint32_t af[2][4];
-    load_a(af[0], a, row0, 16 * kk);
-    load_a(af[1], a, row0 + 16, 16 * kk);
-#pragma unroll
-    for (int jj = 0; jj < 4; ++jj) {
-      std::uint32_t b[4];
-      load_b_pair_from_rows(b, x, 16 * kk, 16 * jj);
-#pragma unroll
-      for (int m = 0; m < 2; ++m) {
-        mma_bf16(acc[m].c[2 * jj], af[m], b[0], b[1]);
-        mma_bf16(acc[m].c[2 * jj + 1], af[m], b[2], b[3]);
-      }
-    }
-  }
-}
-
-// acc[m] += bf16(p[m]) · X for m = 0, 1: multiply_packed for two m-tiles sharing each B fragment.
-__device__ inline void multiply_pair_packed(Accumulator16x64 (&acc)[2], const Accumulator16x64 (&p)[2],
-                                            const BfTile& x) {
-#pragma unroll
-  for (int kk = 0; kk < 4; ++kk) {
-    std::uint32_t af[2][4];
-    a_from_accumulators(af[0], p[0], kk);
-    a_from_accumulators(af[1], p[1], kk);
-#pragma unroll
-    for (int jj = 0; jj < 4; ++jj) {
-      std::uint32_t b[4];
-      load_b_pair_from_columns(b, x, 16 * kk, 16 * jj);
-#pragma unroll
-      for (int m = 0; m < 2; ++m) {
-        mma_bf16(acc[m].c[2 * jj], af[m], b[0], b[1]);
-        mma_bf16(acc[m].c[2 * jj + 1], af[m], b[2], b[3]);
-      }
     }
   }
 }

@@ -190,48 +190,6 @@ __device__ inline void stage_bf16_and_keep(BfTile& tile, RowPointer src, KeptRow
   }
 }
 
-// The forward block's 128 queries t0.. of head h as bf16 into stage 1 of the K/V buffers (which
-// key tile 0 does not use): queries t0.. into keys[1], t0 + 64.. into values[1], zeros past T;
-// and, unless q16 is nullptr, the same bf16 rows into the copy q16 (B, T, H, 64) for the
-// backward. Ends with a barrier. All threads of the block call it (versions 4 and 5).
-__device__ inline void stage_queries_and_keep(KeyValueStages& kv, const float* q, const WindowShape& s, int b, int t0,
-                                              int h, __nv_bfloat16* q16) {
-  auto kept_row = [&](int t) -> __nv_bfloat16* {
-    return q16 != nullptr && t < s.T ? q16 + ((static_cast<long long>(b) * s.T + t) * s.H + h) * kD : nullptr;
-  };
-  stage_bf16_and_keep(kv.keys[1], [&](int r) { return window_mma::row_or_null(q, s, b, t0 + r, h, s.H); },
-                      [&](int r) { return kept_row(t0 + r); });
-  stage_bf16_and_keep(kv.values[1], [&](int r) { return window_mma::row_or_null(q, s, b, t0 + kTile + r, h, s.H); },
-                      [&](int r) { return kept_row(t0 + kTile + r); });
-  __syncthreads();
-}
-
-// The forward's end for one m-tile of 16 queries (rows t0 + at.row(·) of head h): out = O / l,
-// its bf16 copy into out16 unless that is nullptr (rounded to nearest even, bit for bit
-// bf16_copy of out), and lse = m + log l, as versions 2 and 3 write them. Rows past T are not
-// written (their l may be 0).
-__device__ inline void store_query_rows(const Accumulator16x64& o, const OnlineSoftmax16& softmax,
-                                        const FragmentLane& at, int t0, int b, int h, const WindowShape& s,
-                                        float* out, float* lse, __nv_bfloat16* out16) {
-  const float row_sum[2] = {group_sum(softmax.row_sum[0]), group_sum(softmax.row_sum[1])};  // all lanes shuffle
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const int t = t0 + at.row(2 * half);
-    if (t >= s.T) continue;
-    const float inv = 1.0f / row_sum[half];
-    const long long row = ((static_cast<long long>(b) * s.T + t) * s.H + h) * kD;
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      const float2 value = make_float2(o.c[j][2 * half] * inv, o.c[j][2 * half + 1] * inv);
-      *reinterpret_cast<float2*>(out + row + at.col(j, 0)) = value;
-      if (out16 != nullptr)
-        *reinterpret_cast<__nv_bfloat162*>(out16 + row + at.col(j, 0)) = __floats2bfloat162_rn(value.x, value.y);
-    }
-    if (at.pair == 0)
-      lse[(static_cast<long long>(b) * s.H + h) * s.T + t] = softmax.row_max[half] * kLn2 + logf(row_sum[half]);
-  }
-}
-
 }  // namespace window_v4
 
 // Forward. Shapes: q (B, T, H, 64) fp32, k16, v16 (B, T, Hkv, 64) bf16 copies of k and v,
@@ -256,7 +214,14 @@ static __global__ void __launch_bounds__(window_v4::kQueryThreads, 2)
   // Tile 0's copy starts first so it flies while Q is rounded to bf16 (plain loads) into stage 1:
   // queries t0.. into keys[1], t0 + 64.. into values[1] (and into q16).
   fetch_key_tile(kv, 0, k16, v16, s, b, first_tile, g);
-  stage_queries_and_keep(kv, q, s, b, t0, h, q16);
+  auto kept_row = [&](int t) -> __nv_bfloat16* {
+    return q16 != nullptr && t < s.T ? q16 + ((static_cast<long long>(b) * s.T + t) * s.H + h) * kD : nullptr;
+  };
+  stage_bf16_and_keep(kv.keys[1], [&](int r) { return window_mma::row_or_null(q, s, b, t0 + r, h, s.H); },
+                      [&](int r) { return kept_row(t0 + r); });
+  stage_bf16_and_keep(kv.values[1], [&](int r) { return window_mma::row_or_null(q, s, b, t0 + kTile + r, h, s.H); },
+                      [&](int r) { return kept_row(t0 + kTile + r); });
+  __syncthreads();
   std::uint32_t qa[4][4];  // this warp's 16 queries, for every key tile
   load_a_rows(qa, at.row0 < kTile ? kv.keys[1] : kv.values[1], at.row0 % kTile);
   __syncthreads();  // every warp has its Q: stage 1 may now receive key tile 1
@@ -281,7 +246,23 @@ static __global__ void __launch_bounds__(window_v4::kQueryThreads, 2)
     }
     __syncthreads();  // every warp is done with this stage before it is refilled (tile i + 2)
   }
-  store_query_rows(o, softmax, at, t0, b, h, s, out, lse, out16);
+  const float row_sum[2] = {group_sum(softmax.row_sum[0]), group_sum(softmax.row_sum[1])};  // all lanes shuffle
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int t = t0 + at.row(2 * half);
+    if (t >= s.T) continue;  // padding rows: nothing to write (their l may be 0)
+    const float inv = 1.0f / row_sum[half];
+    const long long row = ((static_cast<long long>(b) * s.T + t) * s.H + h) * kD;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const float2 value = make_float2(o.c[j][2 * half] * inv, o.c[j][2 * half + 1] * inv);
+      *reinterpret_cast<float2*>(out + row + at.col(j, 0)) = value;
+      if (out16 != nullptr)
+        *reinterpret_cast<__nv_bfloat162*>(out16 + row + at.col(j, 0)) = __floats2bfloat162_rn(value.x, value.y);
+    }
+    if (at.pair == 0)
+      lse[(static_cast<long long>(b) * s.H + h) * s.T + t] = softmax.row_max[half] * kLn2 + logf(row_sum[half]);
+  }
 }
 
 namespace window_v4 {
@@ -300,51 +281,6 @@ struct DkvShared {
   BfTile queries[2], douts[2];
   float lse[2][kTile], delta[2][kTile];  // as written by the forward and window_delta_kernel
 };
-
-// dQ's start (versions 4 and 5): the block's 128 queries' Q and dO rows as bf16 into sh.queries
-// and sh.douts (plain loads, rounded; zeros past T). Visible after the next barrier.
-__device__ inline void stage_queries_and_douts(DqShared& sh, const float* q, const float* dout, const WindowShape& s,
-                                               int b, int t0, int h) {
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    stage_bf16(sh.queries[half], [&](int r) { return window_mma::row_or_null(q, s, b, t0 + kTile * half + r, h, s.H); });
-    stage_bf16(sh.douts[half], [&](int r) { return window_mma::row_or_null(dout, s, b, t0 + kTile * half + r, h, s.H); });
-  }
-}
-
-// The lse (in base 2) and δ of the lane's two queries of an m-tile (0 past T).
-__device__ inline void load_row_statistics(float (&row_lse)[2], float (&row_delta)[2], const FragmentLane& at,
-                                           const float* lse, const float* delta, const WindowShape& s, int b, int t0,
-                                           int h) {
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const int t = t0 + at.row(2 * half);
-    const long long stat = (static_cast<long long>(b) * s.H + h) * s.T + t;
-    row_lse[half] = t < s.T ? lse[stat] * kLog2e : 0.0f;
-    row_delta[half] = t < s.T ? delta[stat] : 0.0f;
-  }
-}
-
-// dQ's end for one m-tile: dq += scale·dQ on rows t0 + at.row(·) < T (this block owns them), and
-// the sum's bf16 copy into dq16 unless that is nullptr.
-__device__ inline void add_query_gradient_rows(const Accumulator16x64& dq_acc, const FragmentLane& at, int t0, int b,
-                                               int h, const WindowShape& s, float scale, float* dq,
-                                               __nv_bfloat16* dq16) {
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const int t = t0 + at.row(2 * half);
-    if (t >= s.T) continue;
-    const long long row = ((static_cast<long long>(b) * s.T + t) * s.H + h) * kD;
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      float2* x = reinterpret_cast<float2*>(dq + row + at.col(j, 0));
-      const float2 sum = make_float2(x->x + scale * dq_acc.c[j][2 * half], x->y + scale * dq_acc.c[j][2 * half + 1]);
-      *x = sum;
-      if (dq16 != nullptr)
-        *reinterpret_cast<__nv_bfloat162*>(dq16 + row + at.col(j, 0)) = __floats2bfloat162_rn(sum.x, sum.y);
-    }
-  }
-}
 
 }  // namespace window_v4
 
@@ -366,9 +302,19 @@ static __global__ void __launch_bounds__(window_v4::kQueryThreads, 2)
   const FragmentLane at;
   const int first_tile = first_key_tile(t0, s.W), last_tile = last_key_tile(t0, kQueries, s);
   fetch_key_tile(sh.kv, 0, k16, v16, s, b, first_tile, g);
-  stage_queries_and_douts(sh, q, dout, s, b, t0, h);
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {  // Q and dO are read once per block: plain loads, rounded
+    stage_bf16(sh.queries[half], [&](int r) { return window_mma::row_or_null(q, s, b, t0 + kTile * half + r, h, s.H); });
+    stage_bf16(sh.douts[half], [&](int r) { return window_mma::row_or_null(dout, s, b, t0 + kTile * half + r, h, s.H); });
+  }
   float row_lse[2], row_delta[2];  // this lane's two queries; lse in base 2
-  load_row_statistics(row_lse, row_delta, at, lse, delta, s, b, t0, h);
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int t = t0 + at.row(2 * half);
+    const long long stat = (static_cast<long long>(b) * s.H + h) * s.T + t;
+    row_lse[half] = t < s.T ? lse[stat] * kLog2e : 0.0f;
+    row_delta[half] = t < s.T ? delta[stat] : 0.0f;
+  }
   // Q and dO become visible at the loop's first barrier, before any warp reads them.
   const BfTile& my_queries = sh.queries[at.row0 / kTile];
   const BfTile& my_douts = sh.douts[at.row0 / kTile];
@@ -397,7 +343,20 @@ static __global__ void __launch_bounds__(window_v4::kQueryThreads, 2)
     }
     __syncthreads();  // every warp is done with this stage before it is refilled
   }
-  add_query_gradient_rows(dq_acc, at, t0, b, h, s, scale, dq, dq16);
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int t = t0 + at.row(2 * half);
+    if (t >= s.T) continue;
+    const long long row = ((static_cast<long long>(b) * s.T + t) * s.H + h) * kD;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      float2* x = reinterpret_cast<float2*>(dq + row + at.col(j, 0));
+      const float2 sum = make_float2(x->x + scale * dq_acc.c[j][2 * half], x->y + scale * dq_acc.c[j][2 * half + 1]);
+      *x = sum;
+      if (dq16 != nullptr)
+        *reinterpret_cast<__nv_bfloat162*>(dq16 + row + at.col(j, 0)) = __floats2bfloat162_rn(sum.x, sum.y);
+    }
+  }
 }
 
 // dK and dV. Shapes: k, v, dk, dv (B, T, Hkv, 64) fp32, q16, dout16 (B, T, H, 64) bf16 copies,
@@ -516,12 +475,9 @@ static inline dim3 key_grid(const WindowShape& s) {
 // the backward; without, k's and v's return to the allocator's cache after the launch (later work
 // on the one stream is ordered after the kernel) and no copy of q is made. With out_rounded, out's
 // bf16 copy is written too and returned there.
-// `kernel` is the forward kernel (version 4's or 5's: both take 128-query blocks), launched with
-// `threads` threads per block.
-template <class Kernel>
-static inline void forward_with(Kernel kernel, int threads, const float* q, const float* k, const float* v,
-                                const float* slopes, const WindowShape& s, float scale, float* out, float* lse,
-                                WindowAttentionBf16Copies* keep, std::shared_ptr<void>* out_rounded) {
+static inline void forward(const float* q, const float* k, const float* v, const float* slopes, const WindowShape& s,
+                           float scale, float* out, float* lse, WindowAttentionBf16Copies* keep,
+                           std::shared_ptr<void>* out_rounded = nullptr) {
   const long long q_elements = static_cast<long long>(s.B) * s.T * s.H * kD;
   const long long kv_elements = static_cast<long long>(s.B) * s.T * s.Hkv * kD;
   const auto k16 = bf16_copy(k, kv_elements), v16 = bf16_copy(v, kv_elements);
@@ -529,30 +485,21 @@ static inline void forward_with(Kernel kernel, int threads, const float* q, cons
       keep ? ::drt::cuda::detail::device_scratch(static_cast<std::size_t>(q_elements) * sizeof(__nv_bfloat16)) : nullptr;
   if (out_rounded != nullptr)
     *out_rounded = ::drt::cuda::detail::device_scratch(static_cast<std::size_t>(q_elements) * sizeof(__nv_bfloat16));
-  kernel<<<query_grid(s), threads, 0, ::drt::cuda::stream()>>>(
+  window_forward_v4<<<query_grid(s), kQueryThreads, 0, ::drt::cuda::stream()>>>(
       q, as_bf16(k16), as_bf16(v16), slopes, s, scale, out, lse, static_cast<__nv_bfloat16*>(q16.get()),
       out_rounded != nullptr ? static_cast<__nv_bfloat16*>(out_rounded->get()) : nullptr);
   DRT_CUDA_CHECK_LAUNCH();
   if (keep) *keep = WindowAttentionBf16Copies{q16, k16, v16};
 }
 
-static inline void forward(const float* q, const float* k, const float* v, const float* slopes, const WindowShape& s,
-                           float scale, float* out, float* lse, WindowAttentionBf16Copies* keep,
-                           std::shared_ptr<void>* out_rounded = nullptr) {
-  forward_with(window_forward_v4, kQueryThreads, q, k, v, slopes, s, scale, out, lse, keep, out_rounded);
-}
-
 // δ (B, H, T) = ⟨dO, O⟩ per query into delta, then the gradients; dq, dk, dv may each be null.
 // The bf16 copies of q, k, v come from `saved` (the forward's) where it holds them, else from a
 // rounding pass here; dO's is written by the δ kernel, and only when dK/dV will read it. With
 // `gradient_copies`, the bf16 copies of dq, dk, dv as written (those that are not null) go there.
-// `dq_kernel` is the dQ kernel (version 4's or 5's: both take 128-query blocks and DqShared),
-// launched with `dq_threads` threads per block.
-template <class DqKernel>
-static inline void backward_with(DqKernel dq_kernel, int dq_threads, const float* q, const float* k, const float* v,
-                                 const float* slopes, const WindowShape& s, float scale, const float* out,
-                                 const float* lse, float* delta, const float* dout, float* dq, float* dk, float* dv,
-                                 const WindowAttentionBf16Copies* saved, WindowAttentionBf16Copies* gradient_copies) {
+static inline void backward(const float* q, const float* k, const float* v, const float* slopes, const WindowShape& s,
+                            float scale, const float* out, const float* lse, float* delta, const float* dout, float* dq,
+                            float* dk, float* dv, const WindowAttentionBf16Copies* saved,
+                            WindowAttentionBf16Copies* gradient_copies = nullptr) {
   const long long q_elements = static_cast<long long>(s.B) * s.T * s.H * kD;
   const long long kv_elements = static_cast<long long>(s.B) * s.T * s.Hkv * kD;
   auto scratch = [](long long elements) {
@@ -571,10 +518,10 @@ static inline void backward_with(DqKernel dq_kernel, int dq_threads, const float
   if (dq) {
     constexpr int bytes = int(sizeof(DqShared));
     // Set on every call: cheap, and it holds for whichever device is current.
-    DRT_CUDA_CHECK(cudaFuncSetAttribute(dq_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+    DRT_CUDA_CHECK(cudaFuncSetAttribute(window_dq_v4, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
     const auto k16 = saved && saved->k ? saved->k : bf16_copy(k, kv_elements);
     const auto v16 = saved && saved->v ? saved->v : bf16_copy(v, kv_elements);
-    dq_kernel<<<query_grid(s), dq_threads, bytes, ::drt::cuda::stream()>>>(
+    window_dq_v4<<<query_grid(s), kQueryThreads, bytes, ::drt::cuda::stream()>>>(
         q, as_bf16(k16), as_bf16(v16), slopes, s, scale, lse, delta, dout, dq,
         static_cast<__nv_bfloat16*>(written.q.get()));
     DRT_CUDA_CHECK_LAUNCH();
@@ -589,14 +536,6 @@ static inline void backward_with(DqKernel dq_kernel, int dq_threads, const float
     DRT_CUDA_CHECK_LAUNCH();
   }
   if (gradient_copies != nullptr) *gradient_copies = std::move(written);
-}
-
-static inline void backward(const float* q, const float* k, const float* v, const float* slopes, const WindowShape& s,
-                            float scale, const float* out, const float* lse, float* delta, const float* dout, float* dq,
-                            float* dk, float* dv, const WindowAttentionBf16Copies* saved,
-                            WindowAttentionBf16Copies* gradient_copies = nullptr) {
-  backward_with(window_dq_v4, kQueryThreads, q, k, v, slopes, s, scale, out, lse, delta, dout, dq, dk, dv, saved,
-                gradient_copies);
 }
 
 }  // namespace window_v4
