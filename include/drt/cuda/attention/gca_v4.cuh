@@ -141,28 +141,28 @@ static __global__ void __launch_bounds__(gca_v4::kThreads, 5)
     Accumulator16x64 p;  // S, then P, then P·w/Σ
     p.zero();
     multiply_by_transposed(p, qa, chunks.keys[stage]);
+    // The row max of the raw products (to_log2 > 0, so it is the max of the scores too); each
+    // probability is then one FFMA and one MUFU: exp2(S·to_log2 − max·to_log2).
     float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};
 #pragma unroll
     for (int j = 0; j < 8; ++j)
 #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        p.c[j][u] *= to_log2;
-        row_max[u / 2] = fmaxf(row_max[u / 2], p.c[j][u]);
-      }
-    row_max[0] = group_max(row_max[0]);
-    row_max[1] = group_max(row_max[1]);
+      for (int u = 0; u < 4; ++u) row_max[u / 2] = fmaxf(row_max[u / 2], p.c[j][u]);
+    row_max[0] = group_max(row_max[0]) * to_log2;
+    row_max[1] = group_max(row_max[1]) * to_log2;
 #pragma unroll
     for (int j = 0; j < 8; ++j)
 #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        p.c[j][u] = exp2f(p.c[j][u] - row_max[u / 2]);
+        p.c[j][u] = exp2_flush(fmaf(p.c[j][u], to_log2, -row_max[u / 2]));
         row_sum[u / 2] += p.c[j][u];
       }
     row_sum[0] = group_sum(row_sum[0]);
     row_sum[1] = group_sum(row_sum[1]);
     // The whole chunk's softmax is known here, so its normalisation and fusion weight go into P
-    // before the product: out += bf16(P·w/Σ)·V needs no O accumulator of its own.
-    const float norm[2] = {w / row_sum[0], w / row_sum[1]};
+    // before the product: out += bf16(P·w/Σ)·V needs no O accumulator of its own. (Σ ≥ 1: the
+    // max's own term is 1; the fast division is within 2 ulp.)
+    const float norm[2] = {__fdividef(w, row_sum[0]), __fdividef(w, row_sum[1])};
 #pragma unroll
     for (int j = 0; j < 8; ++j)
 #pragma unroll
@@ -248,7 +248,7 @@ static __global__ void __launch_bounds__(gca_v4::kThreads, 4)
 #pragma unroll
     for (int j = 0; j < 8; ++j)
 #pragma unroll
-      for (int u = 0; u < 4; ++u) p.c[j][u] = exp2f(p.c[j][u] * to_log2 - lse_log2[u / 2]);
+      for (int u = 0; u < 4; ++u) p.c[j][u] = exp2_flush(p.c[j][u] * to_log2 - lse_log2[u / 2]);
     Accumulator16x64 ds;  // dP, then dS
     ds.zero();
     multiply_rows_by_transposed(ds, sh.douts, at.row0, values);
@@ -412,7 +412,7 @@ static __global__ void __launch_bounds__(gca_v4::kThreads, 3)
       for (int j = 0; j < 8; ++j)
 #pragma unroll
         for (int u = 0; u < 4; ++u)
-          p.c[j][u] = w * exp2f(p.c[j][u] * to_log2 - stage_lse[at.col(j, u)] * kLog2e);
+          p.c[j][u] = w * exp2_flush(p.c[j][u] * to_log2 - stage_lse[at.col(j, u)] * kLog2e);
       multiply_packed(dv_acc, p, sh.douts[stage]);
       Accumulator16x64 ds;  // dPᵀ, then dSᵀ
       ds.zero();

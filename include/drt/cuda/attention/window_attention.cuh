@@ -300,7 +300,7 @@ static __global__ void __launch_bounds__(tiles::kTile) window_dkv_tiled(const fl
 // statistics (lse, δ) are fp32, and P and dS are rounded to bf16 only to feed the next product.
 // Tiles of 64 queries and 64 keys start at multiples of 64, so a block's key tiles run from the
 // one holding t0 − W to the diagonal one (9 tiles at W = 512). Scores are kept in base 2
-// (log2(e)·score): exp2f is one instruction.
+// (log2(e)·score): 2^x is one instruction (mma::exp2_flush).
 namespace window_mma {
 
 using namespace mma;
@@ -386,7 +386,7 @@ __device__ inline void probabilities_from_lse(Accumulator16x64& x, const Fragmen
 #pragma unroll
   for (int j = 0; j < 8; ++j)
 #pragma unroll
-    for (int u = 0; u < 4; ++u) x.c[j][u] = exp2f(x.c[j][u] - lse_of(u, at.col(j, u)));
+    for (int u = 0; u < 4; ++u) x.c[j][u] = exp2_flush(x.c[j][u] - lse_of(u, at.col(j, u)));
 }
 
 // dP becomes dS = P ∘ (dP − δ) in place; delta_of as lse_of above.
@@ -419,7 +419,7 @@ struct OnlineSoftmax16 {
     for (int half = 0; half < 2; ++half) {
       const float new_max = fmaxf(row_max[half], group_max(tile_max[half]));
       shift[half] = new_max == -INFINITY ? 0.0f : new_max;
-      rescale[half] = exp2f(row_max[half] - shift[half]);
+      rescale[half] = exp2_flush(row_max[half] - shift[half]);
       row_max[half] = new_max;
       row_sum[half] *= rescale[half];
     }
@@ -427,7 +427,7 @@ struct OnlineSoftmax16 {
     for (int j = 0; j < 8; ++j)
 #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        scores.c[j][u] = exp2f(scores.c[j][u] - shift[u / 2]);
+        scores.c[j][u] = exp2_flush(scores.c[j][u] - shift[u / 2]);
         row_sum[u / 2] += scores.c[j][u];
         o.c[j][u] *= rescale[u / 2];
       }
