@@ -20,8 +20,9 @@
 // The cases cover: several rows (and several slots of one row) retrieving the same chunk, so
 // dK/dV sum many contributions in one block; empty slots (index −1), a zero weight on a filled
 // slot, a row with every slot empty; B > 1; grouped heads (H a multiple of Hkv > 1 per kv head);
-// Kc = 1, 3, 5, 8; Z not a multiple of anything; and a sequence with more slots than the dK/dV
-// block collects at once (gca_v4::kListCapacity), so that block walks its list in two windows.
+// Kc = 1, 3, 5, 8 and 40 (the forward's slot table filled in two ballots); Z not a multiple of
+// anything; and a sequence with more slots than the dK/dV block collects at once
+// (gca_v4::kListCapacity), so that block walks its list in two windows.
 #include "gpu_test.hpp"
 
 #include <algorithm>
@@ -136,6 +137,9 @@ std::vector<GcaV4Case> cases() {
          return static_cast<std::int32_t>((z * 3 + i) % 4) - 1;  // −1, 0, 1, 2
        },
        {{4, 0}}},
+      // Kc = 40: the slot table is filled in two ballots of 32 slots; every fourth slot empty.
+      {"Kc 40", 1, 3, 2, 2, 5, 40,
+       [](Index z, Index i) { return i % 4 == 3 ? -1 : static_cast<std::int32_t>((z * 3 + i) % 5); }, {{1, 33}}},
       // Kc = 1: one slot per row; one of them empty.
       {"Kc 1", 2, 2, 2, 2, 2, 1, [](Index z, Index) { return z == 1 ? -1 : static_cast<std::int32_t>(z % 2); }, {}},
   };
@@ -223,6 +227,11 @@ TEST_F(Gpu, GcaVersionTakes4AndVersionCapLowersIt) {
   GcaShape narrow = drt;
   narrow.M = 32;  // not version 3's or 4's shape
   EXPECT_EQ(gca_version<float>(narrow, Precision::bf16), 2);
+  GcaShape many = drt;  // more slots than version 4's slot table holds: version 3 takes them
+  many.Kc = cuda::attention::gca_v4::kMaxSlots;
+  EXPECT_EQ(gca_version<float>(many, Precision::bf16), 4);
+  many.Kc = cuda::attention::gca_v4::kMaxSlots + 1;
+  EXPECT_EQ(gca_version<float>(many, Precision::bf16), 3);
   for (int cap = 4; cap >= 1; --cap) {
     VersionCap lab(cap);
     EXPECT_EQ(gca_version<float>(drt, Precision::bf16), cap) << "cap " << cap;

@@ -334,8 +334,10 @@ struct ChunkBuffers {
 // Starts fetching chunk e of sequence b, kv head g of the bf16 memory into buffer `which`.
 __device__ inline void fetch_chunk(ChunkBuffers& chunks, int which, const __nv_bfloat16* k, const __nv_bfloat16* v,
                                    const GcaShape& s, int b, int e, int g) {
-  stage_bf16_async(chunks.keys[which], [&](int n) { return k + gca_key_row(s, b, e, n, g) * kSize; });
-  stage_bf16_async(chunks.values[which], [&](int n) { return v + gca_key_row(s, b, e, n, g) * kSize; });
+  // The chunk's 64 rows are Hkv rows apart in the (B, E, N, Hkv, d) memory.
+  const long long first_row = gca_key_row(s, b, e, 0, g) * kSize, row_stride = static_cast<long long>(s.Hkv) * kSize;
+  stage_rows_async<kThreads>(chunks.keys[which], k + first_row, row_stride);
+  stage_rows_async<kThreads>(chunks.values[which], v + first_row, row_stride);
   commit_async_copies();
 }
 
@@ -627,8 +629,8 @@ inline GcaShape gca_shape(const Shape& q, const Shape& k, const Shape& index) {
 }
 
 // The version a call takes: 4 (bf16 tensor cores, cp.async stages, key-major dK/dV) for float at
-// M = N = d = 64 when the precision switch says bf16 and the tensors allow 16-byte vector access,
-// or 3 on the same calls under a cap of 3; 2 (tiled fp32) for other float shapes with
+// M = N = d = 64 when the precision switch says bf16 and the tensors allow 16-byte vector access
+// (and Kc ≤ 64, its slot table's size), or 3 on the same calls under a cap of 3 (or Kc > 64); 2 (tiled fp32) for other float shapes with
 // M, N, d ≤ 64; 1 for everything else (double, larger shapes).
 // version_cap() (version.cuh) lowers the ceiling for the kernel lab.
 template <class T>
@@ -636,7 +638,7 @@ int gca_version(const GcaShape& s, Precision precision, bool vector_aligned = tr
   if (!std::is_same_v<T, float>) return 1;
   if (precision == Precision::bf16 && vector_aligned && s.M == gca_mma::kSize && s.N == gca_mma::kSize &&
       s.d == gca_mma::kSize) {
-    if (version_cap() >= 4) return 4;
+    if (version_cap() >= 4 && s.Kc <= gca_v4::kMaxSlots) return 4;
     if (version_cap() >= 3) return 3;
   }
   return version_cap() >= 2 && use_tiled(s) ? 2 : 1;

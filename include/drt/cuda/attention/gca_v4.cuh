@@ -91,6 +91,41 @@ __device__ inline void stage_bf16_and_keep(BfTile& tile, const float* src, __nv_
   }
 }
 
+// A row's filled slots in order, with their chunks and weights, in shared memory: the loop over
+// the row's chunks then finds the next one without touching global memory (next_filled_slot
+// reads index and weight: one or more L1 round trips in front of every chunk's fetch).
+inline constexpr int kMaxSlots = 64;  // the largest Kc versions 4+ take (gca_version checks)
+struct FilledSlots {
+  int count;
+  int slot[kMaxSlots];  // slot i of the row
+  int chunk[kMaxSlots];  // index[z, i]
+  float weight[kMaxSlots];  // weight[z, i] (≠ 0)
+};
+
+// Fills `filled` for row z (a stable compaction by warp 0, 32 slots per ballot); visible to the
+// block after the next barrier. All threads of the block call it.
+__device__ inline void collect_filled_slots(FilledSlots& filled, const std::int32_t* index, const float* weight,
+                                            int z, int Kc) {
+  if (threadIdx.x >= kWarp) return;
+  const int lane = threadIdx.x;
+  int count = 0;
+  for (int base = 0; base < Kc; base += kWarp) {
+    const int i = base + lane;
+    const int e = i < Kc ? index[z * Kc + i] : -1;
+    const float w = i < Kc ? weight[z * Kc + i] : 0.0f;
+    const bool is_filled = e >= 0 && w != 0.0f;  // as slot_skipped
+    const unsigned mask = __ballot_sync(0xffffffffu, is_filled);
+    if (is_filled) {
+      const int at = count + __popc(mask & ((1u << lane) - 1u));
+      filled.slot[at] = i;
+      filled.chunk[at] = e;
+      filled.weight[at] = w;
+    }
+    count += __popc(mask);
+  }
+  if (lane == 0) filled.count = count;
+}
+
 // Sum over all 32 lanes (every lane gets it).
 __device__ inline float warp_total(float x) {
 #pragma unroll
@@ -106,22 +141,25 @@ __device__ inline float warp_total(float x) {
 //   out += bf16(P · w / Σ_n P) · V,   lse_i = ln2·max + ln Σ_n P.
 // Skipped slots (index −1 or weight 0) get lse = −inf and no work, as in versions 1–3.
 // Chunk i + 1 is copied (cp.async, from the bf16 copies k16, v16) into the other stage while
-// chunk i is multiplied. Registers: ≤ 102 (5 blocks of 4 warps per SM: ptxas -v gives 96 and a
-// 12-byte spill; a hint of 4 gives 127 and none); shared: 36,864 bytes (6 blocks would fit).
+// chunk i is multiplied. Registers: ≤ 102 (5 blocks of 4 warps per SM: ptxas -v of CUDA 13 gives
+// 96 and a 28-byte spill); shared: 37,636 bytes (the stages and the slot
+// table; 6 blocks would fit).
 static __global__ void __launch_bounds__(gca_v4::kThreads, 5)
     gca_forward_v4(const float* q, const __nv_bfloat16* k16, const __nv_bfloat16* v16, const std::int32_t* index,
                    const float* weight, GcaShape s, float scale, float* out, float* lse) {
   using namespace gca_v4;
   __shared__ ChunkBuffers chunks;
+  __shared__ FilledSlots filled;
   const int z = blockIdx.x, h = blockIdx.y;
   const int b = z / s.rows_per_sequence, kv = h / s.heads_per_kv;
   const FragmentLane at;
   const long long first_query = (static_cast<long long>(z) * s.H + h) * kSize;
   const long long first_stat = (static_cast<long long>(z) * s.H + h) * s.Kc * kSize;  // lse of slot 0
-  int i = next_filled_slot(index, weight, z, s.Kc, 0);
+  const int first = next_filled_slot(index, weight, z, s.Kc, 0);
   // The first chunk's copy starts first, so it flies while Q is rounded to bf16 (plain loads)
-  // into stage 1, which the first chunk does not use.
-  if (i < s.Kc) fetch_chunk(chunks, 0, k16, v16, s, b, index[z * s.Kc + i], kv);
+  // into stage 1, which the first chunk does not use, and the slot table is built.
+  if (first < s.Kc) fetch_chunk(chunks, 0, k16, v16, s, b, index[z * s.Kc + first], kv);
+  collect_filled_slots(filled, index, weight, z, s.Kc);
   stage_bf16(chunks.keys[1], [&](int r) { return q + (first_query + r) * kSize; });
   for (int slot = 0; slot < s.Kc; ++slot)  // skipped, as on the CPU: −inf marks them for the backward
     if (threadIdx.x < kSize && slot_skipped(index, weight, z, s.Kc, slot))
@@ -133,11 +171,13 @@ static __global__ void __launch_bounds__(gca_v4::kThreads, 5)
   const float to_log2 = scale * kLog2e;
   Accumulator16x64 total;
   total.zero();
-  for (int stage = 0; i < s.Kc; stage ^= 1) {
-    const int next = next_filled_slot(index, weight, z, s.Kc, i + 1);
-    next_tile_then_wait(next < s.Kc,
-                        [&] { fetch_chunk(chunks, stage ^ 1, k16, v16, s, b, index[z * s.Kc + next], kv); });
-    const float w = weight[z * s.Kc + i];
+  const int count = filled.count;
+  for (int n = 0; n < count; ++n) {
+    const int stage = n & 1;
+    next_tile_then_wait(n + 1 < count,
+                        [&] { fetch_chunk(chunks, stage ^ 1, k16, v16, s, b, filled.chunk[n + 1], kv); });
+    const int i = filled.slot[n];
+    const float w = filled.weight[n];
     Accumulator16x64 p;  // S, then P, then P·w/Σ
     p.zero();
     multiply_by_transposed(p, qa, chunks.keys[stage]);
@@ -174,7 +214,6 @@ static __global__ void __launch_bounds__(gca_v4::kThreads, 5)
       lse_slot[at.row(2)] = row_max[1] * kLn2 + logf(row_sum[1]);
     }
     __syncthreads();  // every warp is done with this stage before it is refilled (chunk after next)
-    i = next;
   }
   float* out_rows = out + first_query * kSize;
 #pragma unroll
@@ -187,11 +226,12 @@ static __global__ void __launch_bounds__(gca_v4::kThreads, 5)
 
 namespace gca_v4 {
 
-// Pass 1's shared memory: the block's Q and dO (resident) and two stages of K, V.
-// 6 × 9,216 = 55,296 bytes: dynamic (above the 48 KB of static shared memory).
+// Pass 1's shared memory: the block's Q and dO (resident), two stages of K, V and the slot table.
+// 6 × 9,216 + 772 = 56,068 bytes: dynamic (above the 48 KB of static shared memory).
 struct QueryShared {
   BfTile queries, douts;
   ChunkBuffers chunks;
+  FilledSlots filled;
 };
 
 }  // namespace gca_v4
@@ -208,7 +248,7 @@ struct QueryShared {
 // Then dq += scale·dQ (this block owns those rows: no atomics). q16 and dout16 (nullable) receive
 // the bf16-rounded Q and dO rows, for pass 2. Skipped slots get δ = 0 and no gradient, as in
 // versions 2 and 3. dq and dweight may be null.
-// Registers: ≤ 128 (4 blocks of 4 warps per SM); shared: 55,296 bytes (QueryShared).
+// Registers: ≤ 128 (4 blocks of 4 warps per SM); shared: 56,068 bytes (QueryShared).
 static __global__ void __launch_bounds__(gca_v4::kThreads, 4)
     gca_query_backward_v4(const float* q, const __nv_bfloat16* k16, const __nv_bfloat16* v16,
                           const std::int32_t* index, const float* weight, GcaShape s, float scale, const float* lse,
@@ -222,8 +262,9 @@ static __global__ void __launch_bounds__(gca_v4::kThreads, 4)
   const FragmentLane at;
   const long long first_query = (static_cast<long long>(z) * s.H + h) * kSize;
   const long long first_stat = (static_cast<long long>(z) * s.H + h) * s.Kc * kSize;  // δ of slot 0
-  int i = next_filled_slot(index, weight, z, s.Kc, 0);
-  if (i < s.Kc) fetch_chunk(sh.chunks, 0, k16, v16, s, b, index[z * s.Kc + i], kv);
+  const int first = next_filled_slot(index, weight, z, s.Kc, 0);
+  if (first < s.Kc) fetch_chunk(sh.chunks, 0, k16, v16, s, b, index[z * s.Kc + first], kv);
+  collect_filled_slots(sh.filled, index, weight, z, s.Kc);  // visible at the loop's first barrier
   // Q and dO are read once per block: plain loads, rounded (visible at the loop's first barrier).
   stage_bf16_and_keep(sh.queries, q + first_query * kSize, q16 ? q16 + first_query * kSize : nullptr);
   stage_bf16_and_keep(sh.douts, dout + first_query * kSize, dout16 ? dout16 + first_query * kSize : nullptr);
@@ -233,13 +274,17 @@ static __global__ void __launch_bounds__(gca_v4::kThreads, 4)
   const float to_log2 = scale * kLog2e;
   Accumulator16x64 dq_acc;
   dq_acc.zero();
-  for (int stage = 0; i < s.Kc; stage ^= 1) {
-    const int next = next_filled_slot(index, weight, z, s.Kc, i + 1);
-    // Its barrier also publishes Q and dO on the first chunk.
-    next_tile_then_wait(next < s.Kc,
-                        [&] { fetch_chunk(sh.chunks, stage ^ 1, k16, v16, s, b, index[z * s.Kc + next], kv); });
+  // The count is read after the first barrier (inside the loop's first step, which it publishes
+  // along with Q and dO); a row with no filled slot has nothing to wait for.
+  for (int n = 0;; ++n) {
+    if (n == 0) __syncthreads();  // the slot table, Q and dO are visible from here on
+    if (n >= sh.filled.count) break;
+    const int stage = n & 1;
+    next_tile_then_wait(n + 1 < sh.filled.count,
+                        [&] { fetch_chunk(sh.chunks, stage ^ 1, k16, v16, s, b, sh.filled.chunk[n + 1], kv); });
     const BfTile &keys = sh.chunks.keys[stage], &values = sh.chunks.values[stage];
-    const float w = weight[z * s.Kc + i];
+    const int i = sh.filled.slot[n];
+    const float w = sh.filled.weight[n];
     const long long stat = first_stat + i * kSize;
     const float lse_log2[2] = {lse[stat + at.row(0)] * kLog2e, lse[stat + at.row(2)] * kLog2e};
     Accumulator16x64 p;  // S, then P
@@ -275,7 +320,6 @@ static __global__ void __launch_bounds__(gca_v4::kThreads, 4)
       multiply_packed(dq_acc, ds, keys);
     }
     __syncthreads();  // every warp is done with this stage before it is refilled
-    i = next;
   }
   if (!dq) return;
   float* dq_rows = dq + first_query * kSize;
@@ -373,8 +417,8 @@ static __global__ void __launch_bounds__(gca_v4::kThreads, 3)
     const int z = entry / s.Kc, slot = entry % s.Kc, h = g * heads + i % heads;
     const long long first_query = (static_cast<long long>(z) * s.H + h) * kSize;
     const long long stat = ((static_cast<long long>(z) * s.H + h) * s.Kc + slot) * kSize;
-    stage_bf16_async(sh.queries[stage], [&](int r) { return q16 + (first_query + r) * kSize; });
-    stage_bf16_async(sh.douts[stage], [&](int r) { return dout16 + (first_query + r) * kSize; });
+    stage_rows_async<kThreads>(sh.queries[stage], q16 + first_query * kSize, kSize);  // 64 contiguous rows
+    stage_rows_async<kThreads>(sh.douts[stage], dout16 + first_query * kSize, kSize);
     if (threadIdx.x < kSize) {  // 4-byte copies: as in window version 4, no alignment assumed
       copy_async_4(&sh.lse[stage][threadIdx.x], lse + stat + threadIdx.x);
       copy_async_4(&sh.delta[stage][threadIdx.x], delta + stat + threadIdx.x);
@@ -394,8 +438,9 @@ static __global__ void __launch_bounds__(gca_v4::kThreads, 3)
     const int steps = collect_retrievals(sh, index, weight, e, from, to) * heads;
     if (steps == 0) continue;
     if (!started) {  // K and V once, in step 0's commit group (so waiting for step 0 waits for them)
-      stage_bf16_async(sh.keys, [&](int n) { return k16 + gca_key_row(s, b, e, n, g) * kSize; });
-      stage_bf16_async(sh.values, [&](int n) { return v16 + gca_key_row(s, b, e, n, g) * kSize; });
+      const long long first_row = gca_key_row(s, b, e, 0, g) * kSize, row_stride = static_cast<long long>(s.Hkv) * kSize;
+      stage_rows_async<kThreads>(sh.keys, k16 + first_row, row_stride);
+      stage_rows_async<kThreads>(sh.values, v16 + first_row, row_stride);
       started = true;
     }
     fetch_step(0, 0);

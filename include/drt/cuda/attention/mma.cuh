@@ -103,17 +103,6 @@ __device__ inline void commit_async_copies() { asm volatile("cp.async.commit_gro
 // Waits for this thread's copies; a __syncthreads() after it makes everyone's visible.
 __device__ inline void wait_async_copies() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
 
-// Starts copying a 64×64 bf16 matrix (row r at src(r): 128 bytes, 16-byte aligned) into `tile`;
-// it has landed after wait_async_copies() and a barrier. All threads of the block call it.
-template <class RowPointer>
-__device__ inline void stage_bf16_async(BfTile& tile, RowPointer src) {
-  constexpr int kVectorsPerRow = kTileCols / 8;  // 16 bytes = 8 bf16
-  for (int idx = threadIdx.x; idx < kTileRows * kVectorsPerRow; idx += blockDim.x) {
-    const int r = idx / kVectorsPerRow, c = (idx % kVectorsPerRow) * 8;
-    copy_async_16(&tile.at[r][c], src(r) + c);
-  }
-}
-
 __device__ inline void ldmatrix_x4(std::uint32_t (&r)[4], const void* row_address) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
@@ -275,17 +264,30 @@ __device__ inline void wait_async_copies_but() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(pending) : "memory");
 }
 
-// stage_bf16_async where src(r) may be nullptr (a row past the end of a sequence): such rows are
-// zero-filled with plain shared stores (for the reason stage_bf16 gives), the others copied
-// asynchronously. Both have landed after wait_async_copies*() and a barrier.
-template <class RowPointer>
-__device__ inline void stage_bf16_async_or_zero(BfTile& tile, RowPointer src) {
+// Starts copying a 64×64 bf16 matrix into `tile` (cp.async): row r from first_row + r·row_stride
+// elements (16-byte aligned), or zeros for rows r ≥ valid_rows (a row past the end of a sequence:
+// masked probabilities are exactly 0, and 0 times leftover shared memory could be 0·NaN; the
+// zeros are plain shared stores). Everything has landed after wait_async_copies*() and a barrier.
+// All kThreads threads of the block call it. Each thread's copies are unrolled at compile-time
+// offsets from one source and one destination pointer: an earlier loader computed a row pointer
+// per 16-byte copy through a callback, in a loop the compiler could not unroll (blockDim is not
+// known to it), and that integer work was among the largest items of the GCA forward's
+// instructions in Nsight Compute.
+template <int kThreads>
+__device__ inline void stage_rows_async(BfTile& tile, const __nv_bfloat16* first_row, long long row_stride,
+                                        int valid_rows = kTileRows) {
   constexpr int kVectorsPerRow = kTileCols / 8;  // 16 bytes = 8 bf16
-  for (int idx = threadIdx.x; idx < kTileRows * kVectorsPerRow; idx += blockDim.x) {
-    const int r = idx / kVectorsPerRow, c = (idx % kVectorsPerRow) * 8;
-    const __nv_bfloat16* row = src(r);
-    if (row != nullptr) copy_async_16(&tile.at[r][c], row + c);
-    else *reinterpret_cast<uint4*>(&tile.at[r][c]) = make_uint4(0u, 0u, 0u, 0u);
+  constexpr int kRowsPerPass = kThreads / kVectorsPerRow;
+  static_assert(kThreads % kVectorsPerRow == 0 && kTileRows % kRowsPerPass == 0, "whole rows per pass");
+  const int r = threadIdx.x / kVectorsPerRow, c = threadIdx.x % kVectorsPerRow * 8;
+  const __nv_bfloat16* src = first_row + r * row_stride + c;
+  __nv_bfloat16* dst = &tile.at[r][c];
+  const long long pass_stride = kRowsPerPass * row_stride;
+#pragma unroll
+  for (int pass = 0; pass < kTileRows / kRowsPerPass; ++pass) {
+    __nv_bfloat16* to = dst + pass * kRowsPerPass * kPitch;
+    if (r + pass * kRowsPerPass < valid_rows) copy_async_16(to, src + pass * pass_stride);
+    else *reinterpret_cast<uint4*>(to) = make_uint4(0u, 0u, 0u, 0u);
   }
 }
 

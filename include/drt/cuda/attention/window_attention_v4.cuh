@@ -57,12 +57,6 @@ inline constexpr int kQueries = kQueryWarps * 16;      // = 2 tiles of 64
 inline constexpr int kKeyWarps = 4;                    // dK/dV: 64 keys per block, as version 3
 inline constexpr int kKeyThreads = kKeyWarps * kWarp;
 
-// Row t of sequence b, head `head` of a bf16 (B, T, heads, 64) copy, or nullptr past the end.
-__device__ inline const __nv_bfloat16* bf16_row_or_null(const __nv_bfloat16* x, const WindowShape& s, int b, int t,
-                                                        int head, int heads) {
-  return t < s.T ? x + ((static_cast<long long>(b) * s.T + t) * heads + head) * kD : nullptr;
-}
-
 // Whether a warp's 16 queries first_query.. against key tile j0 need the per-entry mask: some
 // key after a query (j > t), some key below a window (j < t − W), or a query row past T. Keys
 // past T never need their own test: they only occur beside queries they follow (j > t) or
@@ -145,11 +139,14 @@ struct KeyValueStages {
 };
 
 // Starts copying key tile j0 (K and V rows j0..j0+63 of kv head g, zeros past T) into `stage`
-// and commits the copies as one group.
+// and commits the copies as one group. All kThreads threads of the block call it.
+template <int kThreads>
 __device__ inline void fetch_key_tile(KeyValueStages& kv, int stage, const __nv_bfloat16* k, const __nv_bfloat16* v,
                                       const WindowShape& s, int b, int j0, int g) {
-  stage_bf16_async_or_zero(kv.keys[stage], [&](int r) { return bf16_row_or_null(k, s, b, j0 + r, g, s.Hkv); });
-  stage_bf16_async_or_zero(kv.values[stage], [&](int r) { return bf16_row_or_null(v, s, b, j0 + r, g, s.Hkv); });
+  const long long first_row = ((static_cast<long long>(b) * s.T + j0) * s.Hkv + g) * kD;
+  const long long row_stride = static_cast<long long>(s.Hkv) * kD;
+  stage_rows_async<kThreads>(kv.keys[stage], k + first_row, row_stride, s.T - j0);
+  stage_rows_async<kThreads>(kv.values[stage], v + first_row, row_stride, s.T - j0);
   commit_async_copies();
 }
 
@@ -213,7 +210,7 @@ static __global__ void __launch_bounds__(window_v4::kQueryThreads, 2)
   const int first_tile = first_key_tile(t0, s.W), last_tile = last_key_tile(t0, kQueries, s);
   // Tile 0's copy starts first so it flies while Q is rounded to bf16 (plain loads) into stage 1:
   // queries t0.. into keys[1], t0 + 64.. into values[1] (and into q16).
-  fetch_key_tile(kv, 0, k16, v16, s, b, first_tile, g);
+  fetch_key_tile<kQueryThreads>(kv, 0, k16, v16, s, b, first_tile, g);
   auto kept_row = [&](int t) -> __nv_bfloat16* {
     return q16 != nullptr && t < s.T ? q16 + ((static_cast<long long>(b) * s.T + t) * s.H + h) * kD : nullptr;
   };
@@ -232,7 +229,8 @@ static __global__ void __launch_bounds__(window_v4::kQueryThreads, 2)
   o.zero();
   for (int j0 = first_tile, i = 0; j0 <= last_tile; j0 += kTile, ++i) {
     const int stage = i & 1;
-    next_tile_then_wait(j0 < last_tile, [&] { fetch_key_tile(kv, stage ^ 1, k16, v16, s, b, j0 + kTile, g); });
+    next_tile_then_wait(j0 < last_tile,
+                        [&] { fetch_key_tile<kQueryThreads>(kv, stage ^ 1, k16, v16, s, b, j0 + kTile, g); });
     if (first_query < s.T && warp_sees_tile(first_query, j0, s.W)) {
       Accumulator16x64 scores;
       scores.zero();
@@ -301,7 +299,7 @@ static __global__ void __launch_bounds__(window_v4::kQueryThreads, 2)
   const int t0 = blockIdx.x * kQueries, h = blockIdx.y, b = blockIdx.z, g = h / s.heads_per_kv;
   const FragmentLane at;
   const int first_tile = first_key_tile(t0, s.W), last_tile = last_key_tile(t0, kQueries, s);
-  fetch_key_tile(sh.kv, 0, k16, v16, s, b, first_tile, g);
+  fetch_key_tile<kQueryThreads>(sh.kv, 0, k16, v16, s, b, first_tile, g);
 #pragma unroll
   for (int half = 0; half < 2; ++half) {  // Q and dO are read once per block: plain loads, rounded
     stage_bf16(sh.queries[half], [&](int r) { return window_mma::row_or_null(q, s, b, t0 + kTile * half + r, h, s.H); });
@@ -325,7 +323,8 @@ static __global__ void __launch_bounds__(window_v4::kQueryThreads, 2)
   dq_acc.zero();
   for (int j0 = first_tile, i = 0; j0 <= last_tile; j0 += kTile, ++i) {
     const int stage = i & 1;
-    next_tile_then_wait(j0 < last_tile, [&] { fetch_key_tile(sh.kv, stage ^ 1, k16, v16, s, b, j0 + kTile, g); });
+    next_tile_then_wait(j0 < last_tile,
+                        [&] { fetch_key_tile<kQueryThreads>(sh.kv, stage ^ 1, k16, v16, s, b, j0 + kTile, g); });
     if (first_query < s.T && warp_sees_tile(first_query, j0, s.W)) {
       Accumulator16x64 p;  // S, then P
       p.zero();
@@ -386,8 +385,10 @@ static __global__ void __launch_bounds__(window_v4::kKeyThreads, 3)
   auto tile_of = [&](int i) { return j0 + kTile * (i % tiles_per_head); };
   auto fetch_step = [&](int i, int stage) {
     const int h = head_of(i), t0 = tile_of(i);
-    stage_bf16_async_or_zero(sh.queries[stage], [&](int r) { return bf16_row_or_null(q16, s, b, t0 + r, h, s.H); });
-    stage_bf16_async_or_zero(sh.douts[stage], [&](int r) { return bf16_row_or_null(dout16, s, b, t0 + r, h, s.H); });
+    const long long first_row = ((static_cast<long long>(b) * s.T + t0) * s.H + h) * kD;
+    const long long row_stride = static_cast<long long>(s.H) * kD;
+    stage_rows_async<kKeyThreads>(sh.queries[stage], q16 + first_row, row_stride, s.T - t0);
+    stage_rows_async<kKeyThreads>(sh.douts[stage], dout16 + first_row, row_stride, s.T - t0);
     if (threadIdx.x < kTile) {
       const int t = t0 + threadIdx.x;
       const long long stat = (static_cast<long long>(b) * s.H + h) * s.T + t;
