@@ -629,9 +629,10 @@ inline GcaShape gca_shape(const Shape& q, const Shape& k, const Shape& index) {
 }
 
 // The version a call takes: 4 (bf16 tensor cores, cp.async stages, key-major dK/dV) for float at
-// M = N = d = 64 when the precision switch says bf16 and the tensors allow 16-byte vector access
-// (and Kc ≤ 64, its slot table's size), or 3 on the same calls under a cap of 3 (or Kc > 64); 2 (tiled fp32) for other float shapes with
-// M, N, d ≤ 64; 1 for everything else (double, larger shapes).
+// M = N = d = 64 when the precision switch says bf16, the tensors allow 16-byte vector access and
+// Kc ≤ 64 (its slot table's size), or 3 on the same calls under a cap of 3 or with Kc > 64;
+// 2 (tiled fp32) for other float shapes with M, N, d ≤ 64; 1 for everything else (double,
+// larger shapes).
 // version_cap() (version.cuh) lowers the ceiling for the kernel lab.
 template <class T>
 int gca_version(const GcaShape& s, Precision precision, bool vector_aligned = true) {

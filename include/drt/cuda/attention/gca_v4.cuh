@@ -142,8 +142,7 @@ __device__ inline float warp_total(float x) {
 // Skipped slots (index −1 or weight 0) get lse = −inf and no work, as in versions 1–3.
 // Chunk i + 1 is copied (cp.async, from the bf16 copies k16, v16) into the other stage while
 // chunk i is multiplied. Registers: ≤ 102 (5 blocks of 4 warps per SM: ptxas -v of CUDA 13 gives
-// 96 and a 28-byte spill); shared: 37,636 bytes (the stages and the slot
-// table; 6 blocks would fit).
+// 96 and a 28-byte spill); shared: 37,636 bytes (the stages and the slot table; 6 blocks fit).
 static __global__ void __launch_bounds__(gca_v4::kThreads, 5)
     gca_forward_v4(const float* q, const __nv_bfloat16* k16, const __nv_bfloat16* v16, const std::int32_t* index,
                    const float* weight, GcaShape s, float scale, float* out, float* lse) {
