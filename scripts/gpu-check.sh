@@ -14,7 +14,7 @@ jobs="$(nproc)"
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 echo "---- configure $build_dir"
-cmake -S . -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 -DDRT_GPU_TESTS=ON \
+cmake -S . -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a -DDRT_GPU_TESTS=ON \
   -DDRT_BUILD_TESTS=ON -DDRT_BUILD_BENCHMARKS=ON -DDRT_BUILD_EXAMPLES=ON >/dev/null || exit 1
 targets=()
 for f in tests/cuda/test_*.cu bench/*.cu; do targets+=("$(basename "${f%.cu}")"); done

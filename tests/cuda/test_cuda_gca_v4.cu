@@ -1,7 +1,10 @@
-// test_cuda_gca_v4 — GCA version 4 (gca_v4.cuh: bf16 tensor cores with cp.async-staged chunks, a
-// query-major backward pass for dQ, δ and dW and a key-major pass for dK/dV without atomics),
-// taken in bf16 mode at M = N = d = 64, against the CPU op in double, output and the gradients
-// of q, k, v and the weights; against version 3; and the dispatch that picks it.
+// test_cuda_gca_v4 — GCA versions 4 and 5 (gca_v4.cuh: bf16 tensor cores with cp.async-staged
+// chunks, a query-major backward pass for dQ, δ and dW and a key-major pass for dK/dV without
+// atomics; gca_v5.cuh: version 4's forward on wgmma, its backward version 4's), taken in bf16
+// mode at M = N = d = 64, against the CPU op in double, output and the gradients of q, k, v and
+// the weights; against version 3 (and 5 against 4); and the dispatch that picks them. Version 5
+// runs only in sm_90a builds on a compute capability 9.0 GPU (wgmma_available); elsewhere its
+// tests fail, saying so (a GPU test never skips).
 //
 // The CPU op runs on the SAME bf16-rounded q, k, v and output gradient (rounded here, on the
 // host), so the inputs version 4 rounds as it stages them are exact, and what is left is the
@@ -145,12 +148,15 @@ std::vector<GcaV4Case> cases() {
   };
 }
 
-void check_against_cpu(const GcaV4Case& c) {
+// The newest GCA version this build and GPU run at DRT's shapes.
+int newest_gca_version() { return cuda::attention::wgmma::wgmma_available() ? 5 : 4; }
+
+void check_against_cpu(const GcaV4Case& c, int version = 4) {
   SCOPED_TRACE(::testing::Message() << c.name << ": B" << c.B << " Z" << c.B * c.rows << " H" << c.H << "/" << c.Hkv
-                                    << " E" << c.E << " Kc" << c.Kc);
+                                    << " E" << c.E << " Kc" << c.Kc << ", version " << version);
   const GcaV4Inputs in(c);
   const Result<double> cpu = run_cpu(in);
-  const Result<float> gpu = run_version(in, 4);
+  const Result<float> gpu = run_version(in, version);
   expect_near_relative_to_max(cpu.out, gpu.out, kBf16Tol, "out");
   expect_near_relative_to_max(cpu.dq, gpu.dq, kBf16Tol, "dq");
   expect_near_relative_to_max(cpu.dk, gpu.dk, kBf16Tol, "dk");
@@ -185,6 +191,28 @@ TEST_F(Gpu, GcaVersion4LeavesUnretrievedChunksAlone) {
       }
 }
 
+// Version 5's forward (wgmma) on every case; its backward is version 4's, run here through the
+// version-5 dispatch.
+TEST_F(Gpu, GcaVersion5MatchesCpu) {
+  ASSERT_EQ(newest_gca_version(), 5) << "version 5 needs sm_90a code (CMAKE_CUDA_ARCHITECTURES 90a, the default) and an H100/H200";
+  for (const GcaV4Case& c : cases()) check_against_cpu(c, 5);
+}
+
+// Versions 4 and 5 round the same quantities in the same places (only the tensor-core instruction
+// differs, and with it the order of the fp32 sums inside a product): their outputs agree far more
+// closely than either agrees with the CPU, except where a sum's last bit flips a bf16 rounding of
+// P·w/Σ (2^-9 of one term).
+TEST_F(Gpu, GcaVersion5AgreesWithVersion4) {
+  ASSERT_EQ(newest_gca_version(), 5) << "version 5 needs sm_90a code (CMAKE_CUDA_ARCHITECTURES 90a, the default) and an H100/H200";
+  for (const GcaV4Case& c : cases()) {
+    SCOPED_TRACE(c.name);
+    const GcaV4Inputs in(c);
+    const Result<float> v4 = run_version(in, 4), v5 = run_version(in, 5);
+    expect_near_relative_to_max(v4.out.to(Device::cpu), v5.out, 2e-3, "out");
+    expect_near_relative_to_max(v4.dq.to(Device::cpu), v5.dq, 2e-3, "dq");  // through lse
+  }
+}
+
 // Versions 3 and 4 on the same inputs, against each other (tighter than against the CPU).
 TEST_F(Gpu, GcaVersion4AgreesWithVersion3) {
   const std::vector<GcaV4Case> all = cases();
@@ -213,13 +241,14 @@ TEST_F(Gpu, GcaVersion4DiffersFromFp32) {
   EXPECT_GT(max_abs_difference(v4.dv.to(Device::cpu), fp32.dv.to(Device::cpu)), 1e-5);
 }
 
-TEST_F(Gpu, GcaVersionTakes4AndVersionCapLowersIt) {
+TEST_F(Gpu, GcaVersionTakesNewestAndVersionCapLowersIt) {
   using cuda::attention::gca_version;
   using cuda::attention::GcaShape;
   using cuda::attention::VersionCap;
   // {Z, H, M, d, B, E, N, Hkv, Kc, rows_per_sequence, heads_per_kv}: DRT's training shape.
   const GcaShape drt{1036, 12, 64, 64, 4, 259, 64, 12, 8, 259, 1};
-  EXPECT_EQ(gca_version<float>(drt, Precision::bf16), 4);
+  const int newest = newest_gca_version();
+  EXPECT_EQ(gca_version<float>(drt, Precision::bf16), newest);
   EXPECT_EQ(gca_version<float>(drt, Precision::fp32), 2);
   EXPECT_EQ(gca_version<float>(drt, Precision::tf32), 2);
   EXPECT_EQ(gca_version<float>(drt, Precision::bf16, /*vector_aligned=*/false), 2);
@@ -229,15 +258,15 @@ TEST_F(Gpu, GcaVersionTakes4AndVersionCapLowersIt) {
   EXPECT_EQ(gca_version<float>(narrow, Precision::bf16), 2);
   GcaShape many = drt;  // more slots than version 4's slot table holds: version 3 takes them
   many.Kc = cuda::attention::gca_v4::kMaxSlots;
-  EXPECT_EQ(gca_version<float>(many, Precision::bf16), 4);
+  EXPECT_EQ(gca_version<float>(many, Precision::bf16), newest);
   many.Kc = cuda::attention::gca_v4::kMaxSlots + 1;
   EXPECT_EQ(gca_version<float>(many, Precision::bf16), 3);
-  for (int cap = 4; cap >= 1; --cap) {
+  for (int cap = cuda::attention::kNewestVersion; cap >= 1; --cap) {
     VersionCap lab(cap);
-    EXPECT_EQ(gca_version<float>(drt, Precision::bf16), cap) << "cap " << cap;
+    EXPECT_EQ(gca_version<float>(drt, Precision::bf16), std::min(cap, newest)) << "cap " << cap;
     EXPECT_EQ(gca_version<float>(drt, Precision::fp32), cap >= 2 ? 2 : 1) << "cap " << cap;
   }
-  EXPECT_EQ(gca_version<float>(drt, Precision::bf16), 4);  // the caps are gone again
+  EXPECT_EQ(gca_version<float>(drt, Precision::bf16), newest);  // the caps are gone again
 }
 
 }  // namespace

@@ -1,6 +1,8 @@
-// test_cuda_window_mma — window attention versions 3 and 4 (bf16 tensor cores, taken in bf16
-// mode at d = 64; version 4 by default, version 3 under attention::VersionCap(3)) against the CPU
-// op in double, output and the gradients of q, k and v; and versions 3 and 4 against each other.
+// test_cuda_window_mma — window attention versions 3, 4 and 5 (bf16 tensor cores, taken in bf16
+// mode at d = 64; version 5 by default where the build and GPU run wgmma (sm_90a, compute
+// capability 9.0), else 4; older ones under attention::VersionCap) against the CPU op in double,
+// output and the gradients of q, k and v; and the versions against each other. Version 5 changes
+// only the forward (wgmma.cuh); its backward is version 4's.
 //
 // The CPU op runs on the SAME bf16-rounded q, k, v and output gradient (rounded here, on the
 // host), so the inputs version 3 rounds as it stages them are exact, and what is left is the
@@ -131,9 +133,12 @@ void check_bf16_version(const WindowCase& c, int version) {
   EXPECT_GT(max_abs_difference(gpu.dk.to(Device::cpu), fp32.dk.to(Device::cpu)), 1e-5);
 }
 
+// The newest window version this build and GPU run.
+int newest_window_version() { return cuda::attention::wgmma::wgmma_available() ? 5 : 4; }
+
 TEST_F(Gpu, WindowAttentionVersionFollowsPrecision) {
   using cuda::attention::window_attention_version;
-  EXPECT_EQ(window_attention_version<float>(64, Precision::bf16), 4);
+  EXPECT_EQ(window_attention_version<float>(64, Precision::bf16), newest_window_version());
   EXPECT_EQ(window_attention_version<float>(64, Precision::fp32), 2);
   EXPECT_EQ(window_attention_version<float>(64, Precision::tf32), 2);
   EXPECT_EQ(window_attention_version<float>(64, Precision::bf16, /*vector_aligned=*/false), 2);
@@ -150,7 +155,11 @@ TEST_F(Gpu, WindowAttentionVersionCapLowersVersion4) {
     EXPECT_EQ(window_attention_version<float>(64, Precision::bf16), cap) << "cap " << cap;
     EXPECT_EQ(window_attention_version<float>(64, Precision::fp32), cap >= 2 ? 2 : 1) << "cap " << cap;
   }
-  EXPECT_THROW({ VersionCap bad(5); }, Error);
+  {
+    VersionCap newest(cuda::attention::kNewestVersion);
+    EXPECT_EQ(window_attention_version<float>(64, Precision::bf16), newest_window_version());
+  }
+  EXPECT_THROW({ VersionCap bad(cuda::attention::kNewestVersion + 1); }, Error);
 }
 
 TEST_F(Gpu, WindowAttentionBf16TensorCoresMatchCpu) {
@@ -179,6 +188,39 @@ TEST_F(Gpu, WindowAttentionVersion4MatchesCpu) {
            WindowCase{3, 200, 4, 2, 1},     // W = 1: two keys per query, almost every tile masked
        })
     check_bf16_version(c, 4);
+}
+
+// Version 5 (the forward on wgmma: warpgroups of 64 queries, a warp that does not meet a tile its
+// warpgroup meets gets masked scores) on version 4's cases, and W = 30, where the band is narrower
+// than a warpgroup: its first and last warps meet different tiles.
+TEST_F(Gpu, WindowAttentionVersion5MatchesCpu) {
+  ASSERT_EQ(newest_window_version(), 5) << "version 5 needs sm_90a code (CMAKE_CUDA_ARCHITECTURES 90a, the default) and an H100/H200";
+  for (const WindowCase& c : {
+           WindowCase{1, 100, 2, 2, 512},
+           WindowCase{1, 130, 2, 2, 512},
+           WindowCase{1, 256, 2, 2, 64},
+           WindowCase{1, 300, 3, 3, 100},
+           WindowCase{2, 230, 4, 2, 100},
+           WindowCase{2, 700, 4, 2, 512},
+           WindowCase{1, 1100, 4, 1, 512},
+           WindowCase{3, 200, 4, 2, 1},
+           WindowCase{1, 400, 2, 2, 30},
+       })
+    check_bf16_version(c, 5);
+}
+
+// Versions 4 and 5 round the same values at the same points; only the order of the fp32 sums
+// inside a product differs.
+TEST_F(Gpu, WindowAttentionVersion5AgreesWithVersion4) {
+  ASSERT_EQ(newest_window_version(), 5) << "version 5 needs sm_90a code (CMAKE_CUDA_ARCHITECTURES 90a, the default) and an H100/H200";
+  for (const WindowCase& c : {WindowCase{2, 700, 4, 2, 512}, WindowCase{1, 1100, 4, 1, 512}}) {
+    SCOPED_TRACE(::testing::Message() << "B" << c.B << " T" << c.T << " H" << c.H << "/" << c.Hkv << " W" << c.W);
+    const WindowInputs in(c);
+    const Result<float> v4 = run_bf16_version(in, c, 4), v5 = run_bf16_version(in, c, 5);
+    expect_near_relative_to_max(v4.out.to(Device::cpu).cast<double>(), v5.out, kV3V4Tol, "out");
+    expect_near_relative_to_max(v4.dq.to(Device::cpu).cast<double>(), v5.dq, kV3V4Tol, "dq");
+    expect_near_relative_to_max(v4.dk.to(Device::cpu).cast<double>(), v5.dk, kV3V4Tol, "dk");
+  }
 }
 
 // Versions 3 and 4 on the same inputs, against each other (far tighter than against the CPU).
@@ -233,7 +275,7 @@ Result<float> run_split(const WindowInputs& in, const WindowCase& c, Precision f
 TEST_F(Gpu, WindowAttentionVersion4BackwardReadsTheForwardsCopies) {
   const WindowCase c{2, 700, 4, 2, 512};
   const WindowInputs in(c);
-  ASSERT_EQ(cuda::attention::window_attention_version<float>(64, Precision::bf16), 4);
+  ASSERT_GE(cuda::attention::window_attention_version<float>(64, Precision::bf16), 4);  // 5: its forward's copies
   WindowInputs with_new_k = in, with_new_q = in;
   with_new_k.k = rounded_to_bf16(uniform<float>(in.k.shape(), 31));
   with_new_q.q = rounded_to_bf16(uniform<float>(in.q.shape(), 32));

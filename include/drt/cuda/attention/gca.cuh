@@ -612,6 +612,7 @@ static __global__ void __launch_bounds__(gca_mma::kThreads) gca_backward_mma(con
 
 // Version 4 builds on version 3's shape and helpers above.
 #include "drt/cuda/attention/gca_v4.cuh"
+#include "drt/cuda/attention/gca_v5.cuh"
 
 namespace drt::cuda {
 namespace attention {
@@ -628,9 +629,11 @@ inline GcaShape gca_shape(const Shape& q, const Shape& k, const Shape& index) {
   return s;
 }
 
-// The version a call takes: 4 (bf16 tensor cores, cp.async stages, key-major dK/dV) for float at
-// M = N = d = 64 when the precision switch says bf16, the tensors allow 16-byte vector access and
-// Kc ≤ 64 (its slot table's size), or 3 on the same calls under a cap of 3 or with Kc > 64;
+// The version a call takes: 5 (version 4 with a wgmma forward) where 4 fits and the build and the
+// device run sm_90a code (wgmma::wgmma_available); 4 (bf16 tensor cores, cp.async stages,
+// key-major dK/dV) for float at M = N = d = 64 when the precision switch says bf16, the tensors
+// allow 16-byte vector access and Kc ≤ 64 (its slot table's size), or 3 on the same calls under a
+// cap of 3 or with Kc > 64;
 // 2 (tiled fp32) for other float shapes with M, N, d ≤ 64; 1 for everything else (double,
 // larger shapes).
 // version_cap() (version.cuh) lowers the ceiling for the kernel lab.
@@ -639,6 +642,7 @@ int gca_version(const GcaShape& s, Precision precision, bool vector_aligned = tr
   if (!std::is_same_v<T, float>) return 1;
   if (precision == Precision::bf16 && vector_aligned && s.M == gca_mma::kSize && s.N == gca_mma::kSize &&
       s.d == gca_mma::kSize) {
+    if (version_cap() >= 5 && s.Kc <= gca_v4::kMaxSlots && wgmma::wgmma_available()) return 5;
     if (version_cap() >= 4 && s.Kc <= gca_v4::kMaxSlots) return 4;
     if (version_cap() >= 3) return 3;
   }
@@ -657,6 +661,11 @@ void gca_forward(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, con
   const bool aligned = attention::all_aligned(16, {q.data(), k.data(), v.data(), out.data()});
   const int version = attention::gca_version<T>(s, matmul_precision(), aligned);
   if constexpr (std::is_same_v<T, float>) {
+    if (version == 5) {
+      attention::gca_v4::forward(q.data(), k.data(), v.data(), index.data(), weight.data(), s, scale, out.data(),
+                                 lse.data(), attention::gca_forward_v5);
+      return;
+    }
     if (version == 4) {
       attention::gca_v4::forward(q.data(), k.data(), v.data(), index.data(), weight.data(), s, scale, out.data(),
                                  lse.data());
@@ -698,7 +707,7 @@ void gca_backward(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, co
                        attention::all_aligned(8, {data(dq), data(dk), data(dv)});  // float2 gradients
   const int version = attention::gca_version<T>(s, matmul_precision(), aligned);
   if constexpr (std::is_same_v<T, float>) {
-    if (version == 4) {
+    if (version >= 4) {  // version 5's backward is version 4's
       attention::gca_v4::backward(q.data(), k.data(), v.data(), index.data(), weight.data(), s, scale, lse.data(),
                                   dout.data(), delta.data(), dq ? dq->data() : nullptr, dk ? dk->data() : nullptr,
                                   dv ? dv->data() : nullptr, dweight ? dweight->data() : nullptr);

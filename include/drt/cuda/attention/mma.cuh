@@ -326,4 +326,37 @@ __device__ inline void multiply_packed(Accumulator16x64& acc, const Accumulator1
   }
 }
 
+// ---- added for version 5 (gca_v5.cuh, window_attention_v5.cuh) ---------------------------------
+
+// The A fragments of a warp's 16 rows (all 64 columns) straight from fp32 rows in global memory,
+// rounded to bf16 in registers: `top` is the lane's row g (group), `bottom` its row g + 8, each
+// 64 floats (8-byte aligned), or nullptr for a row of zeros (past the end of a sequence). Loaded
+// as float2: the four lanes of a group read 32 contiguous bytes of a row. Where keep_top or
+// keep_bottom is not null, the rounded values are also written there (a bf16 copy of the row for
+// the backward, from the same rounding).
+__device__ inline void load_a_rows_global(std::uint32_t (&a)[4][4], const float* top, const float* bottom, int pair,
+                                          __nv_bfloat16* keep_top = nullptr, __nv_bfloat16* keep_bottom = nullptr) {
+  auto pack = [&](const float* row, int c) {
+    if (row == nullptr) return 0u;
+    const float2 x = *reinterpret_cast<const float2*>(row + c);
+    return pack_bf16x2(x.x, x.y);
+  };
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) {
+    const int c = 16 * kk + 2 * pair;
+    a[kk][0] = pack(top, c);
+    a[kk][1] = pack(bottom, c);
+    a[kk][2] = pack(top, c + 8);
+    a[kk][3] = pack(bottom, c + 8);
+    if (keep_top != nullptr) {
+      *reinterpret_cast<std::uint32_t*>(keep_top + c) = a[kk][0];
+      *reinterpret_cast<std::uint32_t*>(keep_top + c + 8) = a[kk][2];
+    }
+    if (keep_bottom != nullptr) {
+      *reinterpret_cast<std::uint32_t*>(keep_bottom + c) = a[kk][1];
+      *reinterpret_cast<std::uint32_t*>(keep_bottom + c + 8) = a[kk][3];
+    }
+  }
+}
+
 }  // namespace drt::cuda::attention::mma

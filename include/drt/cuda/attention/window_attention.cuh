@@ -665,6 +665,7 @@ static __global__ void __launch_bounds__(window_mma::kThreads) window_dq_mma(con
 
 // Version 4 builds on version 3's shape and helpers above.
 #include "drt/cuda/attention/window_attention_v4.cuh"
+#include "drt/cuda/attention/window_attention_v5.cuh"
 
 namespace drt::cuda {
 namespace attention {
@@ -674,9 +675,11 @@ inline dim3 tiled_grid(const WindowShape& s, int heads) {
               static_cast<unsigned>(s.B));
 }
 
-// The version a call takes: 4 (bf16 tensor cores, cp.async stages) for float at d = 64 when the
-// precision switch says bf16 (the user's one switch: in bf16 mode attention takes bf16 operands as
-// GEMMs do) and the tensors allow 16-byte vector access, or 3 on the same calls under a cap of 3;
+// The version a call takes: 5 (version 4 with a wgmma forward) where 4 fits and the build and the
+// device run sm_90a code (wgmma::wgmma_available); 4 (bf16 tensor cores, cp.async stages) for
+// float at d = 64 when the precision switch says bf16 (the user's one switch: in bf16 mode
+// attention takes bf16 operands as GEMMs do) and the tensors allow 16-byte vector access, or 3 on
+// the same calls under a cap of 3;
 // 2 (tiled fp32) for other float calls with d ≤ 64 (fp32 and tf32 modes included); 1 for
 // everything else (double, wider heads).
 // version_cap() (version.cuh) lowers the ceiling for the kernel lab.
@@ -684,6 +687,7 @@ template <class T>
 int window_attention_version(int d, Precision precision, bool vector_aligned = true) {
   if (!std::is_same_v<T, float>) return 1;
   if (precision == Precision::bf16 && vector_aligned && d == window_mma::kD) {
+    if (version_cap() >= 5 && wgmma::wgmma_available()) return 5;
     if (version_cap() >= 4) return 4;
     if (version_cap() >= 3) return 3;
   }
@@ -698,7 +702,7 @@ inline WindowShape window_shape(const Shape& q, const Shape& k, Index window) {
 }  // namespace attention
 
 // Writes out (B, T, H, d) and lse (B, H, T); all tensors contiguous and on the GPU. With `keep`,
-// a call that takes version 4 puts its bf16 copies of q, k, v there for the backward, and with
+// a call that takes version 4 or 5 puts its bf16 copies of q, k, v there for the backward, and with
 // out_rounded the bf16 copy of out (for the output projection's GEMM); other versions leave both
 // empty.
 template <class T>
@@ -711,6 +715,11 @@ void window_attention_forward(const Tensor<T>& q, const Tensor<T>& k, const Tens
   const int version = attention::window_attention_version<T>(
       s.d, matmul_precision(), attention::all_aligned(16, {q.data(), k.data(), v.data(), out.data()}));
   if constexpr (std::is_same_v<T, float>) {
+    if (version == 5) {
+      attention::window_v4::forward(q.data(), k.data(), v.data(), slopes.data(), s, scale, out.data(), lse.data(), keep,
+                                    out_rounded, attention::window_forward_v5);
+      return;
+    }
     if (version == 4) {
       attention::window_v4::forward(q.data(), k.data(), v.data(), slopes.data(), s, scale, out.data(), lse.data(), keep,
                                     out_rounded);
@@ -754,7 +763,7 @@ void window_attention_backward(const Tensor<T>& q, const Tensor<T>& k, const Ten
       attention::all_aligned(16, {q.data(), k.data(), v.data(), dout.data(), dq ? dq->data() : nullptr,
                                   dk ? dk->data() : nullptr, dv ? dv->data() : nullptr}));
   if constexpr (std::is_same_v<T, float>) {
-    if (version == 4) {  // δ too, with dO's bf16 copy
+    if (version >= 4) {  // δ too, with dO's bf16 copy; version 5's backward is version 4's
       attention::window_v4::backward(q.data(), k.data(), v.data(), slopes.data(), s, scale, out.data(), lse.data(),
                                      delta.data(), dout.data(), dq ? dq->data() : nullptr, dk ? dk->data() : nullptr,
                                      dv ? dv->data() : nullptr, saved, gradient_copies);

@@ -472,13 +472,17 @@ static inline dim3 key_grid(const WindowShape& s) {
               static_cast<unsigned>(s.B));
 }
 
+// A forward kernel of version 4's signature (version 5's has it too).
+using ForwardKernel = void (*)(const float*, const __nv_bfloat16*, const __nv_bfloat16*, const float*, WindowShape,
+                               float, float*, float*, __nv_bfloat16*, __nv_bfloat16*);
+
 // With `keep`, the bf16 copies of q (written by the kernel as it stages Q), k and v go there for
 // the backward; without, k's and v's return to the allocator's cache after the launch (later work
 // on the one stream is ordered after the kernel) and no copy of q is made. With out_rounded, out's
-// bf16 copy is written too and returned there.
+// bf16 copy is written too and returned there. `kernel`: window_forward_v4, or version 5's.
 static inline void forward(const float* q, const float* k, const float* v, const float* slopes, const WindowShape& s,
                            float scale, float* out, float* lse, WindowAttentionBf16Copies* keep,
-                           std::shared_ptr<void>* out_rounded = nullptr) {
+                           std::shared_ptr<void>* out_rounded = nullptr, ForwardKernel kernel = window_forward_v4) {
   const long long q_elements = static_cast<long long>(s.B) * s.T * s.H * kD;
   const long long kv_elements = static_cast<long long>(s.B) * s.T * s.Hkv * kD;
   const auto k16 = bf16_copy(k, kv_elements), v16 = bf16_copy(v, kv_elements);
@@ -486,7 +490,7 @@ static inline void forward(const float* q, const float* k, const float* v, const
       keep ? ::drt::cuda::detail::device_scratch(static_cast<std::size_t>(q_elements) * sizeof(__nv_bfloat16)) : nullptr;
   if (out_rounded != nullptr)
     *out_rounded = ::drt::cuda::detail::device_scratch(static_cast<std::size_t>(q_elements) * sizeof(__nv_bfloat16));
-  window_forward_v4<<<query_grid(s), kQueryThreads, 0, ::drt::cuda::stream()>>>(
+  kernel<<<query_grid(s), kQueryThreads, 0, ::drt::cuda::stream()>>>(
       q, as_bf16(k16), as_bf16(v16), slopes, s, scale, out, lse, static_cast<__nv_bfloat16*>(q16.get()),
       out_rounded != nullptr ? static_cast<__nv_bfloat16*>(out_rounded->get()) : nullptr);
   DRT_CUDA_CHECK_LAUNCH();
