@@ -133,6 +133,39 @@ __device__ inline float warp_total(float x) {
   return x;
 }
 
+// One chunk's softmax for a warp's 16 rows, in registers, with the fusion weight w folded in: the
+// raw products S (16×64) become P·w/Σ_n P, P = exp2(to_log2·S − max) (base 2), and row_lse gets
+// each of this lane's two rows' log-sum-exp (natural log, as the backward reads it). The row max
+// is taken over the raw products (to_log2 > 0, so it is the max of the scores too); each
+// probability is then one FFMA and one MUFU. The whole chunk's softmax is known here, so its
+// normalisation and weight go into P before the product: out += bf16(P·w/Σ)·V needs no O
+// accumulator of its own. (Σ ≥ 1: the max's own term is 1; the fast division is within 2 ulp.)
+__device__ inline void weighted_chunk_softmax(Accumulator16x64& p, float to_log2, float w, float (&row_lse)[2]) {
+  float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};
+#pragma unroll
+  for (int j = 0; j < 8; ++j)
+#pragma unroll
+    for (int u = 0; u < 4; ++u) row_max[u / 2] = fmaxf(row_max[u / 2], p.c[j][u]);
+  row_max[0] = group_max(row_max[0]) * to_log2;
+  row_max[1] = group_max(row_max[1]) * to_log2;
+#pragma unroll
+  for (int j = 0; j < 8; ++j)
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+      p.c[j][u] = exp2_flush(fmaf(p.c[j][u], to_log2, -row_max[u / 2]));
+      row_sum[u / 2] += p.c[j][u];
+    }
+  row_sum[0] = group_sum(row_sum[0]);
+  row_sum[1] = group_sum(row_sum[1]);
+  const float norm[2] = {__fdividef(w, row_sum[0]), __fdividef(w, row_sum[1])};
+#pragma unroll
+  for (int j = 0; j < 8; ++j)
+#pragma unroll
+    for (int u = 0; u < 4; ++u) p.c[j][u] *= norm[u / 2];
+  row_lse[0] = row_max[0] * kLn2 + logf(row_sum[0]);
+  row_lse[1] = row_max[1] * kLn2 + logf(row_sum[1]);
+}
+
 }  // namespace gca_v4
 
 // Forward. Grid (Z, H), 128 threads (4 warps): warp w computes queries 16w..16w+15 of (z, h) over
@@ -180,37 +213,13 @@ static __global__ void __launch_bounds__(gca_v4::kThreads, 5)
     Accumulator16x64 p;  // S, then P, then P·w/Σ
     p.zero();
     multiply_by_transposed(p, qa, chunks.keys[stage]);
-    // The row max of the raw products (to_log2 > 0, so it is the max of the scores too); each
-    // probability is then one FFMA and one MUFU: exp2(S·to_log2 − max·to_log2).
-    float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};
-#pragma unroll
-    for (int j = 0; j < 8; ++j)
-#pragma unroll
-      for (int u = 0; u < 4; ++u) row_max[u / 2] = fmaxf(row_max[u / 2], p.c[j][u]);
-    row_max[0] = group_max(row_max[0]) * to_log2;
-    row_max[1] = group_max(row_max[1]) * to_log2;
-#pragma unroll
-    for (int j = 0; j < 8; ++j)
-#pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        p.c[j][u] = exp2_flush(fmaf(p.c[j][u], to_log2, -row_max[u / 2]));
-        row_sum[u / 2] += p.c[j][u];
-      }
-    row_sum[0] = group_sum(row_sum[0]);
-    row_sum[1] = group_sum(row_sum[1]);
-    // The whole chunk's softmax is known here, so its normalisation and fusion weight go into P
-    // before the product: out += bf16(P·w/Σ)·V needs no O accumulator of its own. (Σ ≥ 1: the
-    // max's own term is 1; the fast division is within 2 ulp.)
-    const float norm[2] = {__fdividef(w, row_sum[0]), __fdividef(w, row_sum[1])};
-#pragma unroll
-    for (int j = 0; j < 8; ++j)
-#pragma unroll
-      for (int u = 0; u < 4; ++u) p.c[j][u] *= norm[u / 2];
+    float row_lse[2];
+    weighted_chunk_softmax(p, to_log2, w, row_lse);
     multiply_packed(total, p, chunks.values[stage]);
     if (at.pair == 0) {
       float* lse_slot = lse + first_stat + i * kSize;
-      lse_slot[at.row(0)] = row_max[0] * kLn2 + logf(row_sum[0]);
-      lse_slot[at.row(2)] = row_max[1] * kLn2 + logf(row_sum[1]);
+      lse_slot[at.row(0)] = row_lse[0];
+      lse_slot[at.row(2)] = row_lse[1];
     }
     __syncthreads();  // every warp is done with this stage before it is refilled (chunk after next)
   }

@@ -98,35 +98,16 @@ static __global__ void __launch_bounds__(gca_v5::kThreads, 4)
     wgmma::wait<0>();
     wgmma::hold(p);
     wgmma::hold(qa);
-    float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};
-#pragma unroll
-    for (int j = 0; j < 8; ++j)
-#pragma unroll
-      for (int u = 0; u < 4; ++u) row_max[u / 2] = fmaxf(row_max[u / 2], p.c[j][u]);
-    row_max[0] = group_max(row_max[0]) * to_log2;
-    row_max[1] = group_max(row_max[1]) * to_log2;
-#pragma unroll
-    for (int j = 0; j < 8; ++j)
-#pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        p.c[j][u] = exp2_flush(fmaf(p.c[j][u], to_log2, -row_max[u / 2]));
-        row_sum[u / 2] += p.c[j][u];
-      }
-    row_sum[0] = group_sum(row_sum[0]);
-    row_sum[1] = group_sum(row_sum[1]);
-    const float norm[2] = {__fdividef(w, row_sum[0]), __fdividef(w, row_sum[1])};
+    float row_lse[2];
+    gca_v4::weighted_chunk_softmax(p, to_log2, w, row_lse);
     std::uint32_t pa[4][4];  // bf16(P·w/Σ) as A fragments
-#pragma unroll
-    for (int j = 0; j < 8; ++j)
-#pragma unroll
-      for (int u = 0; u < 4; ++u) p.c[j][u] *= norm[u / 2];
     a_fragments(pa, p);
     wgmma::fence();
     wgmma::multiply_accumulate_async(total, pa, sh.values[stage]);
     if (at.pair == 0) {  // while the product runs
       float* lse_slot = lse + first_stat + i * kSize;
-      lse_slot[at.row(0)] = row_max[0] * kLn2 + logf(row_sum[0]);
-      lse_slot[at.row(2)] = row_max[1] * kLn2 + logf(row_sum[1]);
+      lse_slot[at.row(0)] = row_lse[0];
+      lse_slot[at.row(2)] = row_lse[1];
     }
     wgmma::wait<0>();
     wgmma::hold(total);

@@ -187,6 +187,31 @@ __device__ inline void stage_bf16_and_keep(BfTile& tile, RowPointer src, KeptRow
   }
 }
 
+// The end of a forward: out = O / l and lse = m + ln l for a warp's 16 queries t0 + at.row(..)
+// (rows past T write nothing: their l may be 0), and out's bf16 copy to out16 unless it is
+// nullptr. All 32 lanes call it (the row sums are shuffled).
+__device__ inline void write_query_rows(const Accumulator16x64& o, const OnlineSoftmax16& softmax, const FragmentLane& at,
+                                        int t0, int b, int h, const WindowShape& s, float* out, float* lse,
+                                        __nv_bfloat16* out16) {
+  const float row_sum[2] = {group_sum(softmax.row_sum[0]), group_sum(softmax.row_sum[1])};
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int t = t0 + at.row(2 * half);
+    if (t >= s.T) continue;
+    const float inv = 1.0f / row_sum[half];
+    const long long row = ((static_cast<long long>(b) * s.T + t) * s.H + h) * kD;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const float2 value = make_float2(o.c[j][2 * half] * inv, o.c[j][2 * half + 1] * inv);
+      *reinterpret_cast<float2*>(out + row + at.col(j, 0)) = value;
+      if (out16 != nullptr)
+        *reinterpret_cast<__nv_bfloat162*>(out16 + row + at.col(j, 0)) = __floats2bfloat162_rn(value.x, value.y);
+    }
+    if (at.pair == 0)
+      lse[(static_cast<long long>(b) * s.H + h) * s.T + t] = softmax.row_max[half] * kLn2 + logf(row_sum[half]);
+  }
+}
+
 }  // namespace window_v4
 
 // Forward. Shapes: q (B, T, H, 64) fp32, k16, v16 (B, T, Hkv, 64) bf16 copies of k and v,
@@ -244,23 +269,7 @@ static __global__ void __launch_bounds__(window_v4::kQueryThreads, 2)
     }
     __syncthreads();  // every warp is done with this stage before it is refilled (tile i + 2)
   }
-  const float row_sum[2] = {group_sum(softmax.row_sum[0]), group_sum(softmax.row_sum[1])};  // all lanes shuffle
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const int t = t0 + at.row(2 * half);
-    if (t >= s.T) continue;  // padding rows: nothing to write (their l may be 0)
-    const float inv = 1.0f / row_sum[half];
-    const long long row = ((static_cast<long long>(b) * s.T + t) * s.H + h) * kD;
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      const float2 value = make_float2(o.c[j][2 * half] * inv, o.c[j][2 * half + 1] * inv);
-      *reinterpret_cast<float2*>(out + row + at.col(j, 0)) = value;
-      if (out16 != nullptr)
-        *reinterpret_cast<__nv_bfloat162*>(out16 + row + at.col(j, 0)) = __floats2bfloat162_rn(value.x, value.y);
-    }
-    if (at.pair == 0)
-      lse[(static_cast<long long>(b) * s.H + h) * s.T + t] = softmax.row_max[half] * kLn2 + logf(row_sum[half]);
-  }
+  write_query_rows(o, softmax, at, t0, b, h, s, out, lse, out16);
 }
 
 namespace window_v4 {

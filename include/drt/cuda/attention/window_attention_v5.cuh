@@ -115,23 +115,7 @@ static __global__ void __launch_bounds__(window_v5::kQueryThreads, 2)
     }
     __syncthreads();  // every warp is done with this stage before it is refilled (tile i + 2)
   }
-  const float row_sum[2] = {group_sum(softmax.row_sum[0]), group_sum(softmax.row_sum[1])};  // all lanes shuffle
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const int t = t0 + at.row(2 * half);
-    if (t >= s.T) continue;  // padding rows: nothing to write (their l may be 0)
-    const float inv = 1.0f / row_sum[half];
-    const long long row = ((static_cast<long long>(b) * s.T + t) * s.H + h) * kD;
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      const float2 value = make_float2(o.c[j][2 * half] * inv, o.c[j][2 * half + 1] * inv);
-      *reinterpret_cast<float2*>(out + row + at.col(j, 0)) = value;
-      if (out16 != nullptr)
-        *reinterpret_cast<__nv_bfloat162*>(out16 + row + at.col(j, 0)) = __floats2bfloat162_rn(value.x, value.y);
-    }
-    if (at.pair == 0)
-      lse[(static_cast<long long>(b) * s.H + h) * s.T + t] = softmax.row_max[half] * kLn2 + logf(row_sum[half]);
-  }
+  window_v4::write_query_rows(o, softmax, at, t0, b, h, s, out, lse, out16);
 #endif
 }
 
