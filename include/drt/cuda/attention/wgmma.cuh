@@ -5,7 +5,7 @@
 //
 // Why: with mma.sync (mma.cuh) each warp loads its own copy of every B fragment from shared memory
 // (ldmatrix), so a 64-row tile multiplied by 4 warps reads each K or V tile 4 times; Nsight Compute
-// showed versions 4's kernels busy in shared memory and short of issue slots. One wgmma is issued
+// showed version 4's kernels busy in shared memory and short of issue slots. One wgmma is issued
 // by a warpgroup (4 consecutive warps, 128 threads) for all 64 rows, reads B from shared memory
 // once, and runs asynchronously: the warps issue it and wait for it later.
 //
@@ -64,11 +64,6 @@ inline bool wgmma_available() {
 struct alignas(kAtomBytes) SwizzledTile {
   __nv_bfloat16 at[64 * 64];
 };
-
-// The byte offset of element (r, c) in a SwizzledTile.
-__host__ __device__ inline int swizzled_offset(int r, int c) {
-  return r * kRowBytes + (((c >> 3) ^ (r & 7)) << 4) + (c & 7) * 2;
-}
 
 // Starts copying 64 bf16 rows of 64 into `tile` (cp.async): row r from first_row + r·row_stride
 // elements (16-byte aligned), or zeros for rows r ≥ valid_rows (plain shared stores). Each thread
