@@ -120,10 +120,10 @@ double gca_error() {
 }
 
 const char* kHow[] = {"", "warp per row, fp32", "64-row tiles in shared memory, fp32", "bf16 tensor cores (mma), flash-style",
-                      "v3 + cp.async stages, 128-query blocks", "v4, forward on wgmma (sm_90a)"};
+                      "v3 + cp.async stages, 128-query blocks", "v4, fwd and bwd on wgmma (sm_90a)"};
 const char* kGcaHow[] = {"", "warp per row, fp32", "64-row tiles in shared memory, fp32",
                          "bf16 tensor cores (mma), flash-style", "v3 + cp.async stages, key-major dK/dV",
-                         "v4, forward on wgmma (sm_90a)"};
+                         "v4, fwd and bwd on wgmma (sm_90a)"};
 static_assert(std::size(kHow) == attention::kNewestVersion + 1 && std::size(kGcaHow) == attention::kNewestVersion + 1,
               "a line for every version");
 

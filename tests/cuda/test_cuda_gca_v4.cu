@@ -170,10 +170,13 @@ TEST_F(Gpu, GcaVersion4MatchesCpu) {
 
 // One sequence of 520 rows × 8 slots = 4,160 entries, more than kListCapacity (4,096): the dK/dV
 // blocks collect and walk their slots in two windows. 3 chunks, so each is retrieved ~1,000 times.
+// Versions 4 and 5 (whose key pass walks the same lists).
 TEST_F(Gpu, GcaVersion4WalksLongRetrievalLists) {
   static_assert(cuda::attention::gca_v4::kListCapacity < 520 * 8);
-  check_against_cpu({"long lists", 1, 520, 1, 1, 3, 8,
-                     [](Index z, Index i) { return static_cast<std::int32_t>((z * 5 + i) % 4) - 1; }, {{517, 2}}});
+  for (int version = 4; version <= newest_gca_version(); ++version)
+    check_against_cpu({"long lists", 1, 520, 1, 1, 3, 8,
+                       [](Index z, Index i) { return static_cast<std::int32_t>((z * 5 + i) % 4) - 1; }, {{517, 2}}},
+                      version);
 }
 
 // Gradients of a chunk nobody retrieved stay exactly as they were (0 here): the dK/dV block of
@@ -181,27 +184,29 @@ TEST_F(Gpu, GcaVersion4WalksLongRetrievalLists) {
 TEST_F(Gpu, GcaVersion4LeavesUnretrievedChunksAlone) {
   const GcaV4Case c = cases()[2];  // chunk 3 is never retrieved
   const GcaV4Inputs in(c);
-  const Result<float> gpu = run_version(in, 4);
-  const Tensor<float> dk = gpu.dk.to(Device::cpu), dv = gpu.dv.to(Device::cpu);
-  for (Index b = 0; b < c.B; ++b)
-    for (Index n = 0; n < 64; ++n)
-      for (Index x = 0; x < 64; ++x) {
-        ASSERT_EQ(dk(b, 3, n, 0, x), 0.0f);
-        ASSERT_EQ(dv(b, 3, n, 0, x), 0.0f);
-      }
+  for (int version = 4; version <= newest_gca_version(); ++version) {
+    SCOPED_TRACE(::testing::Message() << "version " << version);
+    const Result<float> gpu = run_version(in, version);
+    const Tensor<float> dk = gpu.dk.to(Device::cpu), dv = gpu.dv.to(Device::cpu);
+    for (Index b = 0; b < c.B; ++b)
+      for (Index n = 0; n < 64; ++n)
+        for (Index x = 0; x < 64; ++x) {
+          ASSERT_EQ(dk(b, 3, n, 0, x), 0.0f);
+          ASSERT_EQ(dv(b, 3, n, 0, x), 0.0f);
+        }
+  }
 }
 
-// Version 5's forward (wgmma) on every case; its backward is version 4's, run here through the
-// version-5 dispatch.
+// Version 5 (wgmma: the forward and both backward passes) on every case.
 TEST_F(Gpu, GcaVersion5MatchesCpu) {
   ASSERT_EQ(newest_gca_version(), 5) << "version 5 needs sm_90a code (CMAKE_CUDA_ARCHITECTURES 90a, the default) and an H100/H200";
   for (const GcaV4Case& c : cases()) check_against_cpu(c, 5);
 }
 
 // Versions 4 and 5 round the same quantities in the same places (only the tensor-core instruction
-// differs, and with it the order of the fp32 sums inside a product): their outputs agree far more
-// closely than either agrees with the CPU, except where a sum's last bit flips a bf16 rounding of
-// P·w/Σ (2^-9 of one term).
+// differs, and with it the order of the fp32 sums inside a product): their outputs and gradients
+// agree far more closely than either agrees with the CPU, except where a sum's last bit flips a
+// bf16 rounding of P·w/Σ or dS (2^-9 of one term).
 TEST_F(Gpu, GcaVersion5AgreesWithVersion4) {
   ASSERT_EQ(newest_gca_version(), 5) << "version 5 needs sm_90a code (CMAKE_CUDA_ARCHITECTURES 90a, the default) and an H100/H200";
   for (const GcaV4Case& c : cases()) {
@@ -209,7 +214,10 @@ TEST_F(Gpu, GcaVersion5AgreesWithVersion4) {
     const GcaV4Inputs in(c);
     const Result<float> v4 = run_version(in, 4), v5 = run_version(in, 5);
     expect_near_relative_to_max(v4.out.to(Device::cpu), v5.out, 2e-3, "out");
-    expect_near_relative_to_max(v4.dq.to(Device::cpu), v5.dq, 2e-3, "dq");  // through lse
+    expect_near_relative_to_max(v4.dq.to(Device::cpu), v5.dq, 2e-3, "dq");
+    expect_near_relative_to_max(v4.dk.to(Device::cpu), v5.dk, 2e-3, "dk");
+    expect_near_relative_to_max(v4.dv.to(Device::cpu), v5.dv, 2e-3, "dv");
+    expect_near_relative_to_max(v4.dw.to(Device::cpu), v5.dw, 2e-3, "dweight");
   }
 }
 

@@ -24,6 +24,8 @@
 // Version 4 (the same calls; gca_v4.cuh): version 3's math with cp.async-staged chunks and fewer
 // registers, P normalised and weighted before P·V, and a backward in two passes (query-major:
 // dQ, δ, dW fused; key-major per memory chunk: dK/dV in registers, no atomics).
+// Version 5 (gca_v5.cuh; sm_90a builds on H100/H200): version 4's kernels with every product on
+// Hopper's warpgroup MMA (wgmma).
 // gca_version() says which version a call takes.
 #pragma once
 
@@ -629,7 +631,7 @@ inline GcaShape gca_shape(const Shape& q, const Shape& k, const Shape& index) {
   return s;
 }
 
-// The version a call takes: 5 (version 4 with a wgmma forward) where 4 fits and the build and the
+// The version a call takes: 5 (version 4 on wgmma, forward and backward) where 4 fits and the build and the
 // device run sm_90a code (wgmma::wgmma_available); 4 (bf16 tensor cores, cp.async stages,
 // key-major dK/dV) for float at M = N = d = 64 when the precision switch says bf16, the tensors
 // allow 16-byte vector access and Kc ≤ 64 (its slot table's size), or 3 on the same calls under a
@@ -707,10 +709,12 @@ void gca_backward(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, co
                        attention::all_aligned(8, {data(dq), data(dk), data(dv)});  // float2 gradients
   const int version = attention::gca_version<T>(s, matmul_precision(), aligned);
   if constexpr (std::is_same_v<T, float>) {
-    if (version >= 4) {  // version 5's backward is version 4's
+    if (version >= 4) {
       attention::gca_v4::backward(q.data(), k.data(), v.data(), index.data(), weight.data(), s, scale, lse.data(),
                                   dout.data(), delta.data(), dq ? dq->data() : nullptr, dk ? dk->data() : nullptr,
-                                  dv ? dv->data() : nullptr, dweight ? dweight->data() : nullptr);
+                                  dv ? dv->data() : nullptr, dweight ? dweight->data() : nullptr,
+                                  version == 5 ? attention::gca_v5::backward_kernels()
+                                               : attention::gca_v4::backward_kernels_v4());
       return;
     }
     if (version == 3) {

@@ -126,6 +126,55 @@ __device__ inline void collect_filled_slots(FilledSlots& filled, const std::int3
   if (lane == 0) filled.count = count;
 }
 
+// The block's 64 output rows (out_rows: row 0 of them) from this warp's accumulators.
+__device__ inline void store_output(float* out_rows, const Accumulator16x64& total) {
+  const FragmentLane at;
+#pragma unroll
+  for (int j = 0; j < 8; ++j)
+#pragma unroll
+    for (int half = 0; half < 2; ++half)
+      *reinterpret_cast<float2*>(out_rows + at.row(2 * half) * kSize + at.col(j, 0)) =
+          make_float2(total.c[j][2 * half], total.c[j][2 * half + 1]);
+}
+
+// dq += scale·dQ for the block's 64 query rows (dq_rows: row 0 of them), dQ in this warp's
+// accumulators. The block owns those rows: no atomics.
+__device__ inline void add_query_gradient(float* dq_rows, const Accumulator16x64& dq_acc, float scale) {
+  const FragmentLane at;
+#pragma unroll
+  for (int j = 0; j < 8; ++j)
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      float2* cell = reinterpret_cast<float2*>(dq_rows + at.row(2 * half) * kSize + at.col(j, 0));
+      const float2 old = *cell;
+      *cell = make_float2(old.x + scale * dq_acc.c[j][2 * half], old.y + scale * dq_acc.c[j][2 * half + 1]);
+    }
+}
+
+// dk += scale·dK and dv += dV on the rows of chunk e, sequence b, kv head g (dK, dV in this warp's
+// accumulators, rows = keys). The block owns those rows: no atomics. dk or dv may be null.
+__device__ inline void add_chunk_gradients(float* dk, float* dv, const Accumulator16x64& dk_acc,
+                                           const Accumulator16x64& dv_acc, const GcaShape& s, int b, int e, int g,
+                                           float scale) {
+  const FragmentLane at;
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const long long key = gca_key_row(s, b, e, at.row(2 * half), g) * kSize;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const int c = at.col(j, 0);
+      if (dk) {
+        float2* x = reinterpret_cast<float2*>(dk + key + c);
+        *x = make_float2(x->x + scale * dk_acc.c[j][2 * half], x->y + scale * dk_acc.c[j][2 * half + 1]);
+      }
+      if (dv) {
+        float2* x = reinterpret_cast<float2*>(dv + key + c);
+        *x = make_float2(x->x + dv_acc.c[j][2 * half], x->y + dv_acc.c[j][2 * half + 1]);
+      }
+    }
+  }
+}
+
 // Sum over all 32 lanes (every lane gets it).
 __device__ inline float warp_total(float x) {
 #pragma unroll
@@ -223,13 +272,7 @@ static __global__ void __launch_bounds__(gca_v4::kThreads, 5)
     }
     __syncthreads();  // every warp is done with this stage before it is refilled (chunk after next)
   }
-  float* out_rows = out + first_query * kSize;
-#pragma unroll
-  for (int j = 0; j < 8; ++j)
-#pragma unroll
-    for (int half = 0; half < 2; ++half)
-      *reinterpret_cast<float2*>(out_rows + at.row(2 * half) * kSize + at.col(j, 0)) =
-          make_float2(total.c[j][2 * half], total.c[j][2 * half + 1]);
+  store_output(out + first_query * kSize, total);
 }
 
 namespace gca_v4 {
@@ -329,16 +372,7 @@ static __global__ void __launch_bounds__(gca_v4::kThreads, 4)
     }
     __syncthreads();  // every warp is done with this stage before it is refilled
   }
-  if (!dq) return;
-  float* dq_rows = dq + first_query * kSize;
-#pragma unroll
-  for (int j = 0; j < 8; ++j)
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      float2* cell = reinterpret_cast<float2*>(dq_rows + at.row(2 * half) * kSize + at.col(j, 0));
-      const float2 old = *cell;
-      *cell = make_float2(old.x + scale * dq_acc.c[j][2 * half], old.y + scale * dq_acc.c[j][2 * half + 1]);
-    }
+  if (dq) add_query_gradient(dq + first_query * kSize, dq_acc, scale);
 }
 
 namespace gca_v4 {
@@ -360,8 +394,9 @@ struct KeyShared {
 // entries (its loads independent, so one memory latency per round), and its matches go after
 // those of the threads before it (warp scan by shuffles, warps by warp_totals). Ends with a
 // barrier: the list is then visible to the whole block. All threads of the block call it.
-__device__ inline int collect_retrievals(KeyShared& sh, const std::int32_t* index, const float* weight, int e,
-                                         long long from, long long to) {
+// (warp_totals and list are shared memory: KeyShared's, or version 5's.)
+__device__ inline int collect_retrievals(int (&warp_totals)[kWarps], int* list, const std::int32_t* index,
+                                         const float* weight, int e, long long from, long long to) {
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
   int count = 0;
   for (long long base = from; base < to; base += static_cast<long long>(kThreads) * kScanPerThread) {
@@ -379,17 +414,17 @@ __device__ inline int collect_retrievals(KeyShared& sh, const std::int32_t* inde
       const int before = __shfl_up_sync(0xffffffffu, inclusive, offset);
       if (lane >= offset) inclusive += before;
     }
-    if (lane == kWarp - 1) sh.warp_totals[warp] = inclusive;
+    if (lane == kWarp - 1) warp_totals[warp] = inclusive;
     __syncthreads();
     int position = count + inclusive - mine, round_total = 0;
 #pragma unroll
     for (int w = 0; w < kWarps; ++w) {
-      if (w < warp) position += sh.warp_totals[w];
-      round_total += sh.warp_totals[w];
+      if (w < warp) position += warp_totals[w];
+      round_total += warp_totals[w];
     }
 #pragma unroll
     for (int u = 0; u < kScanPerThread; ++u)
-      if (matches >> u & 1u) sh.list[position++] = static_cast<int>(first + u);
+      if (matches >> u & 1u) list[position++] = static_cast<int>(first + u);
     count += round_total;
     __syncthreads();  // warp_totals are read before the next round rewrites them; list published
   }
@@ -443,7 +478,7 @@ static __global__ void __launch_bounds__(gca_v4::kThreads, 3)
   for (long long from = sequence_first; from < sequence_end; from += kListCapacity) {
     const long long to = from + kListCapacity < sequence_end ? from + kListCapacity : sequence_end;
     // The previous window's last barrier: nobody reads the list any more when it is rewritten.
-    const int steps = collect_retrievals(sh, index, weight, e, from, to) * heads;
+    const int steps = collect_retrievals(sh.warp_totals, sh.list, index, weight, e, from, to) * heads;
     if (steps == 0) continue;
     if (!started) {  // K and V once, in step 0's commit group (so waiting for step 0 waits for them)
       const long long first_row = gca_key_row(s, b, e, 0, g) * kSize, row_stride = static_cast<long long>(s.Hkv) * kSize;
@@ -478,23 +513,8 @@ static __global__ void __launch_bounds__(gca_v4::kThreads, 3)
       __syncthreads();  // every warp is done with this stage before it is refilled
     }
   }
-  if (!started) return;  // nobody retrieved this chunk: its gradients stay as they are
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const long long key = gca_key_row(s, b, e, at.row(2 * half), g) * kSize;
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      const int c = at.col(j, 0);
-      if (dk) {
-        float2* x = reinterpret_cast<float2*>(dk + key + c);
-        *x = make_float2(x->x + scale * dk_acc.c[j][2 * half], x->y + scale * dk_acc.c[j][2 * half + 1]);
-      }
-      if (dv) {
-        float2* x = reinterpret_cast<float2*>(dv + key + c);
-        *x = make_float2(x->x + dv_acc.c[j][2 * half], x->y + dv_acc.c[j][2 * half + 1]);
-      }
-    }
-  }
+  // Nobody retrieved this chunk: its gradients stay as they are.
+  if (started) add_chunk_gradients(dk, dv, dk_acc, dv_acc, s, b, e, g, scale);
 }
 
 namespace gca_v4 {
@@ -519,10 +539,30 @@ static inline void forward(const float* q, const float* k, const float* v, const
   DRT_CUDA_CHECK_LAUNCH();
 }  // the copies return to the allocator's cache; later work on the one stream is ordered after the kernel
 
+// The two backward passes of version 4's signatures (version 5's have them too), with the dynamic
+// shared memory each launch asks for.
+using QueryBackwardKernel = void (*)(const float*, const __nv_bfloat16*, const __nv_bfloat16*, const std::int32_t*,
+                                     const float*, GcaShape, float, const float*, const float*, float*, float*,
+                                     float*, __nv_bfloat16*, __nv_bfloat16*);
+using KeyBackwardKernel = void (*)(const __nv_bfloat16*, const __nv_bfloat16*, const __nv_bfloat16*,
+                                   const __nv_bfloat16*, const std::int32_t*, const float*, GcaShape, float,
+                                   const float*, const float*, float*, float*);
+struct BackwardKernels {
+  QueryBackwardKernel query;
+  int query_shared_bytes;
+  KeyBackwardKernel key;
+  int key_shared_bytes;
+};
+static inline BackwardKernels backward_kernels_v4() {
+  return {gca_query_backward_v4, int(sizeof(QueryShared)), gca_key_backward_v4, int(sizeof(KeyShared))};
+}
+
 // delta (Z, H, Kc, 64) is scratch for δ. dq, dk, dv, dweight may each be null; all are added into.
+// `kernels`: version 4's passes, or version 5's.
 static inline void backward(const float* q, const float* k, const float* v, const std::int32_t* index,
                             const float* weight, const GcaShape& s, float scale, const float* lse, const float* dout,
-                            float* delta, float* dq, float* dk, float* dv, float* dweight) {
+                            float* delta, float* dq, float* dk, float* dv, float* dweight,
+                            const BackwardKernels& kernels = backward_kernels_v4()) {
   const long long memory = static_cast<long long>(s.B) * s.E * s.N * s.Hkv * kSize;
   const long long queries = static_cast<long long>(s.Z) * s.H * kSize * kSize;
   const auto k16 = bf16_operand(k, memory), v16 = bf16_operand(v, memory);
@@ -534,18 +574,18 @@ static inline void backward(const float* q, const float* k, const float* v, cons
     dout16 = ::drt::cuda::detail::device_scratch(static_cast<std::size_t>(queries) * sizeof(__nv_bfloat16));
   }
   {
-    constexpr int bytes = int(sizeof(QueryShared));
+    const int bytes = kernels.query_shared_bytes;
     // Set on every call: cheap, and it holds for whichever device is current.
-    DRT_CUDA_CHECK(cudaFuncSetAttribute(gca_query_backward_v4, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-    gca_query_backward_v4<<<dim3(unsigned(s.Z), unsigned(s.H)), kThreads, bytes, ::drt::cuda::stream()>>>(
+    DRT_CUDA_CHECK(cudaFuncSetAttribute(kernels.query, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+    kernels.query<<<dim3(unsigned(s.Z), unsigned(s.H)), kThreads, bytes, ::drt::cuda::stream()>>>(
         q, as_bf16(k16), as_bf16(v16), index, weight, s, scale, lse, dout, delta, dq, dweight,
         static_cast<__nv_bfloat16*>(q16.get()), static_cast<__nv_bfloat16*>(dout16.get()));
     DRT_CUDA_CHECK_LAUNCH();
   }
   if (!keys) return;
-  constexpr int bytes = int(sizeof(KeyShared));
-  DRT_CUDA_CHECK(cudaFuncSetAttribute(gca_key_backward_v4, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-  gca_key_backward_v4<<<dim3(unsigned(s.E), unsigned(s.Hkv), unsigned(s.B)), kThreads, bytes, ::drt::cuda::stream()>>>(
+  const int bytes = kernels.key_shared_bytes;
+  DRT_CUDA_CHECK(cudaFuncSetAttribute(kernels.key, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+  kernels.key<<<dim3(unsigned(s.E), unsigned(s.Hkv), unsigned(s.B)), kThreads, bytes, ::drt::cuda::stream()>>>(
       as_bf16(k16), as_bf16(v16), static_cast<const __nv_bfloat16*>(q16.get()),
       static_cast<const __nv_bfloat16*>(dout16.get()), index, weight, s, scale, lse, delta, dk, dv);
   DRT_CUDA_CHECK_LAUNCH();

@@ -1,20 +1,24 @@
-// drt/cuda/attention/gca_v5.cuh — version 5 of Grouped Cross-Attention's forward on the GPU:
-// version 4's forward with its two products on Hopper's warpgroup MMA (wgmma.cuh) instead of
-// mma.sync. Included by gca.cuh after version 4, whose slot table and shapes it reuses; not meant
-// to be included on its own. The backward of a version-5 call is version 4's.
+// drt/cuda/attention/gca_v5.cuh — version 5 of Grouped Cross-Attention on the GPU: version 4's
+// three kernels (the forward and the two backward passes) with their products on Hopper's
+// warpgroup MMA (wgmma.cuh) instead of mma.sync. Included by gca.cuh after version 4, whose slot
+// table, retrieval lists, shapes and host side it reuses; not meant to be included on its own.
 //
-// Shapes (as every GCA version): q (Z, H, 64, 64) fp32; k16, v16 (B, E, 64, Hkv, 64) bf16 copies
-// of the chunk memory; index, weight (Z, Kc); out (Z, H, 64, 64); lse (Z, H, Kc, 64).
+// Shapes (as every GCA version): q, dout, dq (Z, H, 64, 64) fp32; k16, v16 (B, E, 64, Hkv, 64)
+// bf16 copies of the chunk memory; dk, dv (B, E, 64, Hkv, 64) fp32; index, weight, dweight
+// (Z, Kc); out (Z, H, 64, 64); lse, delta (Z, H, Kc, 64).
 //
-// Same math and numerics as version 4's forward (bf16 products, fp32 accumulators and softmax in
-// base 2, P·w/Σ rounded to bf16 before P·V): the block of (z, h) is one warpgroup whose warp w
-// owns queries 16w..16w+15, its Q held as A fragments. What changes:
-//   - S = Q·Kᵀ and out += P·V are each four wgmma k-steps (m64n64k16) for the whole 64-row tile,
-//     B read by the hardware straight from shared memory: no ldmatrix, and each K or V tile is read
-//     once per block instead of once per warp;
-//   - the chunk stages are SwizzledTiles (the layout wgmma reads), filled by cp.async as before;
-//   - Q's A fragments come straight from global memory (fp32 rounded in registers,
-//     load_a_rows_global): no Q tile in shared memory.
+// Same math and numerics as version 4 (bf16 products, fp32 accumulators and softmax in base 2,
+// the same quantities rounded to bf16 in the same places), and the same blocks: a block is one
+// warpgroup whose warp w owns rows 16w..16w+15 of a 64-row tile. What changes:
+//   - every product is four wgmma k-steps (m64n64k16) for the whole 64-row tile, B read by the
+//     hardware straight from shared memory: no ldmatrix, and each tile is read once per block
+//     instead of once per warp. Where A is a resident tile (the backward's Q, dO, K, V) it is read
+//     from shared memory too; where it was just computed (P, dS) it comes from registers;
+//   - the staged tiles are SwizzledTiles (the layout wgmma reads), filled by cp.async as before;
+//   - the forward's Q A fragments come straight from global memory (fp32 rounded in registers,
+//     load_a_rows_global): no Q tile in shared memory;
+//   - a product that is not needed at once runs while the warps compute: the backward issues S
+//     and dP together and computes P while dP runs.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -38,13 +42,28 @@ struct ForwardShared {
   FilledSlots filled;
 };
 
-// Starts copying chunk e of sequence b, kv head g (64 rows, Hkv rows apart) into `stage`.
-__device__ inline void fetch_chunk(ForwardShared& sh, int stage, const __nv_bfloat16* k16, const __nv_bfloat16* v16,
-                                   const GcaShape& s, int b, int e, int g) {
+// Starts copying chunk e of sequence b, kv head g (64 rows, Hkv rows apart) into keys and values,
+// as one commit group.
+__device__ inline void fetch_chunk(wgmma::SwizzledTile& keys, wgmma::SwizzledTile& values, const __nv_bfloat16* k16,
+                                   const __nv_bfloat16* v16, const GcaShape& s, int b, int e, int g) {
   const long long first_row = gca_key_row(s, b, e, 0, g) * kSize, row_stride = static_cast<long long>(s.Hkv) * kSize;
-  wgmma::stage_rows_swizzled_async<kThreads>(sh.keys[stage], k16 + first_row, row_stride);
-  wgmma::stage_rows_swizzled_async<kThreads>(sh.values[stage], v16 + first_row, row_stride);
+  wgmma::stage_rows_swizzled_async<kThreads>(keys, k16 + first_row, row_stride);
+  wgmma::stage_rows_swizzled_async<kThreads>(values, v16 + first_row, row_stride);
   mma::commit_async_copies();
+}
+
+// gca_v4::next_tile_then_wait for tiles that wgmma reads: the copies are fenced for the async
+// proxy before the barrier publishes them.
+template <class Fetch>
+__device__ inline void next_tile_then_wait(bool has_next, Fetch fetch_next) {
+  if (has_next) {
+    fetch_next();
+    mma::wait_async_copies_but<1>();
+  } else {
+    mma::wait_async_copies_but<0>();
+  }
+  wgmma::fence_shared_for_wgmma();  // this thread's copies and zeros, for the wgmmas
+  __syncthreads();                  // everyone's
 }
 
 }  // namespace gca_v5
@@ -67,7 +86,7 @@ static __global__ void __launch_bounds__(gca_v5::kThreads, 4)
   const long long first_query = (static_cast<long long>(z) * s.H + h) * kSize;
   const long long first_stat = (static_cast<long long>(z) * s.H + h) * s.Kc * kSize;  // lse of slot 0
   const int first = gca_mma::next_filled_slot(index, weight, z, s.Kc, 0);
-  if (first < s.Kc) fetch_chunk(sh, 0, k16, v16, s, b, index[z * s.Kc + first], kv);
+  if (first < s.Kc) fetch_chunk(sh.keys[0], sh.values[0], k16, v16, s, b, index[z * s.Kc + first], kv);
   gca_v4::collect_filled_slots(sh.filled, index, weight, z, s.Kc);
   std::uint32_t qa[4][4];  // this warp's 16 queries as A fragments, for every chunk
   const float* my_rows = q + (first_query + at.row0 + at.group) * kSize;
@@ -82,14 +101,9 @@ static __global__ void __launch_bounds__(gca_v5::kThreads, 4)
   const int count = sh.filled.count;
   for (int n = 0; n < count; ++n) {
     const int stage = n & 1;
-    if (n + 1 < count) {
-      fetch_chunk(sh, stage ^ 1, k16, v16, s, b, sh.filled.chunk[n + 1], kv);
-      wait_async_copies_but<1>();
-    } else {
-      wait_async_copies_but<0>();
-    }
-    wgmma::fence_shared_for_wgmma();  // this thread's copies and zeros, for the wgmmas
-    __syncthreads();                  // everyone's
+    next_tile_then_wait(n + 1 < count, [&] {
+      fetch_chunk(sh.keys[stage ^ 1], sh.values[stage ^ 1], k16, v16, s, b, sh.filled.chunk[n + 1], kv);
+    });
     const int i = sh.filled.slot[n];
     const float w = sh.filled.weight[n];
     Accumulator16x64 p;  // S, then P·w/Σ
@@ -114,14 +128,231 @@ static __global__ void __launch_bounds__(gca_v5::kThreads, 4)
     wgmma::hold(pa);
     __syncthreads();  // every warp is done with this stage before it is refilled (chunk after next)
   }
-  float* out_rows = out + first_query * kSize;
-#pragma unroll
-  for (int j = 0; j < 8; ++j)
-#pragma unroll
-    for (int half = 0; half < 2; ++half)
-      *reinterpret_cast<float2*>(out_rows + at.row(2 * half) * kSize + at.col(j, 0)) =
-          make_float2(total.c[j][2 * half], total.c[j][2 * half + 1]);
+  gca_v4::store_output(out + first_query * kSize, total);
 #endif
 }
+
+namespace gca_v5 {
+
+// The query pass's shared memory: the block's Q and dO (resident, rounded once), two stages of a
+// chunk's K and V, the slot table. 6 × 8 KB + 772 bytes: dynamic, with an atom of slack for the
+// alignment (align_to_atom).
+struct QueryBackwardShared {
+  wgmma::SwizzledTile queries, douts;
+  wgmma::SwizzledTile keys[2], values[2];
+  FilledSlots filled;
+};
+
+// The key pass's shared memory: the chunk's K and V (resident), two stages of Q and dO with their
+// lse and δ rows, and the list of slots that retrieved the chunk (as gca_v4::KeyShared).
+struct KeyBackwardShared {
+  wgmma::SwizzledTile keys, values;
+  wgmma::SwizzledTile queries[2], douts[2];
+  float lse[2][kSize], delta[2][kSize];
+  int warp_totals[gca_mma::kWarps];
+  int list[gca_v4::kListCapacity];
+};
+
+}  // namespace gca_v5
+
+// Backward pass 1 (query-major), version 4's math with its three products on wgmma. Grid (Z, H),
+// one warpgroup; warp w owns queries 16w..16w+15 of (z, h). Q and dO are rounded once into
+// shared memory (and, for pass 2, into q16 and dout16), and both S = Q·Kᵀ and dP = dO·Vᵀ read
+// their A from there (no registers hold Q or dO). Per filled slot i (weight w):
+//   S and dP issued together; P = exp2(log2(e)·(scale·S − lse)) while dP runs;
+//   δ = Σ_n P dP → delta, dW[z, i] += Σ over the warp's rows of δ (one atomic per warp and slot);
+//   dS = w P (dP − δ);  dQ += bf16(dS)·K (A from registers, K read as MN-major B).
+// Then dq += scale·dQ. Skipped slots get δ = 0 and no gradient. dq and dweight may be null.
+static __global__ void __launch_bounds__(gca_v5::kThreads, 4)
+    gca_query_backward_v5(const float* q, const __nv_bfloat16* k16, const __nv_bfloat16* v16,
+                          const std::int32_t* index, const float* weight, GcaShape s, float scale, const float* lse,
+                          const float* dout, float* delta, float* dq, float* dweight, __nv_bfloat16* q16,
+                          __nv_bfloat16* dout16) {
+#if defined(DRT_WGMMA_DEVICE)
+  using namespace gca_v5;
+  using namespace mma;
+  extern __shared__ unsigned char gca_query_shared_v5[];
+  QueryBackwardShared& sh = *reinterpret_cast<QueryBackwardShared*>(wgmma::align_to_atom(gca_query_shared_v5));
+  const int z = blockIdx.x, h = blockIdx.y;
+  const int b = z / s.rows_per_sequence, kv = h / s.heads_per_kv;
+  const FragmentLane at;
+  const long long first_query = (static_cast<long long>(z) * s.H + h) * kSize;
+  const long long first_stat = (static_cast<long long>(z) * s.H + h) * s.Kc * kSize;  // δ of slot 0
+  const int first = gca_mma::next_filled_slot(index, weight, z, s.Kc, 0);
+  if (first < s.Kc) fetch_chunk(sh.keys[0], sh.values[0], k16, v16, s, b, index[z * s.Kc + first], kv);
+  gca_v4::collect_filled_slots(sh.filled, index, weight, z, s.Kc);
+  wgmma::stage_bf16_swizzled<kThreads>(sh.queries, q + first_query * kSize, q16 ? q16 + first_query * kSize : nullptr);
+  wgmma::stage_bf16_swizzled<kThreads>(sh.douts, dout + first_query * kSize,
+                                       dout16 ? dout16 + first_query * kSize : nullptr);
+  for (int slot = 0; slot < s.Kc; ++slot)  // nothing flowed through a skipped slot
+    if (threadIdx.x < kSize && gca_mma::slot_skipped(index, weight, z, s.Kc, slot))
+      delta[first_stat + slot * kSize + threadIdx.x] = 0.0f;
+  wgmma::fence_shared_for_wgmma();  // Q and dO, for the wgmmas (published by the barrier below)
+  __syncthreads();                  // the slot table, Q and dO
+  const float to_log2 = scale * kLog2e;
+  Accumulator16x64 dq_acc;
+  dq_acc.zero();
+  const int count = sh.filled.count;
+  for (int n = 0; n < count; ++n) {
+    const int stage = n & 1;
+    next_tile_then_wait(n + 1 < count, [&] {
+      fetch_chunk(sh.keys[stage ^ 1], sh.values[stage ^ 1], k16, v16, s, b, sh.filled.chunk[n + 1], kv);
+    });
+    const int i = sh.filled.slot[n];
+    const float w = sh.filled.weight[n];
+    const long long stat = first_stat + i * kSize;
+    const float lse_log2[2] = {lse[stat + at.row(0)] * kLog2e, lse[stat + at.row(2)] * kLog2e};
+    Accumulator16x64 p, ds;  // S then P;  dP then dS
+    wgmma::fence();
+    wgmma::multiply_tile_by_transposed_async(p, sh.queries, sh.keys[stage]);
+    wgmma::multiply_tile_by_transposed_async(ds, sh.douts, sh.values[stage]);
+    wgmma::wait<1>();  // S (dP may still run)
+    wgmma::hold(p);
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+#pragma unroll
+      for (int u = 0; u < 4; ++u) p.c[j][u] = exp2_flush(p.c[j][u] * to_log2 - lse_log2[u / 2]);
+    wgmma::wait<0>();
+    wgmma::hold(ds);
+    float slot_delta[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+#pragma unroll
+      for (int u = 0; u < 4; ++u) slot_delta[u / 2] += p.c[j][u] * ds.c[j][u];
+    slot_delta[0] = group_sum(slot_delta[0]);
+    slot_delta[1] = group_sum(slot_delta[1]);
+    if (at.pair == 0) {
+      delta[stat + at.row(0)] = slot_delta[0];
+      delta[stat + at.row(2)] = slot_delta[1];
+    }
+    if (dweight) {  // the warp's 16 rows: each row's δ counted once (by its pair-0 lane)
+      const float rows = gca_v4::warp_total(at.pair == 0 ? slot_delta[0] + slot_delta[1] : 0.0f);
+      if (threadIdx.x % kWarp == 0) atomicAdd(dweight + z * s.Kc + i, rows);
+    }
+    if (dq) {
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+#pragma unroll
+        for (int u = 0; u < 4; ++u) ds.c[j][u] = w * p.c[j][u] * (ds.c[j][u] - slot_delta[u / 2]);
+      std::uint32_t dsa[4][4];  // bf16(dS) as A fragments
+      a_fragments(dsa, ds);
+      wgmma::fence();
+      wgmma::multiply_accumulate_async(dq_acc, dsa, sh.keys[stage]);
+      wgmma::wait<0>();
+      wgmma::hold(dq_acc);
+      wgmma::hold(dsa);
+    }
+    __syncthreads();  // every warp is done with this stage before it is refilled
+  }
+  if (dq) gca_v4::add_query_gradient(dq + first_query * kSize, dq_acc, scale);
+#endif
+}
+
+// Backward pass 2 (key-major): dK and dV, version 4's walk with its four products on wgmma. Grid
+// (E, Hkv, B), one warpgroup; the block owns chunk e of sequence b, kv head g, and warp w its keys
+// 16w..16w+15. The slots that retrieved e are collected as in version 4 and walked (× the heads
+// of the group) through two stages of Q, dO, lse and δ. Per step, keys as rows:
+//   Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ issued together (A = K, V from shared memory);
+//   Pᵀ = w·exp2(log2(e)·(scale·Sᵀ − lse)) while dPᵀ runs;  dSᵀ = Pᵀ ∘ (dPᵀ − δ);
+//   dV += bf16(Pᵀ)·dO and dK += bf16(dSᵀ)·Q issued together (A from registers).
+// Then dk += scale·dK and dv += dV on the block's own rows (no atomics). dk or dv may be null.
+static __global__ void __launch_bounds__(gca_v5::kThreads, 3)
+    gca_key_backward_v5(const __nv_bfloat16* k16, const __nv_bfloat16* v16, const __nv_bfloat16* q16,
+                        const __nv_bfloat16* dout16, const std::int32_t* index, const float* weight, GcaShape s,
+                        float scale, const float* lse, const float* delta, float* dk, float* dv) {
+#if defined(DRT_WGMMA_DEVICE)
+  using namespace gca_v5;
+  using namespace mma;
+  extern __shared__ unsigned char gca_key_shared_v5[];
+  KeyBackwardShared& sh = *reinterpret_cast<KeyBackwardShared*>(wgmma::align_to_atom(gca_key_shared_v5));
+  const int e = blockIdx.x, g = blockIdx.y, b = blockIdx.z;
+  const FragmentLane at;
+  const int heads = s.heads_per_kv;
+  // Step i: list entry i / heads, query head g·heads + i % heads.
+  auto fetch_step = [&](int i, int stage) {
+    const int entry = sh.list[i / heads];
+    const int z = entry / s.Kc, slot = entry % s.Kc, h = g * heads + i % heads;
+    const long long first_query = (static_cast<long long>(z) * s.H + h) * kSize;
+    const long long stat = ((static_cast<long long>(z) * s.H + h) * s.Kc + slot) * kSize;
+    wgmma::stage_rows_swizzled_async<kThreads>(sh.queries[stage], q16 + first_query * kSize, kSize);
+    wgmma::stage_rows_swizzled_async<kThreads>(sh.douts[stage], dout16 + first_query * kSize, kSize);
+    if (threadIdx.x < kSize) {
+      copy_async_4(&sh.lse[stage][threadIdx.x], lse + stat + threadIdx.x);
+      copy_async_4(&sh.delta[stage][threadIdx.x], delta + stat + threadIdx.x);
+    }
+    commit_async_copies();
+  };
+  const float to_log2 = scale * kLog2e;
+  const long long sequence_first = static_cast<long long>(b) * s.rows_per_sequence * s.Kc;
+  const long long sequence_end = sequence_first + static_cast<long long>(s.rows_per_sequence) * s.Kc;
+  bool started = false;  // K and V requested, accumulators live
+  Accumulator16x64 dk_acc, dv_acc;
+  dk_acc.zero();
+  dv_acc.zero();
+  for (long long from = sequence_first; from < sequence_end; from += gca_v4::kListCapacity) {
+    const long long to = from + gca_v4::kListCapacity < sequence_end ? from + gca_v4::kListCapacity : sequence_end;
+    const int steps = gca_v4::collect_retrievals(sh.warp_totals, sh.list, index, weight, e, from, to) * heads;
+    if (steps == 0) continue;
+    if (!started) {  // K and V once, in step 0's commit group
+      const long long first_row = gca_key_row(s, b, e, 0, g) * kSize, row_stride = static_cast<long long>(s.Hkv) * kSize;
+      wgmma::stage_rows_swizzled_async<kThreads>(sh.keys, k16 + first_row, row_stride);
+      wgmma::stage_rows_swizzled_async<kThreads>(sh.values, v16 + first_row, row_stride);
+      started = true;
+    }
+    fetch_step(0, 0);
+    for (int i = 0; i < steps; ++i) {
+      const int stage = i & 1;
+      next_tile_then_wait(i + 1 < steps, [&] { fetch_step(i + 1, stage ^ 1); });
+      const float w = weight[sh.list[i / heads]];
+      const float* stage_lse = sh.lse[stage];
+      const float* stage_delta = sh.delta[stage];
+      Accumulator16x64 p, ds;  // Sᵀ then w·Pᵀ;  dPᵀ then dSᵀ (rows keys, columns queries)
+      wgmma::fence();
+      wgmma::multiply_tile_by_transposed_async(p, sh.keys, sh.queries[stage]);
+      wgmma::multiply_tile_by_transposed_async(ds, sh.values, sh.douts[stage]);
+      wgmma::wait<1>();  // Sᵀ (dPᵀ may still run)
+      wgmma::hold(p);
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+#pragma unroll
+        for (int u = 0; u < 4; ++u)
+          p.c[j][u] = w * exp2_flush(p.c[j][u] * to_log2 - stage_lse[at.col(j, u)] * kLog2e);
+      wgmma::wait<0>();  // dPᵀ
+      wgmma::hold(ds);
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+#pragma unroll
+        for (int u = 0; u < 4; ++u) ds.c[j][u] = p.c[j][u] * (ds.c[j][u] - stage_delta[at.col(j, u)]);
+      // Both packed before either product is issued: the four fp32 tiles (Pᵀ, dSᵀ, dK, dV) are
+      // never live beside the A fragments the products hold until they finish.
+      std::uint32_t pa[4][4], dsa[4][4];  // bf16(w·Pᵀ), bf16(dSᵀ) as A fragments
+      a_fragments(pa, p);
+      a_fragments(dsa, ds);
+      wgmma::fence();
+      wgmma::multiply_accumulate_async(dv_acc, pa, sh.douts[stage]);
+      wgmma::multiply_accumulate_async(dk_acc, dsa, sh.queries[stage]);
+      wgmma::wait<0>();
+      wgmma::hold(dv_acc);
+      wgmma::hold(dk_acc);
+      wgmma::hold(pa);
+      wgmma::hold(dsa);
+      __syncthreads();  // every warp is done with this stage before it is refilled
+    }
+  }
+  // Nobody retrieved this chunk: its gradients stay as they are.
+  if (started) gca_v4::add_chunk_gradients(dk, dv, dk_acc, dv_acc, s, b, e, g, scale);
+#endif
+}
+
+namespace gca_v5 {
+
+// Version 5's backward passes for gca_v4::backward (each asks for an atom more than its shared
+// memory, for align_to_atom).
+static inline gca_v4::BackwardKernels backward_kernels() {
+  return {gca_query_backward_v5, int(sizeof(QueryBackwardShared)) + wgmma::kAtomBytes, gca_key_backward_v5,
+          int(sizeof(KeyBackwardShared)) + wgmma::kAtomBytes};
+}
+
+}  // namespace gca_v5
 
 }  // namespace drt::cuda::attention

@@ -1,7 +1,8 @@
 // drt/cuda/attention/wgmma.cuh — Hopper's warpgroup MMA (wgmma.mma_async, sm_90a) for the
 // attention kernels from version 5 on: a 64×64 bf16 tile in shared memory in the layout wgmma
-// reads, its cp.async loader, the matrix descriptor, the fences, and the one instruction form the
-// kernels use (A from registers, B from shared memory). docs/wgmma-notes.md has the sources.
+// reads, its loaders, the matrix descriptor, the fences, and the two instruction forms the kernels
+// use (A from registers or from shared memory, B from shared memory). docs/wgmma-notes.md has the
+// sources.
 //
 // Why: with mma.sync (mma.cuh) each warp loads its own copy of every B fragment from shared memory
 // (ldmatrix), so a 64-row tile multiplied by 4 warps reads each K or V tile 4 times; Nsight Compute
@@ -88,6 +89,32 @@ __device__ inline void stage_rows_swizzled_async(SwizzledTile& tile, const __nv_
   }
 }
 
+// Rounds 64 contiguous fp32 rows of 64 (src, 16-byte aligned) into `tile` with plain stores, and
+// writes the same bf16 values to `copy` (64 contiguous bf16 rows; nullptr: no copy): the GCA
+// backward's query pass stages Q and dO once per block this way and hands the rounded rows to the
+// key pass. All kThreads threads of the block call it; then fence_shared_for_wgmma and a barrier.
+template <int kThreads>
+__device__ inline void stage_bf16_swizzled(SwizzledTile& tile, const float* src, __nv_bfloat16* copy) {
+  constexpr int kVectorsPerRow = 64 / 4;  // float4s
+  unsigned char* bytes = reinterpret_cast<unsigned char*>(tile.at);
+#pragma unroll 4
+  for (int idx = threadIdx.x; idx < 64 * kVectorsPerRow; idx += kThreads) {
+    const int r = idx / kVectorsPerRow, c = idx % kVectorsPerRow * 4;  // columns c..c+3: half a 16-byte chunk
+    const float4 x = *reinterpret_cast<const float4*>(src + r * 64 + c);
+    const uint2 packed{mma::pack_bf16x2(x.x, x.y), mma::pack_bf16x2(x.z, x.w)};
+    *reinterpret_cast<uint2*>(bytes + r * kRowBytes + (((c / 8) ^ (r & 7)) << 4) + (c % 8) * 2) = packed;
+    if (copy != nullptr) *reinterpret_cast<uint2*>(copy + r * 64 + c) = packed;
+  }
+}
+
+// The first 1,024-byte boundary at or after p in shared memory. Kernels whose SwizzledTiles live
+// in dynamic shared memory place them there (and ask for kAtomBytes more than they use): the
+// alignment of the dynamic window's start is not something to rely on.
+__device__ inline unsigned char* align_to_atom(unsigned char* p) {
+  const std::uint32_t address = mma::shared_address(p);
+  return p + ((kAtomBytes - address % kAtomBytes) % kAtomBytes);
+}
+
 // ---- descriptors -------------------------------------------------------------------------------
 // A shared-memory matrix descriptor (PTX ISA, "Matrix Descriptor"): bits 0–13 the start address,
 // 16–29 the leading-dimension byte offset, 32–45 the stride byte offset (each in 16-byte units),
@@ -99,7 +126,8 @@ __device__ inline std::uint64_t descriptor(const void* tile, std::uint32_t leadi
          static_cast<std::uint64_t>((stride_bytes & 0x3FFFF) >> 4) << 32 | 1ull << 62;
 }
 
-// B = Tᵀ for the stored tile T (B[k][n] = T[n][k]; K in S = Q·Kᵀ): "K-major". The stride offset
+// B = Tᵀ for the stored tile T (B[k][n] = T[n][k]; K in S = Q·Kᵀ): "K-major". The same
+// descriptor gives an A operand A = T (A[m][k] = T[m][k]; Q in S = Q·Kᵀ, K in Sᵀ = K·Qᵀ). The stride offset
 // steps over 8 rows (an atom); the leading offset is unused with swizzling. Step kk (k = 16kk..)
 // starts 32 bytes further into every row: the hardware applies the swizzle to the address it forms.
 __device__ inline std::uint64_t rows_as_columns(const SwizzledTile& tile, int kk) {
@@ -144,7 +172,14 @@ __device__ inline void hold(std::uint32_t (&a)[4][4]) {
     for (int u = 0; u < 4; ++u) asm volatile("" : "+r"(a[kk][u])::"memory");
 }
 
-// ---- the instruction ---------------------------------------------------------------------------
+// ---- the instructions --------------------------------------------------------------------------
+// The 32 accumulator registers of a 64×64 fp32 result, as asm operands %0..%31 (both forms).
+#define DRT_WGMMA_ACCUMULATORS(c)                                                                         \
+  "+f"(c[0][0]), "+f"(c[0][1]), "+f"(c[0][2]), "+f"(c[0][3]), "+f"(c[1][0]), "+f"(c[1][1]), "+f"(c[1][2]), \
+      "+f"(c[1][3]), "+f"(c[2][0]), "+f"(c[2][1]), "+f"(c[2][2]), "+f"(c[2][3]), "+f"(c[3][0]), "+f"(c[3][1]), \
+      "+f"(c[3][2]), "+f"(c[3][3]), "+f"(c[4][0]), "+f"(c[4][1]), "+f"(c[4][2]), "+f"(c[4][3]), "+f"(c[5][0]), \
+      "+f"(c[5][1]), "+f"(c[5][2]), "+f"(c[5][3]), "+f"(c[6][0]), "+f"(c[6][1]), "+f"(c[6][2]), "+f"(c[6][3]), \
+      "+f"(c[7][0]), "+f"(c[7][1]), "+f"(c[7][2]), "+f"(c[7][3])
 // d (64×64, fp32) = A·B + (accumulate ? d : 0) for A (64×16) in registers (each warp's m16n8k16 A
 // fragment) and B (16×64) described by b; kTransposeB = 1 for an MN-major B.
 template <int kTransposeB>
@@ -160,14 +195,33 @@ __device__ inline void multiply_async(Accumulator16x64& d, const std::uint32_t (
       "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
       "{%32, %33, %34, %35}, %36, keep, 1, 1, %38;\n"
       "}\n"
-      : "+f"(c[0][0]), "+f"(c[0][1]), "+f"(c[0][2]), "+f"(c[0][3]), "+f"(c[1][0]), "+f"(c[1][1]), "+f"(c[1][2]),
-        "+f"(c[1][3]), "+f"(c[2][0]), "+f"(c[2][1]), "+f"(c[2][2]), "+f"(c[2][3]), "+f"(c[3][0]), "+f"(c[3][1]),
-        "+f"(c[3][2]), "+f"(c[3][3]), "+f"(c[4][0]), "+f"(c[4][1]), "+f"(c[4][2]), "+f"(c[4][3]), "+f"(c[5][0]),
-        "+f"(c[5][1]), "+f"(c[5][2]), "+f"(c[5][3]), "+f"(c[6][0]), "+f"(c[6][1]), "+f"(c[6][2]), "+f"(c[6][3]),
-        "+f"(c[7][0]), "+f"(c[7][1]), "+f"(c[7][2]), "+f"(c[7][3])
+      : DRT_WGMMA_ACCUMULATORS(c)
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(int(accumulate)), "n"(kTransposeB));
 #endif
 }
+
+// d (64×64, fp32) = A·B + (accumulate ? d : 0) with both operands in shared memory: A (64×16)
+// described by a (K-major: rows_as_columns of the stored tile A), B (16×64) by b as above. Used
+// where A is a resident tile (the GCA backward's Q, dO, K, V): no registers hold it.
+template <int kTransposeB>
+__device__ inline void multiply_shared_async(Accumulator16x64& d, std::uint64_t a, std::uint64_t b, bool accumulate) {
+#if defined(DRT_WGMMA_DEVICE)
+  float(&c)[8][4] = d.c;
+  asm volatile(
+      "{\n"
+      ".reg .pred keep;\n"
+      "setp.ne.b32 keep, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+      "%32, %33, keep, 1, 1, 0, %35;\n"
+      "}\n"
+      : DRT_WGMMA_ACCUMULATORS(c)
+      : "l"(a), "l"(b), "r"(int(accumulate)), "n"(kTransposeB));
+#endif
+}
+
+#undef DRT_WGMMA_ACCUMULATORS
 
 // acc (64×64) = A (64×64: four A fragments per warp, k = 0..63) · Tᵀ for a stored tile T, or
 // acc += that with `accumulate`: four k-steps, committed as one group (not waited for).
@@ -183,6 +237,15 @@ __device__ inline void multiply_accumulate_async(Accumulator16x64& acc, const st
                                                  const SwizzledTile& t) {
 #pragma unroll
   for (int kk = 0; kk < 4; ++kk) multiply_async<1>(acc, a[kk], rows_as_rows(t, kk), true);
+  commit();
+}
+
+// acc (64×64) = A · Tᵀ for stored tiles A and T (acc[m][n] = Σ_k A[m][k] T[n][k]), both read from
+// shared memory: four k-steps, committed as one group.
+__device__ inline void multiply_tile_by_transposed_async(Accumulator16x64& acc, const SwizzledTile& a,
+                                                         const SwizzledTile& t) {
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) multiply_shared_async<0>(acc, rows_as_columns(a, kk), rows_as_columns(t, kk), kk > 0);
   commit();
 }
 
