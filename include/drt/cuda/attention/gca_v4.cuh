@@ -152,27 +152,37 @@ __device__ inline void add_query_gradient(float* dq_rows, const Accumulator16x64
 }
 
 // dk += scale·dK and dv += dV on the rows of chunk e, sequence b, kv head g (dK, dV in this warp's
-// accumulators, rows = keys). The block owns those rows: no atomics. dk or dv may be null.
+// accumulators, rows = keys). The block owns those rows: no atomics. dk or dv may be null. Every
+// old value is loaded before anything is stored: the compiler cannot tell dk from dv, so
+// interleaved read-modify-writes ran one memory latency each, in sequence (Nsight Compute put
+// half of the key pass's stall samples there).
 __device__ inline void add_chunk_gradients(float* dk, float* dv, const Accumulator16x64& dk_acc,
                                            const Accumulator16x64& dv_acc, const GcaShape& s, int b, int e, int g,
                                            float scale) {
   const FragmentLane at;
+  const long long key[2] = {gca_key_row(s, b, e, at.row(0), g) * kSize, gca_key_row(s, b, e, at.row(2), g) * kSize};
+  float2 old_dk[2][8], old_dv[2][8];
 #pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const long long key = gca_key_row(s, b, e, at.row(2 * half), g) * kSize;
+  for (int half = 0; half < 2; ++half)
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
       const int c = at.col(j, 0);
-      if (dk) {
-        float2* x = reinterpret_cast<float2*>(dk + key + c);
-        *x = make_float2(x->x + scale * dk_acc.c[j][2 * half], x->y + scale * dk_acc.c[j][2 * half + 1]);
-      }
-      if (dv) {
-        float2* x = reinterpret_cast<float2*>(dv + key + c);
-        *x = make_float2(x->x + dv_acc.c[j][2 * half], x->y + dv_acc.c[j][2 * half + 1]);
-      }
+      old_dk[half][j] = dk ? *reinterpret_cast<const float2*>(dk + key[half] + c) : float2{};
+      old_dv[half][j] = dv ? *reinterpret_cast<const float2*>(dv + key[half] + c) : float2{};
     }
-  }
+#pragma unroll
+  for (int half = 0; half < 2; ++half)
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const int c = at.col(j, 0);
+      if (dk)
+        *reinterpret_cast<float2*>(dk + key[half] + c) =
+            make_float2(old_dk[half][j].x + scale * dk_acc.c[j][2 * half],
+                        old_dk[half][j].y + scale * dk_acc.c[j][2 * half + 1]);
+      if (dv)
+        *reinterpret_cast<float2*>(dv + key[half] + c) =
+            make_float2(old_dv[half][j].x + dv_acc.c[j][2 * half], old_dv[half][j].y + dv_acc.c[j][2 * half + 1]);
+    }
 }
 
 // Sum over all 32 lanes (every lane gets it).

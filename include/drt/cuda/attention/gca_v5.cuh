@@ -135,13 +135,24 @@ static __global__ void __launch_bounds__(gca_v5::kThreads, 4)
 namespace gca_v5 {
 
 // The query pass's shared memory: the block's Q and dO (resident, rounded once), two stages of a
-// chunk's K and V, the slot table. 6 × 8 KB + 772 bytes: dynamic, with an atom of slack for the
-// alignment (align_to_atom).
+// chunk's K and V with the slot's lse rows, the slot table: ~50 KB, dynamic, with an atom of
+// slack for the alignment (align_to_atom).
 struct QueryBackwardShared {
   wgmma::SwizzledTile queries, douts;
   wgmma::SwizzledTile keys[2], values[2];
+  float lse[2][kSize];  // the slot's lse rows, staged with its chunk
   FilledSlots filled;
 };
+
+// fetch_chunk for the query pass: slot `slot` of row z retrieved chunk e; its 64 lse values (from
+// lse_rows, the block's lse of slot 0) join the chunk's commit group, so that the step never
+// waits on a global load.
+__device__ inline void fetch_chunk_and_lse(QueryBackwardShared& sh, int stage, const __nv_bfloat16* k16,
+                                           const __nv_bfloat16* v16, const GcaShape& s, int b, int e, int g,
+                                           const float* lse_rows, int slot) {
+  if (threadIdx.x < kSize) mma::copy_async_4(&sh.lse[stage][threadIdx.x], lse_rows + slot * kSize + threadIdx.x);
+  fetch_chunk(sh.keys[stage], sh.values[stage], k16, v16, s, b, e, g);  // commits the group
+}
 
 // The key pass's shared memory: the chunk's K and V (resident), two stages of Q and dO with their
 // lse and δ rows, and the list of slots that retrieved the chunk (as gca_v4::KeyShared).
@@ -149,6 +160,7 @@ struct KeyBackwardShared {
   wgmma::SwizzledTile keys, values;
   wgmma::SwizzledTile queries[2], douts[2];
   float lse[2][kSize], delta[2][kSize];
+  float weight[2];  // the step's slot weight
   int warp_totals[gca_mma::kWarps];
   int list[gca_v4::kListCapacity];
 };
@@ -179,11 +191,12 @@ static __global__ void __launch_bounds__(gca_v5::kThreads, 4)
   const long long first_query = (static_cast<long long>(z) * s.H + h) * kSize;
   const long long first_stat = (static_cast<long long>(z) * s.H + h) * s.Kc * kSize;  // δ of slot 0
   const int first = gca_mma::next_filled_slot(index, weight, z, s.Kc, 0);
-  if (first < s.Kc) fetch_chunk(sh.keys[0], sh.values[0], k16, v16, s, b, index[z * s.Kc + first], kv);
+  const float* lse_rows = lse + first_stat;
+  if (first < s.Kc) fetch_chunk_and_lse(sh, 0, k16, v16, s, b, index[z * s.Kc + first], kv, lse_rows, first);
   gca_v4::collect_filled_slots(sh.filled, index, weight, z, s.Kc);
-  wgmma::stage_bf16_swizzled<kThreads>(sh.queries, q + first_query * kSize, q16 ? q16 + first_query * kSize : nullptr);
-  wgmma::stage_bf16_swizzled<kThreads>(sh.douts, dout + first_query * kSize,
-                                       dout16 ? dout16 + first_query * kSize : nullptr);
+  wgmma::stage_two_bf16_swizzled<kThreads>(sh.queries, q + first_query * kSize,
+                                           q16 ? q16 + first_query * kSize : nullptr, sh.douts,
+                                           dout + first_query * kSize, dout16 ? dout16 + first_query * kSize : nullptr);
   for (int slot = 0; slot < s.Kc; ++slot)  // nothing flowed through a skipped slot
     if (threadIdx.x < kSize && gca_mma::slot_skipped(index, weight, z, s.Kc, slot))
       delta[first_stat + slot * kSize + threadIdx.x] = 0.0f;
@@ -196,12 +209,12 @@ static __global__ void __launch_bounds__(gca_v5::kThreads, 4)
   for (int n = 0; n < count; ++n) {
     const int stage = n & 1;
     next_tile_then_wait(n + 1 < count, [&] {
-      fetch_chunk(sh.keys[stage ^ 1], sh.values[stage ^ 1], k16, v16, s, b, sh.filled.chunk[n + 1], kv);
+      fetch_chunk_and_lse(sh, stage ^ 1, k16, v16, s, b, sh.filled.chunk[n + 1], kv, lse_rows, sh.filled.slot[n + 1]);
     });
     const int i = sh.filled.slot[n];
     const float w = sh.filled.weight[n];
     const long long stat = first_stat + i * kSize;
-    const float lse_log2[2] = {lse[stat + at.row(0)] * kLog2e, lse[stat + at.row(2)] * kLog2e};
+    const float lse_log2[2] = {sh.lse[stage][at.row(0)] * kLog2e, sh.lse[stage][at.row(2)] * kLog2e};
     Accumulator16x64 p, ds;  // S then P;  dP then dS
     wgmma::fence();
     wgmma::multiply_tile_by_transposed_async(p, sh.queries, sh.keys[stage]);
@@ -280,6 +293,9 @@ static __global__ void __launch_bounds__(gca_v5::kThreads, 3)
       copy_async_4(&sh.lse[stage][threadIdx.x], lse + stat + threadIdx.x);
       copy_async_4(&sh.delta[stage][threadIdx.x], delta + stat + threadIdx.x);
     }
+    // With the stage, not read in the step: a global load there was a full memory latency in
+    // front of the step's softmax (Nsight Compute: half the warps' stalls waited on L1TEX).
+    if (threadIdx.x == 0) copy_async_4(&sh.weight[stage], weight + entry);
     commit_async_copies();
   };
   const float to_log2 = scale * kLog2e;
@@ -303,7 +319,7 @@ static __global__ void __launch_bounds__(gca_v5::kThreads, 3)
     for (int i = 0; i < steps; ++i) {
       const int stage = i & 1;
       next_tile_then_wait(i + 1 < steps, [&] { fetch_step(i + 1, stage ^ 1); });
-      const float w = weight[sh.list[i / heads]];
+      const float w = sh.weight[stage];
       const float* stage_lse = sh.lse[stage];
       const float* stage_delta = sh.delta[stage];
       Accumulator16x64 p, ds;  // Sᵀ then w·Pᵀ;  dPᵀ then dSᵀ (rows keys, columns queries)

@@ -89,21 +89,37 @@ __device__ inline void stage_rows_swizzled_async(SwizzledTile& tile, const __nv_
   }
 }
 
-// Rounds 64 contiguous fp32 rows of 64 (src, 16-byte aligned) into `tile` with plain stores, and
-// writes the same bf16 values to `copy` (64 contiguous bf16 rows; nullptr: no copy): the GCA
-// backward's query pass stages Q and dO once per block this way and hands the rounded rows to the
-// key pass. All kThreads threads of the block call it; then fence_shared_for_wgmma and a barrier.
+// Rounds two 64×64 fp32 matrices (contiguous rows, 16-byte aligned) into two tiles with plain
+// stores, and writes the same bf16 values to `copy_a`, `copy_b` (64 contiguous bf16 rows; nullptr:
+// no copy): the GCA backward's query pass stages Q and dO once per block this way and hands the
+// rounded rows to the key pass. Every load is issued before the first store, so the block waits
+// for memory once (a store between them would order the loads behind it: the compiler cannot tell
+// the copies from the sources). All kThreads threads of the block call it; then
+// fence_shared_for_wgmma and a barrier.
 template <int kThreads>
-__device__ inline void stage_bf16_swizzled(SwizzledTile& tile, const float* src, __nv_bfloat16* copy) {
+__device__ inline void stage_two_bf16_swizzled(SwizzledTile& tile_a, const float* src_a, __nv_bfloat16* copy_a,
+                                               SwizzledTile& tile_b, const float* src_b, __nv_bfloat16* copy_b) {
   constexpr int kVectorsPerRow = 64 / 4;  // float4s
-  unsigned char* bytes = reinterpret_cast<unsigned char*>(tile.at);
-#pragma unroll 4
-  for (int idx = threadIdx.x; idx < 64 * kVectorsPerRow; idx += kThreads) {
+  constexpr int kPasses = 64 * kVectorsPerRow / kThreads;
+  static_assert(64 * kVectorsPerRow % kThreads == 0, "whole passes");
+  float4 a[kPasses], b[kPasses];
+#pragma unroll
+  for (int pass = 0; pass < kPasses; ++pass) {
+    const int idx = pass * kThreads + threadIdx.x;
+    a[pass] = *reinterpret_cast<const float4*>(src_a + idx * 4);
+    b[pass] = *reinterpret_cast<const float4*>(src_b + idx * 4);
+  }
+  auto store = [](SwizzledTile& tile, __nv_bfloat16* copy, int idx, float4 x) {
     const int r = idx / kVectorsPerRow, c = idx % kVectorsPerRow * 4;  // columns c..c+3: half a 16-byte chunk
-    const float4 x = *reinterpret_cast<const float4*>(src + r * 64 + c);
     const uint2 packed{mma::pack_bf16x2(x.x, x.y), mma::pack_bf16x2(x.z, x.w)};
+    unsigned char* bytes = reinterpret_cast<unsigned char*>(tile.at);
     *reinterpret_cast<uint2*>(bytes + r * kRowBytes + (((c / 8) ^ (r & 7)) << 4) + (c % 8) * 2) = packed;
     if (copy != nullptr) *reinterpret_cast<uint2*>(copy + r * 64 + c) = packed;
+  };
+#pragma unroll
+  for (int pass = 0; pass < kPasses; ++pass) {
+    store(tile_a, copy_a, pass * kThreads + threadIdx.x, a[pass]);
+    store(tile_b, copy_b, pass * kThreads + threadIdx.x, b[pass]);
   }
 }
 
