@@ -2,12 +2,12 @@
 //
 // Each attention op on the GPU comes in numbered versions (window_attention.cuh, gca.cuh):
 // 1 warp per row, 2 tiled fp32, 3 bf16 tensor cores, 4 bf16 tensor cores with cp.async-staged
-// tiles (window_attention_v4.cuh, gca_v4.cuh), 5 the forwards on Hopper's warpgroup MMA
-// (window_attention_v5.cuh, gca_v5.cuh; sm_90a builds on H100/H200 only). A call takes the
-// highest version that fits its shape, element type and precision switch. The cap lowers that
-// ceiling, so that the kernel lab (bench/kernel_lab.cu) and the tests can run every version on
-// the same inputs and show how the fast one was reached; programs never need it. Version 1 takes
-// every call, so any cap ≥ 1 leaves every call a version.
+// tiles (window_attention_v4.cuh, gca_v4.cuh), 5 Hopper's warpgroup MMA: window attention's
+// forward, GCA's forward and backward (window_attention_v5.cuh, gca_v5.cuh; sm_90a builds on
+// H100/H200 only). A call takes the highest version that fits its shape, element type and
+// precision switch. The cap lowers that ceiling, so that the kernel lab (bench/kernel_lab.cu) and
+// the tests can run every version on the same inputs and show how the fast one was reached;
+// programs never need it. Version 1 takes every call, so any cap ≥ 1 leaves every call a version.
 #pragma once
 
 #include <cstddef>
