@@ -293,8 +293,8 @@ static __global__ void __launch_bounds__(gca_v5::kThreads, 3)
       copy_async_4(&sh.lse[stage][threadIdx.x], lse + stat + threadIdx.x);
       copy_async_4(&sh.delta[stage][threadIdx.x], delta + stat + threadIdx.x);
     }
-    // With the stage, not read in the step: a global load there was a full memory latency in
-    // front of the step's softmax (Nsight Compute: half the warps' stalls waited on L1TEX).
+    // The weight comes with the stage: read from global memory in the step, it put a memory
+    // latency in front of the step's softmax.
     if (threadIdx.x == 0) copy_async_4(&sh.weight[stage], weight + entry);
     commit_async_copies();
   };
