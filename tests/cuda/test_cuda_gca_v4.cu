@@ -1,6 +1,6 @@
 // test_cuda_gca_v4 — GCA versions 4 and 5 (gca_v4.cuh: bf16 tensor cores with cp.async-staged
 // chunks, a query-major backward pass for dQ, δ and dW and a key-major pass for dK/dV without
-// atomics; gca_v5.cuh: version 4's forward on wgmma, its backward version 4's), taken in bf16
+// atomics; gca_v5.cuh: version 4's three kernels on wgmma), taken in bf16
 // mode at M = N = d = 64, against the CPU op in double, output and the gradients of q, k, v and
 // the weights; against version 3 (and 5 against 4); and the dispatch that picks them. Version 5
 // runs only in sm_90a builds on a compute capability 9.0 GPU (wgmma_available); elsewhere its
