@@ -301,7 +301,15 @@ static __global__ void __launch_bounds__(gca_v5::kThreads, 3)
   const float to_log2 = scale * kLog2e;
   const long long sequence_first = static_cast<long long>(b) * s.rows_per_sequence * s.Kc;
   const long long sequence_end = sequence_first + static_cast<long long>(s.rows_per_sequence) * s.Kc;
-  bool started = false;  // K and V requested, accumulators live
+  // K and V are requested before the scan (their rows depend only on the block's chunk), so their
+  // latency overlaps it; they join the first step's commit group. A chunk nobody retrieved reads
+  // them for nothing, and waits for them before it leaves.
+  {
+    const long long first_row = gca_key_row(s, b, e, 0, g) * kSize, row_stride = static_cast<long long>(s.Hkv) * kSize;
+    wgmma::stage_rows_swizzled_async<kThreads>(sh.keys, k16 + first_row, row_stride);
+    wgmma::stage_rows_swizzled_async<kThreads>(sh.values, v16 + first_row, row_stride);
+  }
+  bool started = false;  // some step ran: the accumulators hold gradients
   Accumulator16x64 dk_acc, dv_acc;
   dk_acc.zero();
   dv_acc.zero();
@@ -309,12 +317,7 @@ static __global__ void __launch_bounds__(gca_v5::kThreads, 3)
     const long long to = from + gca_v4::kListCapacity < sequence_end ? from + gca_v4::kListCapacity : sequence_end;
     const int steps = gca_v4::collect_retrievals(sh.warp_totals, sh.list, index, weight, e, from, to) * heads;
     if (steps == 0) continue;
-    if (!started) {  // K and V once, in step 0's commit group
-      const long long first_row = gca_key_row(s, b, e, 0, g) * kSize, row_stride = static_cast<long long>(s.Hkv) * kSize;
-      wgmma::stage_rows_swizzled_async<kThreads>(sh.keys, k16 + first_row, row_stride);
-      wgmma::stage_rows_swizzled_async<kThreads>(sh.values, v16 + first_row, row_stride);
-      started = true;
-    }
+    started = true;
     fetch_step(0, 0);
     for (int i = 0; i < steps; ++i) {
       const int stage = i & 1;
@@ -355,8 +358,9 @@ static __global__ void __launch_bounds__(gca_v5::kThreads, 3)
       __syncthreads();  // every warp is done with this stage before it is refilled
     }
   }
-  // Nobody retrieved this chunk: its gradients stay as they are.
+  // Nobody retrieved this chunk: its gradients stay as they are (and K, V were never waited for).
   if (started) gca_v4::add_chunk_gradients(dk, dv, dk_acc, dv_acc, s, b, e, g, scale);
+  else wait_async_copies();
 #endif
 }
 
