@@ -227,26 +227,8 @@ static __global__ void __launch_bounds__(gca_v5::kThreads, 4)
       for (int u = 0; u < 4; ++u) p.c[j][u] = exp2_flush(p.c[j][u] * to_log2 - lse_log2[u / 2]);
     wgmma::wait<0>();
     wgmma::hold(ds);
-    float slot_delta[2] = {0.0f, 0.0f};
-#pragma unroll
-    for (int j = 0; j < 8; ++j)
-#pragma unroll
-      for (int u = 0; u < 4; ++u) slot_delta[u / 2] += p.c[j][u] * ds.c[j][u];
-    slot_delta[0] = group_sum(slot_delta[0]);
-    slot_delta[1] = group_sum(slot_delta[1]);
-    if (at.pair == 0) {
-      delta[stat + at.row(0)] = slot_delta[0];
-      delta[stat + at.row(2)] = slot_delta[1];
-    }
-    if (dweight) {  // the warp's 16 rows: each row's δ counted once (by its pair-0 lane)
-      const float rows = gca_v4::warp_total(at.pair == 0 ? slot_delta[0] + slot_delta[1] : 0.0f);
-      if (threadIdx.x % kWarp == 0) atomicAdd(dweight + z * s.Kc + i, rows);
-    }
+    gca_v4::slot_delta_and_ds(ds, p, w, delta + stat, dweight ? dweight + z * s.Kc + i : nullptr, dq != nullptr);
     if (dq) {
-#pragma unroll
-      for (int j = 0; j < 8; ++j)
-#pragma unroll
-        for (int u = 0; u < 4; ++u) ds.c[j][u] = w * p.c[j][u] * (ds.c[j][u] - slot_delta[u / 2]);
       std::uint32_t dsa[4][4];  // bf16(dS) as A fragments
       a_fragments(dsa, ds);
       wgmma::fence();
