@@ -192,6 +192,35 @@ __device__ inline float warp_total(float x) {
   return x;
 }
 
+// The query pass's middle, shared by versions 4 and 5. With P in p and dP in ds (this warp's 16
+// rows of one slot): δ = Σ_n P dP per row goes to delta_rows (the slot's 64 δ), the warp's rows'
+// sum of δ is added to *dweight_slot (one atomic per warp; nullptr: none), and, with make_ds, ds
+// becomes dS = w P (dP − δ).
+__device__ inline void slot_delta_and_ds(Accumulator16x64& ds, const Accumulator16x64& p, float w, float* delta_rows,
+                                         float* dweight_slot, bool make_ds) {
+  const FragmentLane at;
+  float slot_delta[2] = {0.0f, 0.0f};
+#pragma unroll
+  for (int j = 0; j < 8; ++j)
+#pragma unroll
+    for (int u = 0; u < 4; ++u) slot_delta[u / 2] += p.c[j][u] * ds.c[j][u];
+  slot_delta[0] = group_sum(slot_delta[0]);
+  slot_delta[1] = group_sum(slot_delta[1]);
+  if (at.pair == 0) {
+    delta_rows[at.row(0)] = slot_delta[0];
+    delta_rows[at.row(2)] = slot_delta[1];
+  }
+  if (dweight_slot) {  // the warp's 16 rows: each row's δ counted once (by its pair-0 lane)
+    const float rows = warp_total(at.pair == 0 ? slot_delta[0] + slot_delta[1] : 0.0f);
+    if (threadIdx.x % kWarp == 0) atomicAdd(dweight_slot, rows);
+  }
+  if (!make_ds) return;
+#pragma unroll
+  for (int j = 0; j < 8; ++j)
+#pragma unroll
+    for (int u = 0; u < 4; ++u) ds.c[j][u] = w * p.c[j][u] * (ds.c[j][u] - slot_delta[u / 2]);
+}
+
 // One chunk's softmax for a warp's 16 rows, in registers, with the fusion weight w folded in: the
 // raw products S (16×64) become P·w/Σ_n P, P = exp2(to_log2·S − max) (base 2), and row_lse gets
 // each of this lane's two rows' log-sum-exp (natural log, as the backward reads it). The row max
@@ -358,26 +387,8 @@ static __global__ void __launch_bounds__(gca_v4::kThreads, 4)
     Accumulator16x64 ds;  // dP, then dS
     ds.zero();
     multiply_rows_by_transposed(ds, sh.douts, at.row0, values);
-    float slot_delta[2] = {0.0f, 0.0f};
-#pragma unroll
-    for (int j = 0; j < 8; ++j)
-#pragma unroll
-      for (int u = 0; u < 4; ++u) slot_delta[u / 2] += p.c[j][u] * ds.c[j][u];
-    slot_delta[0] = group_sum(slot_delta[0]);
-    slot_delta[1] = group_sum(slot_delta[1]);
-    if (at.pair == 0) {
-      delta[stat + at.row(0)] = slot_delta[0];
-      delta[stat + at.row(2)] = slot_delta[1];
-    }
-    if (dweight) {  // the warp's 16 rows: each row's δ counted once (by its pair-0 lane)
-      const float rows = warp_total(at.pair == 0 ? slot_delta[0] + slot_delta[1] : 0.0f);
-      if (threadIdx.x % kWarp == 0) atomicAdd(dweight + z * s.Kc + i, rows);
-    }
+    slot_delta_and_ds(ds, p, w, delta + stat, dweight ? dweight + z * s.Kc + i : nullptr, dq != nullptr);
     if (dq) {
-#pragma unroll
-      for (int j = 0; j < 8; ++j)
-#pragma unroll
-        for (int u = 0; u < 4; ++u) ds.c[j][u] = w * p.c[j][u] * (ds.c[j][u] - slot_delta[u / 2]);
       multiply_packed(dq_acc, ds, keys);
     }
     __syncthreads();  // every warp is done with this stage before it is refilled

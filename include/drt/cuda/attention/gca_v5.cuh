@@ -227,26 +227,8 @@ static __global__ void __launch_bounds__(gca_v5::kThreads, 4)
       for (int u = 0; u < 4; ++u) p.c[j][u] = exp2_flush(p.c[j][u] * to_log2 - lse_log2[u / 2]);
     wgmma::wait<0>();
     wgmma::hold(ds);
-    float slot_delta[2] = {0.0f, 0.0f};
-#pragma unroll
-    for (int j = 0; j < 8; ++j)
-#pragma unroll
-      for (int u = 0; u < 4; ++u) slot_delta[u / 2] += p.c[j][u] * ds.c[j][u];
-    slot_delta[0] = group_sum(slot_delta[0]);
-    slot_delta[1] = group_sum(slot_delta[1]);
-    if (at.pair == 0) {
-      delta[stat + at.row(0)] = slot_delta[0];
-      delta[stat + at.row(2)] = slot_delta[1];
-    }
-    if (dweight) {  // the warp's 16 rows: each row's δ counted once (by its pair-0 lane)
-      const float rows = gca_v4::warp_total(at.pair == 0 ? slot_delta[0] + slot_delta[1] : 0.0f);
-      if (threadIdx.x % kWarp == 0) atomicAdd(dweight + z * s.Kc + i, rows);
-    }
+    gca_v4::slot_delta_and_ds(ds, p, w, delta + stat, dweight ? dweight + z * s.Kc + i : nullptr, dq != nullptr);
     if (dq) {
-#pragma unroll
-      for (int j = 0; j < 8; ++j)
-#pragma unroll
-        for (int u = 0; u < 4; ++u) ds.c[j][u] = w * p.c[j][u] * (ds.c[j][u] - slot_delta[u / 2]);
       std::uint32_t dsa[4][4];  // bf16(dS) as A fragments
       a_fragments(dsa, ds);
       wgmma::fence();
@@ -301,7 +283,15 @@ static __global__ void __launch_bounds__(gca_v5::kThreads, 3)
   const float to_log2 = scale * kLog2e;
   const long long sequence_first = static_cast<long long>(b) * s.rows_per_sequence * s.Kc;
   const long long sequence_end = sequence_first + static_cast<long long>(s.rows_per_sequence) * s.Kc;
-  bool started = false;  // K and V requested, accumulators live
+  // K and V are requested before the scan (their rows depend only on the block's chunk), so their
+  // latency overlaps it; they join the first step's commit group. A chunk nobody retrieved reads
+  // them for nothing, and waits for them before it leaves.
+  {
+    const long long first_row = gca_key_row(s, b, e, 0, g) * kSize, row_stride = static_cast<long long>(s.Hkv) * kSize;
+    wgmma::stage_rows_swizzled_async<kThreads>(sh.keys, k16 + first_row, row_stride);
+    wgmma::stage_rows_swizzled_async<kThreads>(sh.values, v16 + first_row, row_stride);
+  }
+  bool started = false;  // some step ran: the accumulators hold gradients
   Accumulator16x64 dk_acc, dv_acc;
   dk_acc.zero();
   dv_acc.zero();
@@ -309,12 +299,7 @@ static __global__ void __launch_bounds__(gca_v5::kThreads, 3)
     const long long to = from + gca_v4::kListCapacity < sequence_end ? from + gca_v4::kListCapacity : sequence_end;
     const int steps = gca_v4::collect_retrievals(sh.warp_totals, sh.list, index, weight, e, from, to) * heads;
     if (steps == 0) continue;
-    if (!started) {  // K and V once, in step 0's commit group
-      const long long first_row = gca_key_row(s, b, e, 0, g) * kSize, row_stride = static_cast<long long>(s.Hkv) * kSize;
-      wgmma::stage_rows_swizzled_async<kThreads>(sh.keys, k16 + first_row, row_stride);
-      wgmma::stage_rows_swizzled_async<kThreads>(sh.values, v16 + first_row, row_stride);
-      started = true;
-    }
+    started = true;
     fetch_step(0, 0);
     for (int i = 0; i < steps; ++i) {
       const int stage = i & 1;
@@ -355,8 +340,9 @@ static __global__ void __launch_bounds__(gca_v5::kThreads, 3)
       __syncthreads();  // every warp is done with this stage before it is refilled
     }
   }
-  // Nobody retrieved this chunk: its gradients stay as they are.
+  // Nobody retrieved this chunk: its gradients stay as they are (and K, V were never waited for).
   if (started) gca_v4::add_chunk_gradients(dk, dv, dk_acc, dv_acc, s, b, e, g, scale);
+  else wait_async_copies();
 #endif
 }
 
