@@ -30,7 +30,9 @@
 // relative to that tensor's largest |cpu|. fp32 versions sit near 1e-6; v3, v4 near 1e-3 (their
 // operands and P, dS are rounded to bf16; tests/cuda/ states the bounds).
 // Time: forward and backward at the DRT training shape (bench/support/attention_bench.hpp),
-// FLOPs as flash attention counts them.
+// FLOPs as flash attention counts them. GCA's input gradients start empty in every repetition,
+// as in a training step (q is an activation there, k and v the chunk memory): versions 4 and 5
+// then set them instead of adding into them, the others add into zeros.
 #include <cmath>
 #include <cstdio>
 #include <iterator>
@@ -130,9 +132,9 @@ static_assert(std::size(kHow) == attention::kNewestVersion + 1 && std::size(kGca
               "a line for every version");
 
 // One op, versions 1..newest: what each is, its error, its speed, its speed-up over version 1.
-template <class Inputs, class VersionOf, class Error>
+template <class Inputs, class VersionOf, class Error, class Prepare = NothingToPrepare>
 void lab(const char* op, int newest, const char* const* how, const Inputs& at_scale, int reps, VersionOf version_of,
-         Error error) {
+         Error error, Prepare prepare = {}) {
   std::printf("\n%s\n%-3s %-38s %-6s %10s %10s %8s %8s %10s %10s\n", op, "v", "how", "runs", "error", "fwd ms",
               "TFLOP/s", "bwd ms", "TFLOP/s", "vs v1");
   Timing first;
@@ -142,7 +144,7 @@ void lab(const char* op, int newest, const char* const* how, const Inputs& at_sc
     const int runs = version_of();  // what the dispatch takes under this cap and precision
     if (runs < version && version > 3) break;  // no such version for this op (or not on this build/GPU)
     const double err = error();
-    const Timing t = time_forward_backward(reps, at_scale.out_shape(), [&] { return at_scale.run(); });
+    const Timing t = time_forward_backward(reps, at_scale.out_shape(), [&] { return at_scale.run(); }, prepare);
     if (version == 1) first = t;
     std::printf("%-3d %-38s v%-5d %10.1e %10.3f %8.1f %8.3f %10.1f   %4.1fx / %.1fx\n", version, how[version], runs, err,
                 t.forward_ms, forward_tflops(at_scale.flops(), t), t.backward_ms, backward_tflops(at_scale.flops(), t),
@@ -166,12 +168,14 @@ int main(int argc, char** argv) {
     const GcaInputs retrieval = GcaInputs::drt_training(batch);
     const attention::GcaShape shape{int(batch * 259), 12, 64, 64, int(batch), 259, 64, 12, 8, 259, 1};
     lab("GCA (Z = B x 259, H 12, M = N = d = 64, Kc 8)", attention::kNewestVersion, kGcaHow, retrieval, reps,
-        [&] { return attention::gca_version<float>(shape, matmul_precision()); }, gca_error);
+        [&] { return attention::gca_version<float>(shape, matmul_precision()); }, gca_error,
+        [&] { retrieval.drop_input_gradients(); });
     {  // k and v rounded once, in the warm-up repetition: every timed call finds the copies
       const std::vector<const void*> chunk_memory{retrieval.k.value().data(), retrieval.v.value().data()};
       RoundedOperandReuse reuse(chunk_memory);
       MatmulPrecisionScope precision(Precision::bf16);
-      const Timing t = time_forward_backward(reps, retrieval.out_shape(), [&] { return retrieval.run(); });
+      const Timing t = time_forward_backward(
+          reps, retrieval.out_shape(), [&] { return retrieval.run(); }, [&] { retrieval.drop_input_gradients(); });
       std::printf("%-3s %-38s v%-5d %10s %10.3f %8.1f %8.3f %10.1f\n", "", "the same, k and v already in bf16",
                   attention::gca_version<float>(shape, matmul_precision()), "", t.forward_ms,
                   forward_tflops(retrieval.flops(), t), t.backward_ms, backward_tflops(retrieval.flops(), t));

@@ -158,8 +158,8 @@ TEST(MatmulPrecision, Bf16ProductIsTheProductOfRoundedOperands) {
 
 // Which scope keeps a rounded copy (the GPU's bf16_operand asks these questions; the copies here
 // are stand-ins): a scope naming a storage keeps its copies however deep the read, a plain
-// scope keeps the rest, a named scope alone keeps nothing else, and a named scope seeded with an
-// earlier scope's copies finds them.
+// scope keeps the rest, a named scope alone keeps nothing else, of two scopes naming a storage the
+// outer keeps it, and a named scope seeded with an earlier scope's copies finds them.
 TEST(MatmulPrecision, RoundedOperandScopesKeepWhatTheyPromiseFor) {
   const float weight[4] = {}, activation[4] = {}, memory[4] = {};
   auto copy = [] { return std::make_shared<int>(0); };
@@ -187,6 +187,15 @@ TEST(MatmulPrecision, RoundedOperandScopesKeepWhatTheyPromiseFor) {
       EXPECT_NE(group.find(weight, 4), nullptr) << "an outer scope's copy";
     }
     kept = weights.copies();
+  }
+  {  // two scopes naming the same storage: the outer one keeps the copy, so it outlives the inner
+    RoundedOperandReuse model(memory_list);
+    {
+      RoundedOperandReuse op(memory_list);
+      RoundedOperandReuse::active()->remember(memory, 4, copy());
+      EXPECT_TRUE(op.copies().empty()) << "the outer scope promises for longer";
+    }
+    EXPECT_NE(model.find(memory, 4), nullptr);
   }
   RoundedOperandReuse next(weights_list);
   EXPECT_EQ(next.find(weight, 4), nullptr);

@@ -26,14 +26,19 @@ struct Timing {
   double forward_ms = 0, backward_ms = 0;
 };
 
+struct NothingToPrepare {
+  void operator()() const {}
+};
+
 // Forward, then backward with a random output gradient, `reps` times after one warm-up; each
-// phase synchronised apart.
-template <class Forward>
-Timing time_forward_backward(int reps, const Shape& out_shape, Forward forward) {
+// phase synchronised apart. `prepare` runs untimed before each repetition.
+template <class Forward, class Prepare = NothingToPrepare>
+Timing time_forward_backward(int reps, const Shape& out_shape, Forward forward, Prepare prepare = {}) {
   using Clock = std::chrono::steady_clock;
   const Tensor<float> seed = random_uniform<float>(out_shape, 99, -1.f, 1.f).to(Device::cuda);
   Timing t;
   for (int r = 0; r <= reps; ++r) {
+    prepare();
     cuda::synchronize();
     const auto t0 = Clock::now();
     const Var<float> out = forward();
@@ -100,6 +105,12 @@ struct GcaInputs {
   static GcaInputs drt_training(Index batch) { return {batch, 259, 12, 12, 64, 64, 64, 8, Device::cuda}; }
 
   Var<float> run() const { return gca(q, k, v, index, w, scale); }
+  // As in a training step, where q is an activation and k, v the chunk memory, whose gradient
+  // buffers start empty: the backward sets them (Node::grad_slot) rather than adding into them.
+  // Untimed, before each repetition (time_forward_backward's `prepare`).
+  void drop_input_gradients() const {
+    for (const Parameter<float>* p : {&q, &k, &v}) p->node()->grad = Tensor<float>();
+  }
   Shape out_shape() const { return {B * rows, H, M, d}; }
   double flops() const { return 4.0 * double(B * rows * H * M) * double(Kc * N) * double(d); }
 };

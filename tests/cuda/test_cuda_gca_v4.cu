@@ -24,8 +24,9 @@
 // dK/dV sum many contributions in one block; empty slots (index −1), a zero weight on a filled
 // slot, a row with every slot empty; B > 1; grouped heads (H a multiple of Hkv > 1 per kv head);
 // Kc = 1, 3, 5, 8 and 40 (the forward's slot table filled in two ballots); Z not a multiple of
-// anything; and a sequence with more slots than the dK/dV block collects at once
-// (gca_v4::kListCapacity), so that block walks its list in two windows.
+// anything; a sequence with more slots than the dK/dV block collects at once
+// (gca_v4::kListCapacity), so that block walks its list in two windows; and gradient buffers
+// that are fresh (set) or not (added into).
 #include "gpu_test.hpp"
 
 #include <algorithm>
@@ -188,6 +189,60 @@ TEST_F(Gpu, GcaVersion4LeavesUnretrievedChunksAlone) {
     SCOPED_TRACE(::testing::Message() << "version " << version);
     const Result<float> gpu = run_version(in, version);
     const Tensor<float> dk = gpu.dk.to(Device::cpu), dv = gpu.dv.to(Device::cpu);
+    for (Index b = 0; b < c.B; ++b)
+      for (Index n = 0; n < 64; ++n)
+        for (Index x = 0; x < 64; ++x) {
+          ASSERT_EQ(dk(b, 3, n, 0, x), 0.0f);
+          ASSERT_EQ(dv(b, 3, n, 0, x), 0.0f);
+        }
+  }
+}
+
+// A fresh gradient buffer (uninitialised: Node::grad_slot) is set, an existing one added into:
+// the backward called directly, on dq, dk, dv buffers full of NaN marked fresh, and on buffers
+// holding 0.25 not marked. The first must come out finite and equal to the second minus 0.25,
+// including the rows of chunk 3, which nobody retrieves: zeros when fresh. Versions 4 and 5 set
+// them in their kernels, and bit for bit (they compute 0.25 + g where the fresh run stores g, and
+// g + 0.25 is the same sum); 2 and 3 zero-fill first, and sum dK/dV by atomics, in an order that
+// changes from run to run: within 1e-6 of the largest entry.
+TEST_F(Gpu, GcaBackwardSetsFreshGradientsAndAddsIntoOthers) {
+  const GcaV4Case c = cases()[2];  // chunk 3 is never retrieved
+  const GcaV4Inputs in(c);
+  const Tensor<float> q = in.q.to(Device::cuda), k = in.k.to(Device::cuda), v = in.v.to(Device::cuda);
+  const Tensor<float> w = in.weight.to(Device::cuda), seed = in.seed.to(Device::cuda);
+  const IndexTensor index = in.index.to(Device::cuda);
+  for (int version = 2; version <= newest_gca_version(); ++version) {
+    SCOPED_TRACE(::testing::Message() << "version " << version);
+    cuda::attention::VersionCap cap(version);
+    MatmulPrecisionScope precision(version >= 3 ? Precision::bf16 : Precision::fp32);
+    const cuda::attention::GcaShape shape = cuda::attention::gca_shape(q.shape(), k.shape(), index.shape());
+    ASSERT_EQ(cuda::attention::gca_version<float>(shape, matmul_precision()), version);
+    const Tensor<float> out = Tensor<float>::empty(q.shape(), nullptr, Device::cuda);
+    const Tensor<float> lse = Tensor<float>::empty({q.size(0), q.size(1), c.Kc, 64}, nullptr, Device::cuda);
+    cuda::gca_forward(q, k, v, index, w, in.scale, out, lse);
+    auto buffers = [&](float value) {
+      return std::vector<Tensor<float>>{Tensor<float>::full(q.shape(), value, nullptr, Device::cuda),
+                                        Tensor<float>::full(k.shape(), value, nullptr, Device::cuda),
+                                        Tensor<float>::full(v.shape(), value, nullptr, Device::cuda)};
+    };
+    const std::vector<Tensor<float>> fresh = buffers(std::nanf("")), added = buffers(0.25f);
+    cuda::gca_backward(q, k, v, index, w, in.scale, lse, seed, &fresh[0], &fresh[1], &fresh[2],
+                       static_cast<const Tensor<float>*>(nullptr), cuda::attention::GcaFreshGradients{true, true, true});
+    cuda::gca_backward(q, k, v, index, w, in.scale, lse, seed, &added[0], &added[1], &added[2],
+                       static_cast<const Tensor<float>*>(nullptr));
+    const char* names[] = {"dq", "dk", "dv"};
+    for (int t = 0; t < 3; ++t) {
+      const std::vector<float> set = fresh[t].to(Device::cpu).to_vector(), sum = added[t].to(Device::cpu).to_vector();
+      double largest = 0;
+      for (float x : set) largest = std::max(largest, std::abs(double(x)));  // NaN is not larger
+      EXPECT_GT(largest, 0.0) << names[t] << " is all zeros";
+      const double tolerance = version >= 4 ? 0.0 : 1e-6 * largest;
+      for (std::size_t i = 0; i < set.size(); ++i) {
+        ASSERT_TRUE(std::isfinite(set[i])) << names[t] << "[" << i << "] kept the buffer's NaN";
+        ASSERT_NEAR(set[i] + 0.25f, sum[i], tolerance) << names[t] << "[" << i << "]";
+      }
+    }
+    const Tensor<float> dk = fresh[1].to(Device::cpu), dv = fresh[2].to(Device::cpu);
     for (Index b = 0; b < c.B; ++b)
       for (Index n = 0; n < 64; ++n)
         for (Index x = 0; x < 64; ++x) {

@@ -23,9 +23,12 @@
 
 #include <cmath>
 #include <limits>
+#include <memory>
+#include <vector>
 
 #include "drt/autodiff/var.hpp"
 #include "drt/core/matmul.hpp"
+#include "drt/core/precision.hpp"
 #include "drt/core/vector_math.hpp"
 
 #if defined(__CUDACC__)
@@ -229,6 +232,43 @@ void gca_backward(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, co
   });
 }
 
+namespace detail {
+
+// The gradient buffers of q, k and v for the backward: grad_slot()s, so that a fresh one is set
+// rather than zero-filled and added into. When two of them are one node (gca(x, x, x, ...) on
+// matching shapes), that buffer would be set by one pass and added into by another, so they all
+// take the zero-filled grad_buffer() instead.
+template <class T>
+struct GcaGradientSlots {
+  Tensor<T> dq, dk, dv;  // undefined where no gradient is wanted
+  bool fresh_dq = false, fresh_dk = false, fresh_dv = false;
+
+  GcaGradientSlots(const Var<T>& q, const Var<T>& k, const Var<T>& v) {
+    const bool distinct = q.node() != k.node() && q.node() != v.node() && k.node() != v.node();
+    auto take = [distinct](const Var<T>& x, Tensor<T>& buffer, bool& fresh) {
+      if (!x.requires_grad()) return;
+      if (!distinct) {
+        buffer = x.node()->grad_buffer();
+        return;
+      }
+      const auto slot = x.node()->grad_slot();
+      buffer = slot.buffer;
+      fresh = slot.fresh;
+    };
+    take(q, dq, fresh_dq);
+    take(k, dk, fresh_dk);
+    take(v, dv, fresh_dv);
+  }
+  // For a backward that only adds (the CPU's): the fresh buffers start at zero.
+  void zero_fresh() const {
+    if (fresh_dq) dq.fill(T(0));
+    if (fresh_dk) dk.fill(T(0));
+    if (fresh_dv) dv.fill(T(0));
+  }
+};
+
+}  // namespace detail
+
 // The differentiable op. q, k, v and weight may all require gradients; index never does. On a
 // GPU (all of q, k, v, weight there; index anywhere) the kernels of drt/cuda/attention/gca.cuh run.
 template <class T>
@@ -240,11 +280,20 @@ Var<T> gca(const Var<T>& q, const Var<T>& k, const Var<T>& v, const IndexTensor&
   const IndexTensor ic = index.to(device, arena).contiguous(arena);
   const Tensor<T> out = Tensor<T>::empty(q.shape(), arena, device);
   const Tensor<T> lse = Tensor<T>::empty(Shape{q.size(0), q.size(1), ic.size(1), q.size(2)}, arena, device);
+  // On a GPU in bf16 the kernels read bf16 copies of k and v (cuda/bf16.cuh, bf16_operand). The
+  // ones the forward read (its own, or those of an enclosing scope naming the chunk memory, as the
+  // model's) are kept for the backward, which would otherwise round the whole memory again.
+  std::vector<RoundedOperandReuse::Entry> rounded_memory;
   if (device != Device::cpu) {
     // A host index is checked where it is: checking the device copy would read it back, and
     // wait for the GPU (in a prefill segment, once per GCA layer).
     detail::gca_check(qc, kc, vc, index.on_host() ? index.contiguous(arena) : ic, wc);
+    const std::vector<const void*> chunk_memory{kc.data(), vc.data()};
+    RoundedOperandReuse reuse(chunk_memory);
     DRT_ON_DEVICE("gca", cuda::gca_forward(qc, kc, vc, ic, wc, scale, out, lse));
+    for (const Tensor<T>* m : {&kc, &vc})
+      if (std::shared_ptr<void> copy = reuse.find(m->data(), m->numel()))
+        rounded_memory.push_back({m->data(), m->numel(), std::move(copy)});
   } else {
     gca_forward(qc, kc, vc, ic, wc, scale, out, lse, arena);
   }
@@ -252,20 +301,24 @@ Var<T> gca(const Var<T>& q, const Var<T>& k, const Var<T>& v, const IndexTensor&
   if (result.requires_grad())
     record_backward(result, [=] {
       Arena* a = step_arena();
-      const Tensor<T> dq = q.requires_grad() ? q.node()->grad_buffer() : Tensor<T>();
-      const Tensor<T> dk = k.requires_grad() ? k.node()->grad_buffer() : Tensor<T>();
-      const Tensor<T> dv = v.requires_grad() ? v.node()->grad_buffer() : Tensor<T>();
+      const detail::GcaGradientSlots<T> g(q, k, v);
       const Tensor<T> dw = weight.requires_grad() ? weight.node()->grad_buffer() : Tensor<T>();
-      DRT_CHECK((!dq.defined() || dq.is_contiguous()) && (!dk.defined() || dk.is_contiguous()) &&
-                    (!dv.defined() || dv.is_contiguous()) && (!dw.defined() || dw.is_contiguous()),
+      DRT_CHECK((!g.dq.defined() || g.dq.is_contiguous()) && (!g.dk.defined() || g.dk.is_contiguous()) &&
+                    (!g.dv.defined() || g.dv.is_contiguous()) && (!dw.defined() || dw.is_contiguous()),
                 "gca: gradient buffers must be contiguous");
       const Tensor<T> dout = result.grad().contiguous(a);
-      const Tensor<T>*dq_ptr = dq.defined() ? &dq : nullptr, *dk_ptr = dk.defined() ? &dk : nullptr;
-      const Tensor<T>*dv_ptr = dv.defined() ? &dv : nullptr, *dw_ptr = dw.defined() ? &dw : nullptr;
-      if (device != Device::cpu)
-        DRT_ON_DEVICE("gca", cuda::gca_backward(qc, kc, vc, ic, wc, scale, lse, dout, dq_ptr, dk_ptr, dv_ptr, dw_ptr));
-      else
-        gca_backward(qc, kc, vc, ic, wc, scale, lse, dout, dq_ptr, dk_ptr, dv_ptr, dw_ptr, a);
+      auto pointer = [](const Tensor<T>& t) { return t.defined() ? &t : nullptr; };
+      if (device != Device::cpu) {
+        const std::vector<const void*> chunk_memory{kc.data(), vc.data()};
+        RoundedOperandReuse reuse(chunk_memory);
+        for (const RoundedOperandReuse::Entry& e : rounded_memory) reuse.remember(e.source, e.elements, e.copy);
+        DRT_ON_DEVICE("gca", cuda::gca_backward(qc, kc, vc, ic, wc, scale, lse, dout, pointer(g.dq), pointer(g.dk),
+                                                pointer(g.dv), pointer(dw),
+                                                cuda::attention::GcaFreshGradients{g.fresh_dq, g.fresh_dk, g.fresh_dv}));
+      } else {
+        g.zero_fresh();
+        gca_backward(qc, kc, vc, ic, wc, scale, lse, dout, pointer(g.dq), pointer(g.dk), pointer(g.dv), pointer(dw), a);
+      }
     });
   return result;
 }

@@ -98,9 +98,10 @@ class MatmulPrecisionScope {
 // A scope may name the storages it promises for (RoundedOperandReuse(list)): it keeps copies of
 // those alone, and a long-lived one can hand its copies to the next (copies(), remember()). The
 // decoder keeps the model's weights rounded across prefill segments this way, the trainer for
-// all the micro-batches of a step, and the decoder rounds the chunk memory once for all the GCA
-// layers of a segment, while the activations read in between, whose addresses the allocator
-// recycles from layer to layer, are not kept.
+// all the micro-batches of a step, and the model and the decoder round the chunk memory once for
+// all the GCA layers of a segment, while the activations read in between, whose addresses the
+// allocator recycles from layer to layer, are not kept. The GCA op keeps the copies its forward
+// read (find()) for its backward.
 class RoundedOperandReuse {
  public:
   struct Entry {
@@ -130,17 +131,19 @@ class RoundedOperandReuse {
         if (e.source == source && e.elements >= elements) return e.copy;
     return nullptr;
   }
-  // Keeps a new copy in the scope that promises for `source`: a scope naming it, however far
-  // out, else the innermost scope that names nothing; none: the copy is not kept.
+  // Keeps a new copy in the scope that promises for `source`: the outermost scope naming it (the
+  // longest-lived promise: a model's scope over its chunk memory outlives each GCA op's own),
+  // else the innermost scope that names nothing; none: the copy is not kept.
   void remember(const void* source, std::int64_t elements, std::shared_ptr<void> copy) {
-    RoundedOperandReuse* keeper = nullptr;
+    RoundedOperandReuse *naming = nullptr, *plain = nullptr;
     for (RoundedOperandReuse* scope = this; scope != nullptr; scope = scope->outer_) {
-      if (scope->only_ && std::find(scope->only_->begin(), scope->only_->end(), source) != scope->only_->end()) {
-        keeper = scope;
-        break;
+      if (!scope->only_) {
+        if (plain == nullptr) plain = scope;
+      } else if (std::find(scope->only_->begin(), scope->only_->end(), source) != scope->only_->end()) {
+        naming = scope;
       }
-      if (!scope->only_ && keeper == nullptr) keeper = scope;
     }
+    RoundedOperandReuse* keeper = naming != nullptr ? naming : plain;
     if (keeper != nullptr) keeper->copies_.push_back(Entry{source, elements, std::move(copy)});
   }
   // This scope's own copies (for a later scope over the same, unchanged storages).

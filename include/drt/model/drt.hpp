@@ -74,6 +74,10 @@ class DrtModel {
     Var<T> h = embedding(*embed_tokens_, ids, c.pad_id);
     for (const auto& layer : lower_) h = (*layer)(h);
     const ChunkMemory<T> memory = encode_chunks(h);
+    // Every GCA layer reads this memory: on a GPU in bf16 it is rounded once for all of them, and
+    // each layer's backward reuses that copy (gca.hpp).
+    const std::vector<const void*> memory_storages{memory.keys.value().data(), memory.values.value().data()};
+    RoundedOperandReuse rounded_memory(memory_storages);
     for (int g = 0; g < c.groups(); ++g) {
       const Retrieval<T> retrieval = retrieve_for_group(h, g, memory, options);
       for (const auto& layer : upper_[g]) h = (*layer)(h, memory, retrieval, S);

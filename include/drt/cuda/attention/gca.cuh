@@ -51,6 +51,12 @@ struct GcaShape {
   int Z, H, M, d, B, E, N, Hkv, Kc, rows_per_sequence, heads_per_kv;
 };
 
+// Which gradient buffers a backward sets instead of adding into: fresh ones, not yet initialised
+// (Node::grad_slot). Versions 4 and 5 write them once; the others get them zero-filled first.
+struct GcaFreshGradients {
+  bool dq = false, dk = false, dv = false;
+};
+
 // Row of key/value n of chunk e, sequence b, kv head g in the (B, E, N, Hkv, d) memory.
 __device__ inline long long gca_key_row(const GcaShape& s, int b, int e, int n, int g) {
   return ((static_cast<long long>(b) * s.E + e) * s.N + n) * s.Hkv + g;
@@ -695,24 +701,32 @@ void gca_forward(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, con
   DRT_CUDA_CHECK_LAUNCH();
 }
 
-// Adds into dq, dk, dv and dweight (each may be null), as the CPU backward does.
+// Adds into dq, dk, dv and dweight (each may be null), as the CPU backward does; sets those that
+// `fresh` names instead (their buffers uninitialised).
 template <class T>
 void gca_backward(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, const IndexTensor& index,
                   const Tensor<T>& weight, T scale, const Tensor<T>& lse, const Tensor<T>& dout, const Tensor<T>* dq,
-                  const Tensor<T>* dk, const Tensor<T>* dv, const Tensor<T>* dweight) {
+                  const Tensor<T>* dk, const Tensor<T>* dv, const Tensor<T>* dweight,
+                  attention::GcaFreshGradients fresh = {}) {
   const attention::GcaShape s = attention::gca_shape(q.shape(), k.shape(), index.shape());
   const long long queries = static_cast<long long>(s.Z) * s.H * s.M;
-  if (queries == 0 || s.Kc == 0) return;
-  const Tensor<T> delta = Tensor<T>::empty(lse.shape(), nullptr, q.device());
   auto data = [](const Tensor<T>* t) -> const void* { return t ? t->data() : nullptr; };
   const bool aligned = attention::all_aligned(16, {q.data(), k.data(), v.data(), dout.data()}) &&
                        attention::all_aligned(8, {data(dq), data(dk), data(dv)});  // float2 gradients
   const int version = attention::gca_version<T>(s, matmul_precision(), aligned);
+  const bool sets_fresh = version >= 4 && queries > 0 && s.Kc > 0;
+  if (!sets_fresh) {  // these kernels add (or nothing runs): a fresh buffer starts at zero
+    if (dq && fresh.dq) dq->fill(T(0));
+    if (dk && fresh.dk) dk->fill(T(0));
+    if (dv && fresh.dv) dv->fill(T(0));
+  }
+  if (queries == 0 || s.Kc == 0) return;
+  const Tensor<T> delta = Tensor<T>::empty(lse.shape(), nullptr, q.device());
   if constexpr (std::is_same_v<T, float>) {
     if (version >= 4) {
       attention::gca_v4::backward(q.data(), k.data(), v.data(), index.data(), weight.data(), s, scale, lse.data(),
                                   dout.data(), delta.data(), dq ? dq->data() : nullptr, dk ? dk->data() : nullptr,
-                                  dv ? dv->data() : nullptr, dweight ? dweight->data() : nullptr,
+                                  dv ? dv->data() : nullptr, dweight ? dweight->data() : nullptr, fresh,
                                   version == 5 ? attention::gca_v5::backward_kernels()
                                                : attention::gca_v4::backward_kernels_v4());
       return;

@@ -138,37 +138,40 @@ __device__ inline void store_output(float* out_rows, const Accumulator16x64& tot
 }
 
 // dq += scale·dQ for the block's 64 query rows (dq_rows: row 0 of them), dQ in this warp's
-// accumulators. The block owns those rows: no atomics.
-__device__ inline void add_query_gradient(float* dq_rows, const Accumulator16x64& dq_acc, float scale) {
+// accumulators; with `assign`, dq = scale·dQ (a fresh, uninitialised buffer: nothing to read). The
+// block owns those rows: no atomics.
+__device__ inline void add_query_gradient(float* dq_rows, const Accumulator16x64& dq_acc, float scale, bool assign) {
   const FragmentLane at;
 #pragma unroll
   for (int j = 0; j < 8; ++j)
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       float2* cell = reinterpret_cast<float2*>(dq_rows + at.row(2 * half) * kSize + at.col(j, 0));
-      const float2 old = *cell;
+      const float2 old = assign ? float2{} : *cell;
       *cell = make_float2(old.x + scale * dq_acc.c[j][2 * half], old.y + scale * dq_acc.c[j][2 * half + 1]);
     }
 }
 
 // dk += scale·dK and dv += dV on the rows of chunk e, sequence b, kv head g (dK, dV in this warp's
-// accumulators, rows = keys). The block owns those rows: no atomics. dk or dv may be null. Every
-// old value is loaded before anything is stored: the compiler cannot tell dk from dv, so
-// interleaved read-modify-writes ran one memory latency each, in sequence (Nsight Compute put
-// half of the key pass's stall samples there).
+// accumulators, rows = keys); with assign_dk / assign_dv the buffer is fresh (uninitialised) and
+// is set instead. The block owns those rows: no atomics. dk or dv may be null. Every old value is
+// loaded before anything is stored: the compiler cannot tell dk from dv, so interleaved
+// read-modify-writes ran one memory latency each, in sequence (Nsight Compute put half of the
+// key pass's stall samples there).
 __device__ inline void add_chunk_gradients(float* dk, float* dv, const Accumulator16x64& dk_acc,
                                            const Accumulator16x64& dv_acc, const GcaShape& s, int b, int e, int g,
-                                           float scale) {
+                                           float scale, bool assign_dk, bool assign_dv) {
   const FragmentLane at;
   const long long key[2] = {gca_key_row(s, b, e, at.row(0), g) * kSize, gca_key_row(s, b, e, at.row(2), g) * kSize};
+  const bool read_dk = dk && !assign_dk, read_dv = dv && !assign_dv;
   float2 old_dk[2][8], old_dv[2][8];
 #pragma unroll
   for (int half = 0; half < 2; ++half)
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
       const int c = at.col(j, 0);
-      old_dk[half][j] = dk ? *reinterpret_cast<const float2*>(dk + key[half] + c) : float2{};
-      old_dv[half][j] = dv ? *reinterpret_cast<const float2*>(dv + key[half] + c) : float2{};
+      old_dk[half][j] = read_dk ? *reinterpret_cast<const float2*>(dk + key[half] + c) : float2{};
+      old_dv[half][j] = read_dv ? *reinterpret_cast<const float2*>(dv + key[half] + c) : float2{};
     }
 #pragma unroll
   for (int half = 0; half < 2; ++half)
@@ -183,6 +186,17 @@ __device__ inline void add_chunk_gradients(float* dk, float* dv, const Accumulat
         *reinterpret_cast<float2*>(dv + key[half] + c) =
             make_float2(old_dv[half][j].x + dv_acc.c[j][2 * half], old_dv[half][j].y + dv_acc.c[j][2 * half + 1]);
     }
+}
+
+// The end of a key pass: its chunk's gradients. A chunk that no step reached (nobody retrieved it)
+// adds nothing, so its rows are left alone, unless they are a fresh buffer, which gets zeros
+// (dk_acc and dv_acc are still zero then).
+__device__ inline void finish_chunk_gradients(float* dk, float* dv, const Accumulator16x64& dk_acc,
+                                              const Accumulator16x64& dv_acc, const GcaShape& s, int b, int e, int g,
+                                              float scale, bool started, bool assign_dk, bool assign_dv) {
+  float* dk_rows = started || assign_dk ? dk : nullptr;
+  float* dv_rows = started || assign_dv ? dv : nullptr;
+  if (dk_rows || dv_rows) add_chunk_gradients(dk_rows, dv_rows, dk_acc, dv_acc, s, b, e, g, scale, assign_dk, assign_dv);
 }
 
 // Sum over all 32 lanes (every lane gets it).
@@ -343,7 +357,7 @@ static __global__ void __launch_bounds__(gca_v4::kThreads, 4)
     gca_query_backward_v4(const float* q, const __nv_bfloat16* k16, const __nv_bfloat16* v16,
                           const std::int32_t* index, const float* weight, GcaShape s, float scale, const float* lse,
                           const float* dout, float* delta, float* dq, float* dweight, __nv_bfloat16* q16,
-                          __nv_bfloat16* dout16) {
+                          __nv_bfloat16* dout16, GcaFreshGradients fresh) {
   using namespace gca_v4;
   extern __shared__ __align__(16) unsigned char gca_query_shared_bytes[];
   QueryShared& sh = *reinterpret_cast<QueryShared*>(gca_query_shared_bytes);
@@ -393,7 +407,7 @@ static __global__ void __launch_bounds__(gca_v4::kThreads, 4)
     }
     __syncthreads();  // every warp is done with this stage before it is refilled
   }
-  if (dq) add_query_gradient(dq + first_query * kSize, dq_acc, scale);
+  if (dq) add_query_gradient(dq + first_query * kSize, dq_acc, scale, fresh.dq);
 }
 
 namespace gca_v4 {
@@ -468,7 +482,8 @@ __device__ inline int collect_retrievals(int (&warp_totals)[kWarps], int* list, 
 static __global__ void __launch_bounds__(gca_v4::kThreads, 3)
     gca_key_backward_v4(const __nv_bfloat16* k16, const __nv_bfloat16* v16, const __nv_bfloat16* q16,
                         const __nv_bfloat16* dout16, const std::int32_t* index, const float* weight, GcaShape s,
-                        float scale, const float* lse, const float* delta, float* dk, float* dv) {
+                        float scale, const float* lse, const float* delta, float* dk, float* dv,
+                        GcaFreshGradients fresh) {
   using namespace gca_v4;
   extern __shared__ __align__(16) unsigned char gca_key_shared_bytes[];
   KeyShared& sh = *reinterpret_cast<KeyShared*>(gca_key_shared_bytes);
@@ -534,8 +549,7 @@ static __global__ void __launch_bounds__(gca_v4::kThreads, 3)
       __syncthreads();  // every warp is done with this stage before it is refilled
     }
   }
-  // Nobody retrieved this chunk: its gradients stay as they are.
-  if (started) add_chunk_gradients(dk, dv, dk_acc, dv_acc, s, b, e, g, scale);
+  finish_chunk_gradients(dk, dv, dk_acc, dv_acc, s, b, e, g, scale, started, fresh.dk, fresh.dv);
 }
 
 namespace gca_v4 {
@@ -564,10 +578,10 @@ static inline void forward(const float* q, const float* k, const float* v, const
 // shared memory each launch asks for.
 using QueryBackwardKernel = void (*)(const float*, const __nv_bfloat16*, const __nv_bfloat16*, const std::int32_t*,
                                      const float*, GcaShape, float, const float*, const float*, float*, float*,
-                                     float*, __nv_bfloat16*, __nv_bfloat16*);
+                                     float*, __nv_bfloat16*, __nv_bfloat16*, GcaFreshGradients);
 using KeyBackwardKernel = void (*)(const __nv_bfloat16*, const __nv_bfloat16*, const __nv_bfloat16*,
                                    const __nv_bfloat16*, const std::int32_t*, const float*, GcaShape, float,
-                                   const float*, const float*, float*, float*);
+                                   const float*, const float*, float*, float*, GcaFreshGradients);
 struct BackwardKernels {
   QueryBackwardKernel query;
   int query_shared_bytes;
@@ -578,11 +592,11 @@ static inline BackwardKernels backward_kernels_v4() {
   return {gca_query_backward_v4, int(sizeof(QueryShared)), gca_key_backward_v4, int(sizeof(KeyShared))};
 }
 
-// delta (Z, H, Kc, 64) is scratch for δ. dq, dk, dv, dweight may each be null; all are added into.
-// `kernels`: version 4's passes, or version 5's.
+// delta (Z, H, Kc, 64) is scratch for δ. dq, dk, dv, dweight may each be null; all are added
+// into, except those `fresh` names, which are set. `kernels`: version 4's passes, or version 5's.
 static inline void backward(const float* q, const float* k, const float* v, const std::int32_t* index,
                             const float* weight, const GcaShape& s, float scale, const float* lse, const float* dout,
-                            float* delta, float* dq, float* dk, float* dv, float* dweight,
+                            float* delta, float* dq, float* dk, float* dv, float* dweight, GcaFreshGradients fresh,
                             const BackwardKernels& kernels = backward_kernels_v4()) {
   const long long memory = static_cast<long long>(s.B) * s.E * s.N * s.Hkv * kSize;
   const long long queries = static_cast<long long>(s.Z) * s.H * kSize * kSize;
@@ -600,7 +614,7 @@ static inline void backward(const float* q, const float* k, const float* v, cons
     DRT_CUDA_CHECK(cudaFuncSetAttribute(kernels.query, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
     kernels.query<<<dim3(unsigned(s.Z), unsigned(s.H)), kThreads, bytes, ::drt::cuda::stream()>>>(
         q, as_bf16(k16), as_bf16(v16), index, weight, s, scale, lse, dout, delta, dq, dweight,
-        static_cast<__nv_bfloat16*>(q16.get()), static_cast<__nv_bfloat16*>(dout16.get()));
+        static_cast<__nv_bfloat16*>(q16.get()), static_cast<__nv_bfloat16*>(dout16.get()), fresh);
     DRT_CUDA_CHECK_LAUNCH();
   }
   if (!keys) return;
@@ -608,7 +622,7 @@ static inline void backward(const float* q, const float* k, const float* v, cons
   DRT_CUDA_CHECK(cudaFuncSetAttribute(kernels.key, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
   kernels.key<<<dim3(unsigned(s.E), unsigned(s.Hkv), unsigned(s.B)), kThreads, bytes, ::drt::cuda::stream()>>>(
       as_bf16(k16), as_bf16(v16), static_cast<const __nv_bfloat16*>(q16.get()),
-      static_cast<const __nv_bfloat16*>(dout16.get()), index, weight, s, scale, lse, delta, dk, dv);
+      static_cast<const __nv_bfloat16*>(dout16.get()), index, weight, s, scale, lse, delta, dk, dv, fresh);
   DRT_CUDA_CHECK_LAUNCH();
 }
 

@@ -179,7 +179,7 @@ static __global__ void __launch_bounds__(gca_v5::kThreads, 4)
     gca_query_backward_v5(const float* q, const __nv_bfloat16* k16, const __nv_bfloat16* v16,
                           const std::int32_t* index, const float* weight, GcaShape s, float scale, const float* lse,
                           const float* dout, float* delta, float* dq, float* dweight, __nv_bfloat16* q16,
-                          __nv_bfloat16* dout16) {
+                          __nv_bfloat16* dout16, GcaFreshGradients fresh) {
 #if defined(DRT_WGMMA_DEVICE)
   using namespace gca_v5;
   using namespace mma;
@@ -239,7 +239,7 @@ static __global__ void __launch_bounds__(gca_v5::kThreads, 4)
     }
     __syncthreads();  // every warp is done with this stage before it is refilled
   }
-  if (dq) gca_v4::add_query_gradient(dq + first_query * kSize, dq_acc, scale);
+  if (dq) gca_v4::add_query_gradient(dq + first_query * kSize, dq_acc, scale, fresh.dq);
 #endif
 }
 
@@ -254,7 +254,8 @@ static __global__ void __launch_bounds__(gca_v5::kThreads, 4)
 static __global__ void __launch_bounds__(gca_v5::kThreads, 3)
     gca_key_backward_v5(const __nv_bfloat16* k16, const __nv_bfloat16* v16, const __nv_bfloat16* q16,
                         const __nv_bfloat16* dout16, const std::int32_t* index, const float* weight, GcaShape s,
-                        float scale, const float* lse, const float* delta, float* dk, float* dv) {
+                        float scale, const float* lse, const float* delta, float* dk, float* dv,
+                        GcaFreshGradients fresh) {
 #if defined(DRT_WGMMA_DEVICE)
   using namespace gca_v5;
   using namespace mma;
@@ -340,9 +341,8 @@ static __global__ void __launch_bounds__(gca_v5::kThreads, 3)
       __syncthreads();  // every warp is done with this stage before it is refilled
     }
   }
-  // Nobody retrieved this chunk: its gradients stay as they are (and K, V were never waited for).
-  if (started) gca_v4::add_chunk_gradients(dk, dv, dk_acc, dv_acc, s, b, e, g, scale);
-  else wait_async_copies();
+  if (!started) wait_async_copies();  // nobody retrieved this chunk: K and V were never waited for
+  gca_v4::finish_chunk_gradients(dk, dv, dk_acc, dv_acc, s, b, e, g, scale, started, fresh.dk, fresh.dv);
 #endif
 }
 
