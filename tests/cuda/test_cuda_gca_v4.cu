@@ -227,7 +227,7 @@ TEST_F(Gpu, GcaBackwardSetsFreshGradientsAndAddsIntoOthers) {
     };
     const std::vector<Tensor<float>> fresh = buffers(std::nanf("")), added = buffers(0.25f);
     cuda::gca_backward(q, k, v, index, w, in.scale, lse, seed, &fresh[0], &fresh[1], &fresh[2],
-                       static_cast<const Tensor<float>*>(nullptr), cuda::attention::GcaFreshGradients{true, true, true});
+                       static_cast<const Tensor<float>*>(nullptr), cuda::attention::FreshGradients{true, true, true});
     cuda::gca_backward(q, k, v, index, w, in.scale, lse, seed, &added[0], &added[1], &added[2],
                        static_cast<const Tensor<float>*>(nullptr));
     const char* names[] = {"dq", "dk", "dv"};

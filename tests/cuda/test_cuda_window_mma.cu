@@ -26,7 +26,8 @@
 //
 // Version 4's backward reads the forward's bf16 copies of q, k, v (WindowAttentionBf16Copies):
 // tested by overwriting an input between forward and backward, and by a forward and a backward
-// under different precisions (each falls back to rounding its own inputs).
+// under different precisions (each falls back to rounding its own inputs). Fresh gradient
+// buffers are set and existing ones added into, by every version.
 #include "gpu_test.hpp"
 
 #include <algorithm>
@@ -402,6 +403,53 @@ TEST_F(Gpu, WindowAttentionVersion4BackwardWritesTheBf16CopiesOfItsGradients) {
       else EXPECT_FALSE(x->node()->grad_rounded) << "a copy from version 2";
     }
     tape().reset();
+  }
+}
+
+// A fresh gradient buffer (uninitialised: Node::grad_slot) is set, an existing one added into:
+// the backward called directly, on dq, dk, dv buffers full of NaN marked fresh, and on buffers
+// holding 0.25 not marked. The first must come out finite and equal to the second minus 0.25 (T
+// = 700 ends in a partial tile, whose missing rows must not be read or written). Versions 4 and 5
+// (whose backward is 4's) set them in their kernels, bit for bit (they compute 0.25 + g where the
+// fresh run stores g, and g + 0.25 is the same sum), with the bf16 copies of what they set;
+// versions 2 and 3 zero-fill first: within 1e-6 of the largest entry.
+TEST_F(Gpu, WindowAttentionBackwardSetsFreshGradientsAndAddsIntoOthers) {
+  const WindowCase c{2, 700, 4, 2, 512};
+  const WindowInputs in(c);
+  const Tensor<float> q = in.q.to(Device::cuda), k = in.k.to(Device::cuda), v = in.v.to(Device::cuda);
+  const Tensor<float> seed = in.seed.to(Device::cuda), slopes = in.slopes.to(Device::cuda);
+  for (int version = 2; version <= newest_window_version(); ++version) {
+    SCOPED_TRACE(::testing::Message() << "version " << version);
+    cuda::attention::VersionCap cap(version);
+    MatmulPrecisionScope precision(version >= 3 ? Precision::bf16 : Precision::fp32);
+    ASSERT_EQ(cuda::attention::window_attention_version<float>(64, matmul_precision()), version);
+    const Tensor<float> out = Tensor<float>::empty(q.shape(), nullptr, Device::cuda);
+    const Tensor<float> lse = Tensor<float>::empty({c.B, c.H, c.T}, nullptr, Device::cuda);
+    cuda::window_attention_forward(q, k, v, slopes, c.W, in.scale, out, lse);
+    auto buffers = [&](float value) {
+      return std::vector<Tensor<float>>{Tensor<float>::full(q.shape(), value, nullptr, Device::cuda),
+                                        Tensor<float>::full(k.shape(), value, nullptr, Device::cuda),
+                                        Tensor<float>::full(v.shape(), value, nullptr, Device::cuda)};
+    };
+    const std::vector<Tensor<float>> fresh = buffers(std::nanf("")), added = buffers(0.25f);
+    WindowAttentionBf16Copies fresh_copies;
+    cuda::window_attention_backward(q, k, v, slopes, c.W, in.scale, out, lse, seed, &fresh[0], &fresh[1], &fresh[2],
+                                    nullptr, &fresh_copies, cuda::attention::FreshGradients{true, true, true});
+    cuda::window_attention_backward(q, k, v, slopes, c.W, in.scale, out, lse, seed, &added[0], &added[1], &added[2]);
+    const char* names[] = {"dq", "dk", "dv"};
+    const std::shared_ptr<void>* copies[] = {&fresh_copies.q, &fresh_copies.k, &fresh_copies.v};
+    for (int t = 0; t < 3; ++t) {
+      const std::vector<float> set = fresh[t].to(Device::cpu).to_vector(), sum = added[t].to(Device::cpu).to_vector();
+      double largest = 0;
+      for (float x : set) largest = std::max(largest, std::abs(double(x)));  // NaN is not larger
+      EXPECT_GT(largest, 0.0) << names[t] << " is all zeros";
+      const double tolerance = version >= 4 ? 0.0 : 1e-6 * largest;
+      for (std::size_t i = 0; i < set.size(); ++i) {
+        ASSERT_TRUE(std::isfinite(set[i])) << names[t] << "[" << i << "] kept the buffer's NaN";
+        ASSERT_NEAR(set[i] + 0.25f, sum[i], tolerance) << names[t] << "[" << i << "]";
+      }
+      if (version >= 4) expect_bf16_copy_of(fresh[t], *copies[t], names[t]);
+    }
   }
 }
 

@@ -26,6 +26,7 @@
 #include <memory>
 #include <vector>
 
+#include "drt/attention/gradient_slots.hpp"
 #include "drt/autodiff/var.hpp"
 #include "drt/core/matmul.hpp"
 #include "drt/core/precision.hpp"
@@ -232,43 +233,6 @@ void gca_backward(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, co
   });
 }
 
-namespace detail {
-
-// The gradient buffers of q, k and v for the backward: grad_slot()s, so that a fresh one is set
-// rather than zero-filled and added into. When two of them are one node (gca(x, x, x, ...) on
-// matching shapes), that buffer would be set by one pass and added into by another, so they all
-// take the zero-filled grad_buffer() instead.
-template <class T>
-struct GcaGradientSlots {
-  Tensor<T> dq, dk, dv;  // undefined where no gradient is wanted
-  bool fresh_dq = false, fresh_dk = false, fresh_dv = false;
-
-  GcaGradientSlots(const Var<T>& q, const Var<T>& k, const Var<T>& v) {
-    const bool distinct = q.node() != k.node() && q.node() != v.node() && k.node() != v.node();
-    auto take = [distinct](const Var<T>& x, Tensor<T>& buffer, bool& fresh) {
-      if (!x.requires_grad()) return;
-      if (!distinct) {
-        buffer = x.node()->grad_buffer();
-        return;
-      }
-      const auto slot = x.node()->grad_slot();
-      buffer = slot.buffer;
-      fresh = slot.fresh;
-    };
-    take(q, dq, fresh_dq);
-    take(k, dk, fresh_dk);
-    take(v, dv, fresh_dv);
-  }
-  // For a backward that only adds (the CPU's): the fresh buffers start at zero.
-  void zero_fresh() const {
-    if (fresh_dq) dq.fill(T(0));
-    if (fresh_dk) dk.fill(T(0));
-    if (fresh_dv) dv.fill(T(0));
-  }
-};
-
-}  // namespace detail
-
 // The differentiable op. q, k, v and weight may all require gradients; index never does. On a
 // GPU (all of q, k, v, weight there; index anywhere) the kernels of drt/cuda/attention/gca.cuh run.
 template <class T>
@@ -301,23 +265,21 @@ Var<T> gca(const Var<T>& q, const Var<T>& k, const Var<T>& v, const IndexTensor&
   if (result.requires_grad())
     record_backward(result, [=] {
       Arena* a = step_arena();
-      const detail::GcaGradientSlots<T> g(q, k, v);
+      const detail::QkvGradientSlots<T> g(q, k, v);
       const Tensor<T> dw = weight.requires_grad() ? weight.node()->grad_buffer() : Tensor<T>();
-      DRT_CHECK((!g.dq.defined() || g.dq.is_contiguous()) && (!g.dk.defined() || g.dk.is_contiguous()) &&
-                    (!g.dv.defined() || g.dv.is_contiguous()) && (!dw.defined() || dw.is_contiguous()),
-                "gca: gradient buffers must be contiguous");
+      DRT_CHECK(g.contiguous() && (!dw.defined() || dw.is_contiguous()), "gca: gradient buffers must be contiguous");
       const Tensor<T> dout = result.grad().contiguous(a);
-      auto pointer = [](const Tensor<T>& t) { return t.defined() ? &t : nullptr; };
+      const Tensor<T>* dw_or_null = dw.defined() ? &dw : nullptr;
       if (device != Device::cpu) {
         const std::vector<const void*> chunk_memory{kc.data(), vc.data()};
         RoundedOperandReuse reuse(chunk_memory);
         for (const RoundedOperandReuse::Entry& e : rounded_memory) reuse.remember(e.source, e.elements, e.copy);
-        DRT_ON_DEVICE("gca", cuda::gca_backward(qc, kc, vc, ic, wc, scale, lse, dout, pointer(g.dq), pointer(g.dk),
-                                                pointer(g.dv), pointer(dw),
-                                                cuda::attention::GcaFreshGradients{g.fresh_dq, g.fresh_dk, g.fresh_dv}));
+        DRT_ON_DEVICE("gca", cuda::gca_backward(qc, kc, vc, ic, wc, scale, lse, dout, g.dq_or_null(), g.dk_or_null(),
+                                                g.dv_or_null(), dw_or_null,
+                                                cuda::attention::FreshGradients{g.fresh_dq, g.fresh_dk, g.fresh_dv}));
       } else {
         g.zero_fresh();
-        gca_backward(qc, kc, vc, ic, wc, scale, lse, dout, pointer(g.dq), pointer(g.dk), pointer(g.dv), pointer(dw), a);
+        gca_backward(qc, kc, vc, ic, wc, scale, lse, dout, g.dq_or_null(), g.dk_or_null(), g.dv_or_null(), dw_or_null, a);
       }
     });
   return result;

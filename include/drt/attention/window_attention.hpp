@@ -19,6 +19,7 @@
 #include <limits>
 #include <memory>
 
+#include "drt/attention/gradient_slots.hpp"
 #include "drt/autodiff/var.hpp"
 #include "drt/core/matmul.hpp"
 #include "drt/core/parallel.hpp"
@@ -197,12 +198,9 @@ Var<T> window_attention(const Var<T>& q, const Var<T>& k, const Var<T>& v, const
   // A mutable closure: it lets the copies go once the backward has read them.
   record_backward(result, [=, copies = std::move(copies)]() mutable {
       Arena* a = step_arena();
-      const Tensor<T> dq = q.requires_grad() ? q.node()->grad_buffer() : Tensor<T>();
-      const Tensor<T> dk = k.requires_grad() ? k.node()->grad_buffer() : Tensor<T>();
-      const Tensor<T> dv = v.requires_grad() ? v.node()->grad_buffer() : Tensor<T>();
+      const detail::QkvGradientSlots<T> g(q, k, v);  // a fresh buffer is set, not zero-filled and added into
       const Tensor<T> dout = result.grad().contiguous(a);
-      const Tensor<T>*dq_ptr = dq.defined() ? &dq : nullptr, *dk_ptr = dk.defined() ? &dk : nullptr;
-      const Tensor<T>* dv_ptr = dv.defined() ? &dv : nullptr;
+      const Tensor<T>*dq_ptr = g.dq_or_null(), *dk_ptr = g.dk_or_null(), *dv_ptr = g.dv_or_null();
       if (device != Device::cpu) {
         // With bf16 GEMMs (version 4), the gradients' bf16 copies too, for the q, k, v projections'
         // backward (Node::grad_rounded, handed on by the reshapes between). Not where two of q, k,
@@ -211,11 +209,14 @@ Var<T> window_attention(const Var<T>& q, const Var<T>& k, const Var<T>& v, const
         WindowAttentionBf16Copies gradient_copies;
         DRT_ON_DEVICE("window_attention",
                       cuda::window_attention_backward(qc, kc, vc, sl, window, scale, out, lse, dout, dq_ptr, dk_ptr,
-                                                      dv_ptr, &copies, distinct ? &gradient_copies : nullptr));
+                                                      dv_ptr, &copies, distinct ? &gradient_copies : nullptr,
+                                                      cuda::attention::FreshGradients{g.fresh_dq, g.fresh_dk,
+                                                                                      g.fresh_dv}));
         if (dq_ptr) q.node()->grad_rounded = std::move(gradient_copies.q);
         if (dk_ptr) k.node()->grad_rounded = std::move(gradient_copies.k);
         if (dv_ptr) v.node()->grad_rounded = std::move(gradient_copies.v);
       } else {
+        g.zero_fresh();
         window_attention_backward(qc, kc, vc, sl, window, scale, out, lse, dout, dq_ptr, dk_ptr, dv_ptr, a);
       }
       copies = {};  // device memory back to the allocator now, not at the tape's reset

@@ -36,6 +36,7 @@
 
 #include "drt/core/precision.hpp"
 #include "drt/core/tensor.hpp"
+#include "drt/cuda/attention/fresh_gradients.cuh"
 #include "drt/cuda/attention/mma.cuh"
 #include "drt/cuda/bf16.cuh"
 #include "drt/cuda/attention/tiles.cuh"
@@ -49,12 +50,6 @@ namespace attention {
 
 struct GcaShape {
   int Z, H, M, d, B, E, N, Hkv, Kc, rows_per_sequence, heads_per_kv;
-};
-
-// Which gradient buffers a backward sets instead of adding into: fresh ones, not yet initialised
-// (Node::grad_slot). Versions 4 and 5 write them once; the others get them zero-filled first.
-struct GcaFreshGradients {
-  bool dq = false, dk = false, dv = false;
 };
 
 // Row of key/value n of chunk e, sequence b, kv head g in the (B, E, N, Hkv, d) memory.
@@ -707,7 +702,7 @@ template <class T>
 void gca_backward(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, const IndexTensor& index,
                   const Tensor<T>& weight, T scale, const Tensor<T>& lse, const Tensor<T>& dout, const Tensor<T>* dq,
                   const Tensor<T>* dk, const Tensor<T>* dv, const Tensor<T>* dweight,
-                  attention::GcaFreshGradients fresh = {}) {
+                  attention::FreshGradients fresh = {}) {
   const attention::GcaShape s = attention::gca_shape(q.shape(), k.shape(), index.shape());
   const long long queries = static_cast<long long>(s.Z) * s.H * s.M;
   auto data = [](const Tensor<T>* t) -> const void* { return t ? t->data() : nullptr; };

@@ -357,7 +357,7 @@ static __global__ void __launch_bounds__(gca_v4::kThreads, 4)
     gca_query_backward_v4(const float* q, const __nv_bfloat16* k16, const __nv_bfloat16* v16,
                           const std::int32_t* index, const float* weight, GcaShape s, float scale, const float* lse,
                           const float* dout, float* delta, float* dq, float* dweight, __nv_bfloat16* q16,
-                          __nv_bfloat16* dout16, GcaFreshGradients fresh) {
+                          __nv_bfloat16* dout16, FreshGradients fresh) {
   using namespace gca_v4;
   extern __shared__ __align__(16) unsigned char gca_query_shared_bytes[];
   QueryShared& sh = *reinterpret_cast<QueryShared*>(gca_query_shared_bytes);
@@ -483,7 +483,7 @@ static __global__ void __launch_bounds__(gca_v4::kThreads, 3)
     gca_key_backward_v4(const __nv_bfloat16* k16, const __nv_bfloat16* v16, const __nv_bfloat16* q16,
                         const __nv_bfloat16* dout16, const std::int32_t* index, const float* weight, GcaShape s,
                         float scale, const float* lse, const float* delta, float* dk, float* dv,
-                        GcaFreshGradients fresh) {
+                        FreshGradients fresh) {
   using namespace gca_v4;
   extern __shared__ __align__(16) unsigned char gca_key_shared_bytes[];
   KeyShared& sh = *reinterpret_cast<KeyShared*>(gca_key_shared_bytes);
@@ -578,10 +578,10 @@ static inline void forward(const float* q, const float* k, const float* v, const
 // shared memory each launch asks for.
 using QueryBackwardKernel = void (*)(const float*, const __nv_bfloat16*, const __nv_bfloat16*, const std::int32_t*,
                                      const float*, GcaShape, float, const float*, const float*, float*, float*,
-                                     float*, __nv_bfloat16*, __nv_bfloat16*, GcaFreshGradients);
+                                     float*, __nv_bfloat16*, __nv_bfloat16*, FreshGradients);
 using KeyBackwardKernel = void (*)(const __nv_bfloat16*, const __nv_bfloat16*, const __nv_bfloat16*,
                                    const __nv_bfloat16*, const std::int32_t*, const float*, GcaShape, float,
-                                   const float*, const float*, float*, float*, GcaFreshGradients);
+                                   const float*, const float*, float*, float*, FreshGradients);
 struct BackwardKernels {
   QueryBackwardKernel query;
   int query_shared_bytes;
@@ -596,7 +596,7 @@ static inline BackwardKernels backward_kernels_v4() {
 // into, except those `fresh` names, which are set. `kernels`: version 4's passes, or version 5's.
 static inline void backward(const float* q, const float* k, const float* v, const std::int32_t* index,
                             const float* weight, const GcaShape& s, float scale, const float* lse, const float* dout,
-                            float* delta, float* dq, float* dk, float* dv, float* dweight, GcaFreshGradients fresh,
+                            float* delta, float* dq, float* dk, float* dv, float* dweight, FreshGradients fresh,
                             const BackwardKernels& kernels = backward_kernels_v4()) {
   const long long memory = static_cast<long long>(s.B) * s.E * s.N * s.Hkv * kSize;
   const long long queries = static_cast<long long>(s.Z) * s.H * kSize * kSize;

@@ -179,7 +179,7 @@ static __global__ void __launch_bounds__(gca_v5::kThreads, 4)
     gca_query_backward_v5(const float* q, const __nv_bfloat16* k16, const __nv_bfloat16* v16,
                           const std::int32_t* index, const float* weight, GcaShape s, float scale, const float* lse,
                           const float* dout, float* delta, float* dq, float* dweight, __nv_bfloat16* q16,
-                          __nv_bfloat16* dout16, GcaFreshGradients fresh) {
+                          __nv_bfloat16* dout16, FreshGradients fresh) {
 #if defined(DRT_WGMMA_DEVICE)
   using namespace gca_v5;
   using namespace mma;
@@ -255,7 +255,7 @@ static __global__ void __launch_bounds__(gca_v5::kThreads, 3)
     gca_key_backward_v5(const __nv_bfloat16* k16, const __nv_bfloat16* v16, const __nv_bfloat16* q16,
                         const __nv_bfloat16* dout16, const std::int32_t* index, const float* weight, GcaShape s,
                         float scale, const float* lse, const float* delta, float* dk, float* dv,
-                        GcaFreshGradients fresh) {
+                        FreshGradients fresh) {
 #if defined(DRT_WGMMA_DEVICE)
   using namespace gca_v5;
   using namespace mma;

@@ -743,30 +743,37 @@ void window_attention_forward(const Tensor<T>& q, const Tensor<T>& k, const Tens
   DRT_CUDA_CHECK_LAUNCH();
 }
 
-// Adds into dq, dk, dv (each may be null), as the CPU backward does. `saved`: what the forward
-// kept (window_attention_forward's `keep`); version 4 reads the copies it finds there and rounds
-// the inputs whose copy is missing, other versions ignore it. With gradient_copies, version 4
-// also writes the bf16 copies of dq, dk, dv as they end up (for the q, k, v projections'
-// backward GEMMs) and returns them there (fields q, k, v); other versions leave it empty.
+// Adds into dq, dk, dv (each may be null), as the CPU backward does, or sets those `fresh` names
+// (their buffers not yet initialised). `saved`: what the forward kept (window_attention_forward's
+// `keep`); version 4 reads the copies it finds there and rounds the inputs whose copy is missing,
+// other versions ignore it. With gradient_copies, version 4 also writes the bf16 copies of dq,
+// dk, dv as they end up (for the q, k, v projections' backward GEMMs) and returns them there
+// (fields q, k, v); other versions leave it empty.
 template <class T>
 void window_attention_backward(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, const Tensor<T>& slopes,
                                Index window, T scale, const Tensor<T>& out, const Tensor<T>& lse,
                                const Tensor<T>& dout, const Tensor<T>* dq, const Tensor<T>* dk, const Tensor<T>* dv,
                                const WindowAttentionBf16Copies* saved = nullptr,
-                               WindowAttentionBf16Copies* gradient_copies = nullptr) {
+                               WindowAttentionBf16Copies* gradient_copies = nullptr,
+                               attention::FreshGradients fresh = {}) {
   const attention::WindowShape s = attention::window_shape(q.shape(), k.shape(), window);
   const long long rows = static_cast<long long>(s.B) * s.T * s.H, keys = static_cast<long long>(s.B) * s.T * s.Hkv;
-  if (rows == 0) return;
-  const Tensor<T> delta = Tensor<T>::empty(lse.shape(), nullptr, q.device());
   const int version = attention::window_attention_version<T>(
       s.d, matmul_precision(),
       attention::all_aligned(16, {q.data(), k.data(), v.data(), dout.data(), dq ? dq->data() : nullptr,
                                   dk ? dk->data() : nullptr, dv ? dv->data() : nullptr}));
+  if (version < 4 || rows == 0) {  // these kernels add (or nothing runs): a fresh buffer starts at zero
+    if (dq && fresh.dq) dq->fill(T(0));
+    if (dk && fresh.dk) dk->fill(T(0));
+    if (dv && fresh.dv) dv->fill(T(0));
+  }
+  if (rows == 0) return;
+  const Tensor<T> delta = Tensor<T>::empty(lse.shape(), nullptr, q.device());
   if constexpr (std::is_same_v<T, float>) {
     if (version >= 4) {  // δ too, with dO's bf16 copy; version 5's backward is version 4's
       attention::window_v4::backward(q.data(), k.data(), v.data(), slopes.data(), s, scale, out.data(), lse.data(),
                                      delta.data(), dout.data(), dq ? dq->data() : nullptr, dk ? dk->data() : nullptr,
-                                     dv ? dv->data() : nullptr, saved, gradient_copies);
+                                     dv ? dv->data() : nullptr, saved, fresh, gradient_copies);
       return;
     }
   }

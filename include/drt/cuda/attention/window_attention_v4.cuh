@@ -35,6 +35,7 @@
 
 #include <cstdint>
 
+#include "drt/cuda/attention/fresh_gradients.cuh"
 #include "drt/cuda/attention/mma.cuh"
 #include "drt/cuda/bf16.cuh"
 #include "drt/cuda/error.cuh"
@@ -295,13 +296,14 @@ struct DkvShared {
 // (B, H, T). Grid (⌈T/128⌉, H, B), 256 threads; warp w owns queries t0 + 16w .. + 15 and walks
 // the forward's key tiles. Per tile: S = Q·Kᵀ, P = exp2(S − lse), dP = dO·Vᵀ,
 // dS = P ∘ (dP − δ), dQ += bf16(dS)·K, with Q's and dO's A fragments read from shared memory as
-// needed (version 3 held both: 32 registers). Adds scale·dQ into dq, and writes the sum's bf16
-// copy to dq16 unless it is nullptr (for the q projection's backward GEMMs).
+// needed (version 3 held both: 32 registers). Adds scale·dQ into dq (sets it, when fresh_dq: the
+// buffer is fresh), and writes the sum's bf16 copy to dq16 unless it is nullptr (for the q
+// projection's backward GEMMs).
 // Registers: ≤ 128 (2 blocks of 8 warps per SM); shared: 73,728 bytes (DqShared).
 static __global__ void __launch_bounds__(window_v4::kQueryThreads, 2)
     window_dq_v4(const float* q, const __nv_bfloat16* k16, const __nv_bfloat16* v16, const float* slopes,
                  WindowShape s, float scale, const float* lse, const float* delta, const float* dout, float* dq,
-                 __nv_bfloat16* dq16) {
+                 __nv_bfloat16* dq16, bool fresh_dq) {
   using namespace window_v4;
   extern __shared__ __align__(16) unsigned char dq_shared_bytes[];
   DqShared& sh = *reinterpret_cast<DqShared*>(dq_shared_bytes);
@@ -359,7 +361,8 @@ static __global__ void __launch_bounds__(window_v4::kQueryThreads, 2)
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
       float2* x = reinterpret_cast<float2*>(dq + row + at.col(j, 0));
-      const float2 sum = make_float2(x->x + scale * dq_acc.c[j][2 * half], x->y + scale * dq_acc.c[j][2 * half + 1]);
+      const float2 old = fresh_dq ? float2{} : *x;  // a fresh buffer holds nothing yet
+      const float2 sum = make_float2(old.x + scale * dq_acc.c[j][2 * half], old.y + scale * dq_acc.c[j][2 * half + 1]);
       *x = sum;
       if (dq16 != nullptr)
         *reinterpret_cast<__nv_bfloat162*>(dq16 + row + at.col(j, 0)) = __floats2bfloat162_rn(sum.x, sum.y);
@@ -374,13 +377,13 @@ static __global__ void __launch_bounds__(window_v4::kQueryThreads, 2)
 // stages of Q, dO, lse, δ. Per step, keys as rows (so bf16(Pᵀ), bf16(dSᵀ) are A operands):
 // Sᵀ = K·Qᵀ, Pᵀ = exp2(Sᵀ − lse), dV += bf16(Pᵀ)·dO, dPᵀ = V·dOᵀ, dSᵀ = Pᵀ ∘ (dPᵀ − δ),
 // dK += bf16(dSᵀ)·Q, with K's and V's A fragments read from shared memory as needed.
-// Adds scale·dK into dk and dV into dv (either may be null), as versions 2 and 3 do, with the
-// sums' bf16 copies in dk16 and dv16 where those are not nullptr.
+// Adds scale·dK into dk and dV into dv (either may be null), as versions 2 and 3 do, or sets
+// those `fresh` names, with the sums' bf16 copies in dk16 and dv16 where those are not nullptr.
 // Registers: ≤ 168 (3 blocks of 4 warps per SM; dK and dV alone take 64); shared: 56,320 bytes.
 static __global__ void __launch_bounds__(window_v4::kKeyThreads, 3)
     window_dkv_v4(const float* k, const float* v, const __nv_bfloat16* q16, const __nv_bfloat16* dout16,
                   const float* slopes, WindowShape s, float scale, const float* lse, const float* delta, float* dk,
-                  float* dv, __nv_bfloat16* dk16, __nv_bfloat16* dv16) {
+                  float* dv, __nv_bfloat16* dk16, __nv_bfloat16* dv16, FreshGradients fresh) {
   using namespace window_v4;
   extern __shared__ __align__(16) unsigned char dkv_shared_bytes[];
   DkvShared& sh = *reinterpret_cast<DkvShared*>(dkv_shared_bytes);
@@ -443,6 +446,22 @@ static __global__ void __launch_bounds__(window_v4::kKeyThreads, 3)
     }
     __syncthreads();  // every warp is done with this stage before it is refilled
   }
+  // Every old value is loaded before anything is stored (none from a fresh buffer): the compiler
+  // cannot tell dk from dv, so interleaved read-modify-writes would wait one memory latency each,
+  // in sequence (as Nsight Compute found in GCA's key pass).
+  const bool read_dk = dk && !fresh.dk, read_dv = dv && !fresh.dv;
+  float2 old_dk[2][8], old_dv[2][8];
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int j = j0 + at.row(2 * half);
+    const long long key = ((static_cast<long long>(b) * s.T + j) * s.Hkv + g) * kD;
+#pragma unroll
+    for (int jj = 0; jj < 8; ++jj) {
+      const int c = at.col(jj, 0);
+      old_dk[half][jj] = read_dk && j < s.T ? *reinterpret_cast<const float2*>(dk + key + c) : float2{};
+      old_dv[half][jj] = read_dv && j < s.T ? *reinterpret_cast<const float2*>(dv + key + c) : float2{};
+    }
+  }
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
     const int j = j0 + at.row(2 * half);
@@ -452,15 +471,15 @@ static __global__ void __launch_bounds__(window_v4::kKeyThreads, 3)
     for (int jj = 0; jj < 8; ++jj) {
       const int c = at.col(jj, 0);
       if (dk) {
-        float2* x = reinterpret_cast<float2*>(dk + key + c);
-        const float2 sum = make_float2(x->x + scale * dk_acc.c[jj][2 * half], x->y + scale * dk_acc.c[jj][2 * half + 1]);
-        *x = sum;
+        const float2 sum = make_float2(old_dk[half][jj].x + scale * dk_acc.c[jj][2 * half],
+                                       old_dk[half][jj].y + scale * dk_acc.c[jj][2 * half + 1]);
+        *reinterpret_cast<float2*>(dk + key + c) = sum;
         if (dk16 != nullptr) *reinterpret_cast<__nv_bfloat162*>(dk16 + key + c) = __floats2bfloat162_rn(sum.x, sum.y);
       }
       if (dv) {
-        float2* x = reinterpret_cast<float2*>(dv + key + c);
-        const float2 sum = make_float2(x->x + dv_acc.c[jj][2 * half], x->y + dv_acc.c[jj][2 * half + 1]);
-        *x = sum;
+        const float2 sum =
+            make_float2(old_dv[half][jj].x + dv_acc.c[jj][2 * half], old_dv[half][jj].y + dv_acc.c[jj][2 * half + 1]);
+        *reinterpret_cast<float2*>(dv + key + c) = sum;
         if (dv16 != nullptr) *reinterpret_cast<__nv_bfloat162*>(dv16 + key + c) = __floats2bfloat162_rn(sum.x, sum.y);
       }
     }
@@ -506,13 +525,14 @@ static inline void forward(const float* q, const float* k, const float* v, const
   if (keep) *keep = WindowAttentionBf16Copies{q16, k16, v16};
 }
 
-// δ (B, H, T) = ⟨dO, O⟩ per query into delta, then the gradients; dq, dk, dv may each be null.
+// δ (B, H, T) = ⟨dO, O⟩ per query into delta, then the gradients, added into dq, dk, dv (each may
+// be null) or set where `fresh` says they are fresh.
 // The bf16 copies of q, k, v come from `saved` (the forward's) where it holds them, else from a
 // rounding pass here; dO's is written by the δ kernel, and only when dK/dV will read it. With
 // `gradient_copies`, the bf16 copies of dq, dk, dv as written (those that are not null) go there.
 static inline void backward(const float* q, const float* k, const float* v, const float* slopes, const WindowShape& s,
                             float scale, const float* out, const float* lse, float* delta, const float* dout, float* dq,
-                            float* dk, float* dv, const WindowAttentionBf16Copies* saved,
+                            float* dk, float* dv, const WindowAttentionBf16Copies* saved, FreshGradients fresh,
                             WindowAttentionBf16Copies* gradient_copies = nullptr) {
   const long long q_elements = static_cast<long long>(s.B) * s.T * s.H * kD;
   const long long kv_elements = static_cast<long long>(s.B) * s.T * s.Hkv * kD;
@@ -537,7 +557,7 @@ static inline void backward(const float* q, const float* k, const float* v, cons
     const auto v16 = saved && saved->v ? saved->v : bf16_copy(v, kv_elements);
     window_dq_v4<<<query_grid(s), kQueryThreads, bytes, ::drt::cuda::stream()>>>(
         q, as_bf16(k16), as_bf16(v16), slopes, s, scale, lse, delta, dout, dq,
-        static_cast<__nv_bfloat16*>(written.q.get()));
+        static_cast<__nv_bfloat16*>(written.q.get()), fresh.dq);
     DRT_CUDA_CHECK_LAUNCH();
   }
   if (dk || dv) {
@@ -546,7 +566,7 @@ static inline void backward(const float* q, const float* k, const float* v, cons
     const auto q16 = saved && saved->q ? saved->q : bf16_copy(q, q_elements);
     window_dkv_v4<<<key_grid(s), kKeyThreads, bytes, ::drt::cuda::stream()>>>(
         k, v, as_bf16(q16), as_bf16(dout16), slopes, s, scale, lse, delta, dk, dv,
-        static_cast<__nv_bfloat16*>(written.k.get()), static_cast<__nv_bfloat16*>(written.v.get()));
+        static_cast<__nv_bfloat16*>(written.k.get()), static_cast<__nv_bfloat16*>(written.v.get()), fresh);
     DRT_CUDA_CHECK_LAUNCH();
   }
   if (gradient_copies != nullptr) *gradient_copies = std::move(written);

@@ -1,0 +1,17 @@
+// drt/cuda/attention/fresh_gradients.cuh — which gradient buffers an attention backward sets
+// rather than adds into.
+//
+// A node's first gradient arrives in a fresh buffer that is not yet initialised (Node::grad_slot,
+// drt/autodiff/var.hpp). The kernels that own every row they write (GCA and window attention,
+// versions 4 and 5) store into such a buffer once, instead of a zero-fill followed by a
+// read-modify-write: on the GPU that is two of the three passes over the gradient's memory. The
+// other versions add, so the host zero-fills a fresh buffer before them.
+#pragma once
+
+namespace drt::cuda::attention {
+
+struct FreshGradients {
+  bool dq = false, dk = false, dv = false;
+};
+
+}  // namespace drt::cuda::attention
