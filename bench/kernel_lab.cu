@@ -2,7 +2,14 @@
 // is built, its error against the CPU op, and its speed at the DRT training shape, so that a
 // reader can follow how the fast version was reached (issue 7's kernel lab).
 //
-//   kernel_lab [reps [batch]]        (default 3 repetitions, batch 4)
+//   kernel_lab [reps [batch]] [--only window|gca] [--profile]     (default 3 repetitions, batch 4)
+//
+// --profile runs one more forward and backward of each op's newest version after its lab, between
+// cudaProfilerStart and cudaProfilerStop, so that Nsight Compute started with
+// `--profile-from-start off` sees those kernels alone, at the training shape, on a warm L2:
+//   ncu --profile-from-start off --clock-control none --section SpeedOfLight
+//       --section MemoryWorkloadAnalysis build/bench/kernel_lab 1 4 --only gca --profile
+// (one command line).
 //
 // The versions live in drt/cuda/attention/window_attention.cuh and gca.cuh; a call takes the
 // newest one that fits it, and attention::VersionCap (version.cuh) lowers that ceiling here:
@@ -33,9 +40,12 @@
 // FLOPs as flash attention counts them. GCA's input gradients start empty in every repetition,
 // as in a training step (q is an activation there, k and v the chunk memory): versions 4 and 5
 // then set them instead of adding into them, the others add into zeros.
+#include <cuda_profiler_api.h>
+
 #include <cmath>
 #include <cstdio>
 #include <iterator>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -131,6 +141,56 @@ const char* kGcaHow[] = {"", "warp per row, fp32", "64-row tiles in shared memor
 static_assert(std::size(kHow) == attention::kNewestVersion + 1 && std::size(kGcaHow) == attention::kNewestVersion + 1,
               "a line for every version");
 
+struct Options {
+  int reps = 3;
+  Index batch = 4;
+  bool window = true, gca = true;  // which labs run (--only)
+  bool profile = false;            // --profile
+};
+
+Options parse(int argc, char** argv) {
+  Options o;
+  int positional = 0;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--profile") {
+      o.profile = true;
+    } else if (arg == "--only" && i + 1 < argc) {
+      const std::string op = argv[++i];
+      if (op != "window" && op != "gca") throw std::invalid_argument("--only takes window or gca, not " + op);
+      o.window = op == "window";
+      o.gca = op == "gca";
+    } else if (positional == 0 && !arg.empty() && arg[0] != '-') {
+      o.reps = std::stoi(arg);
+      ++positional;
+    } else if (positional == 1 && !arg.empty() && arg[0] != '-') {
+      o.batch = std::stol(arg);
+      ++positional;
+    } else {
+      throw std::invalid_argument("unknown argument " + arg +
+                                  " (usage: kernel_lab [reps [batch]] [--only window|gca] [--profile])");
+    }
+  }
+  return o;
+}
+
+// One forward and backward of the op at the newest version, in bf16, between cudaProfilerStart and
+// cudaProfilerStop (--profile).
+template <class Inputs, class Prepare>
+void run_profiled(const Inputs& at_scale, Prepare prepare) {
+  attention::VersionCap cap(attention::kNewestVersion);
+  MatmulPrecisionScope precision(Precision::bf16);
+  const Tensor<float> seed = random_uniform<float>(at_scale.out_shape(), 99, -1.f, 1.f).to(Device::cuda);
+  prepare();
+  cuda::synchronize();
+  cudaProfilerStart();
+  const Var<float> out = at_scale.run();
+  backward(out, seed);
+  cuda::synchronize();
+  cudaProfilerStop();
+  tape().reset();
+}
+
 // One op, versions 1..newest: what each is, its error, its speed, its speed-up over version 1.
 template <class Inputs, class VersionOf, class Error, class Prepare = NothingToPrepare>
 void lab(const char* op, int newest, const char* const* how, const Inputs& at_scale, int reps, VersionOf version_of,
@@ -155,30 +215,36 @@ void lab(const char* op, int newest, const char* const* how, const Inputs& at_sc
 }  // namespace
 
 int main(int argc, char** argv) {
-  const int reps = argc > 1 ? std::stoi(argv[1]) : 3;
-  const Index batch = argc > 2 ? std::stol(argv[2]) : 4;
   std::setvbuf(stdout, nullptr, _IONBF, 0);  // every line as it comes, even when piped
   try {
+    const Options o = parse(argc, argv);
     std::printf("kernel lab on %s: error on a small shape against the CPU op in double; time at the DRT\n"
                 "training shape, batch %lld (config_63, 16,380 tokens)\n",
-                cuda::device_description().c_str(), static_cast<long long>(batch));
-    const WindowInputs window = WindowInputs::drt_training(batch);
-    lab("window attention (B x 16,380, H 12, d 64, W 512)", attention::kNewestVersion, kHow, window, reps,
-        [] { return attention::window_attention_version<float>(64, matmul_precision()); }, window_error);
-    const GcaInputs retrieval = GcaInputs::drt_training(batch);
-    const attention::GcaShape shape{int(batch * 259), 12, 64, 64, int(batch), 259, 64, 12, 8, 259, 1};
-    lab("GCA (Z = B x 259, H 12, M = N = d = 64, Kc 8)", attention::kNewestVersion, kGcaHow, retrieval, reps,
-        [&] { return attention::gca_version<float>(shape, matmul_precision()); }, gca_error,
-        [&] { retrieval.drop_input_gradients(); });
-    {  // k and v rounded once, in the warm-up repetition: every timed call finds the copies
-      const std::vector<const void*> chunk_memory{retrieval.k.value().data(), retrieval.v.value().data()};
-      RoundedOperandReuse reuse(chunk_memory);
-      MatmulPrecisionScope precision(Precision::bf16);
-      const Timing t = time_forward_backward(
-          reps, retrieval.out_shape(), [&] { return retrieval.run(); }, [&] { retrieval.drop_input_gradients(); });
-      std::printf("%-3s %-38s v%-5d %10s %10.3f %8.1f %8.3f %10.1f\n", "", "the same, k and v already in bf16",
-                  attention::gca_version<float>(shape, matmul_precision()), "", t.forward_ms,
-                  forward_tflops(retrieval.flops(), t), t.backward_ms, backward_tflops(retrieval.flops(), t));
+                cuda::device_description().c_str(), static_cast<long long>(o.batch));
+    if (o.window) {
+      const WindowInputs window = WindowInputs::drt_training(o.batch);
+      lab("window attention (B x 16,380, H 12, d 64, W 512)", attention::kNewestVersion, kHow, window, o.reps,
+          [] { return attention::window_attention_version<float>(64, matmul_precision()); }, window_error);
+      if (o.profile) run_profiled(window, NothingToPrepare{});
+    }
+    if (o.gca) {
+      const GcaInputs retrieval = GcaInputs::drt_training(o.batch);
+      const Index batch = o.batch;
+      const attention::GcaShape shape{int(batch * 259), 12, 64, 64, int(batch), 259, 64, 12, 8, 259, 1};
+      auto drop_gradients = [&] { retrieval.drop_input_gradients(); };
+      lab("GCA (Z = B x 259, H 12, M = N = d = 64, Kc 8)", attention::kNewestVersion, kGcaHow, retrieval, o.reps,
+          [&] { return attention::gca_version<float>(shape, matmul_precision()); }, gca_error, drop_gradients);
+      {  // k and v rounded once, in the warm-up repetition: every timed call finds the copies
+        const std::vector<const void*> chunk_memory{retrieval.k.value().data(), retrieval.v.value().data()};
+        RoundedOperandReuse reuse(chunk_memory);
+        MatmulPrecisionScope precision(Precision::bf16);
+        const Timing t = time_forward_backward(
+            o.reps, retrieval.out_shape(), [&] { return retrieval.run(); }, drop_gradients);
+        std::printf("%-3s %-38s v%-5d %10s %10.3f %8.1f %8.3f %10.1f\n", "", "the same, k and v already in bf16",
+                    attention::gca_version<float>(shape, matmul_precision()), "", t.forward_ms,
+                    forward_tflops(retrieval.flops(), t), t.backward_ms, backward_tflops(retrieval.flops(), t));
+      }
+      if (o.profile) run_profiled(retrieval, drop_gradients);
     }
     std::printf("\nreference on an H200: flash SDPA on the window's work 0.444 / 1.71 ms (bench/sdpa_baseline.py),\n"
                 "the authors' GCA kernel 0.809 / 5.78 ms (performance-anchors section 1), both at batch 4\n");
