@@ -14,10 +14,11 @@ template <class T>
 struct QkvGradientSlots {
   Tensor<T> dq, dk, dv;  // undefined where no gradient is wanted
   bool fresh_dq = false, fresh_dk = false, fresh_dv = false;
+  bool distinct;  // q, k, v are three nodes
 
-  QkvGradientSlots(const Var<T>& q, const Var<T>& k, const Var<T>& v) {
-    const bool distinct = q.node() != k.node() && q.node() != v.node() && k.node() != v.node();
-    auto take = [distinct](const Var<T>& x, Tensor<T>& buffer, bool& fresh) {
+  QkvGradientSlots(const Var<T>& q, const Var<T>& k, const Var<T>& v)
+      : distinct(q.node() != k.node() && q.node() != v.node() && k.node() != v.node()) {
+    auto take = [this](const Var<T>& x, Tensor<T>& buffer, bool& fresh) {
       if (!x.requires_grad()) return;
       if (!distinct) {
         buffer = x.node()->grad_buffer();

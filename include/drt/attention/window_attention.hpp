@@ -205,11 +205,10 @@ Var<T> window_attention(const Var<T>& q, const Var<T>& k, const Var<T>& v, const
         // With bf16 GEMMs (version 4), the gradients' bf16 copies too, for the q, k, v projections'
         // backward (Node::grad_rounded, handed on by the reshapes between). Not where two of q, k,
         // v are one node: the second kernel would add to a gradient whose copy is already written.
-        [[maybe_unused]] const bool distinct = q.node() != k.node() && q.node() != v.node() && k.node() != v.node();
         WindowAttentionBf16Copies gradient_copies;
         DRT_ON_DEVICE("window_attention",
                       cuda::window_attention_backward(qc, kc, vc, sl, window, scale, out, lse, dout, dq_ptr, dk_ptr,
-                                                      dv_ptr, &copies, distinct ? &gradient_copies : nullptr,
+                                                      dv_ptr, &copies, g.distinct ? &gradient_copies : nullptr,
                                                       cuda::attention::FreshGradients{g.fresh_dq, g.fresh_dk,
                                                                                       g.fresh_dv}));
         if (dq_ptr) q.node()->grad_rounded = std::move(gradient_copies.q);

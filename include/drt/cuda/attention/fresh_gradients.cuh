@@ -14,4 +14,13 @@ struct FreshGradients {
   bool dq = false, dk = false, dv = false;
 };
 
+// Zero-fills the fresh ones of dq, dk, dv (each may be null), for kernels that only add.
+template <class Tensor>
+void zero_fresh(const Tensor* dq, const Tensor* dk, const Tensor* dv, FreshGradients fresh) {
+  using T = typename Tensor::value_type;
+  if (dq && fresh.dq) dq->fill(T(0));
+  if (dk && fresh.dk) dk->fill(T(0));
+  if (dv && fresh.dv) dv->fill(T(0));
+}
+
 }  // namespace drt::cuda::attention

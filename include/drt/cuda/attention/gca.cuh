@@ -710,11 +710,8 @@ void gca_backward(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, co
                        attention::all_aligned(8, {data(dq), data(dk), data(dv)});  // float2 gradients
   const int version = attention::gca_version<T>(s, matmul_precision(), aligned);
   const bool sets_fresh = version >= 4 && queries > 0 && s.Kc > 0;
-  if (!sets_fresh) {  // these kernels add (or nothing runs): a fresh buffer starts at zero
-    if (dq && fresh.dq) dq->fill(T(0));
-    if (dk && fresh.dk) dk->fill(T(0));
-    if (dv && fresh.dv) dv->fill(T(0));
-  }
+  // These kernels add (or nothing runs): a fresh buffer starts at zero.
+  if (!sets_fresh) attention::zero_fresh(dq, dk, dv, fresh);
   if (queries == 0 || s.Kc == 0) return;
   const Tensor<T> delta = Tensor<T>::empty(lse.shape(), nullptr, q.device());
   if constexpr (std::is_same_v<T, float>) {

@@ -762,11 +762,8 @@ void window_attention_backward(const Tensor<T>& q, const Tensor<T>& k, const Ten
       s.d, matmul_precision(),
       attention::all_aligned(16, {q.data(), k.data(), v.data(), dout.data(), dq ? dq->data() : nullptr,
                                   dk ? dk->data() : nullptr, dv ? dv->data() : nullptr}));
-  if (version < 4 || rows == 0) {  // these kernels add (or nothing runs): a fresh buffer starts at zero
-    if (dq && fresh.dq) dq->fill(T(0));
-    if (dk && fresh.dk) dk->fill(T(0));
-    if (dv && fresh.dv) dv->fill(T(0));
-  }
+  // These kernels add (or nothing runs): a fresh buffer starts at zero.
+  if (version < 4 || rows == 0) attention::zero_fresh(dq, dk, dv, fresh);
   if (rows == 0) return;
   const Tensor<T> delta = Tensor<T>::empty(lse.shape(), nullptr, q.device());
   if constexpr (std::is_same_v<T, float>) {
