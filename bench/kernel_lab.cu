@@ -37,9 +37,10 @@
 // relative to that tensor's largest |cpu|. fp32 versions sit near 1e-6; v3, v4 near 1e-3 (their
 // operands and P, dS are rounded to bf16; tests/cuda/ states the bounds).
 // Time: forward and backward at the DRT training shape (bench/support/attention_bench.hpp),
-// FLOPs as flash attention counts them. GCA's input gradients start empty in every repetition,
-// as in a training step (q is an activation there, k and v the chunk memory): versions 4 and 5
-// then set them instead of adding into them, the others add into zeros.
+// FLOPs as flash attention counts them. Both ops' input gradients start empty in every
+// repetition, as in a training step: versions 4 and 5 then set them instead of adding into them,
+// the others add into zeros. The backward's time is the op's alone: the output's gradient is the
+// seed tensor itself, not a copy (time_forward_backward).
 #include <cuda_profiler_api.h>
 
 #include <cmath>
@@ -223,9 +224,11 @@ int main(int argc, char** argv) {
                 cuda::device_description().c_str(), static_cast<long long>(o.batch));
     if (o.window) {
       const WindowInputs window = WindowInputs::drt_training(o.batch);
+      auto drop_gradients = [&] { window.drop_input_gradients(); };
       lab("window attention (B x 16,380, H 12, d 64, W 512)", attention::kNewestVersion, kHow, window, o.reps,
-          [] { return attention::window_attention_version<float>(64, matmul_precision()); }, window_error);
-      if (o.profile) run_profiled(window, NothingToPrepare{});
+          [] { return attention::window_attention_version<float>(64, matmul_precision()); }, window_error,
+          drop_gradients);
+      if (o.profile) run_profiled(window, drop_gradients);
     }
     if (o.gca) {
       const GcaInputs retrieval = GcaInputs::drt_training(o.batch);

@@ -13,6 +13,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdint>
+#include <initializer_list>
 
 #include <drt/attention/gca.hpp>
 #include <drt/attention/window_attention.hpp>
@@ -31,7 +32,7 @@ struct NothingToPrepare {
 };
 
 // Forward, then backward with a random output gradient, `reps` times after one warm-up; each
-// phase synchronised apart. `prepare` runs untimed before each repetition.
+// phase synchronised apart, and each timed alone (no copy of the output gradient). `prepare` runs untimed before each repetition.
 template <class Forward, class Prepare = NothingToPrepare>
 Timing time_forward_backward(int reps, const Shape& out_shape, Forward forward, Prepare prepare = {}) {
   using Clock = std::chrono::steady_clock;
@@ -44,7 +45,11 @@ Timing time_forward_backward(int reps, const Shape& out_shape, Forward forward, 
     const Var<float> out = forward();
     cuda::synchronize();
     const auto t1 = Clock::now();
-    backward(out, seed);
+    // The output's gradient is `seed` itself, as PyTorch's out.backward(grad) takes it, not a copy
+    // (backward(out, seed) copies): the ops' backwards only read it, and a copy would add a pass
+    // over the output (~200 MB, ~0.1 ms at the training shape) that is no part of the op.
+    out.node()->grad = seed;
+    tape().run_backward();
     cuda::synchronize();
     const auto t2 = Clock::now();
     tape().reset();
@@ -57,6 +62,14 @@ Timing time_forward_backward(int reps, const Shape& out_shape, Forward forward, 
 
 inline double forward_tflops(double flops, const Timing& t) { return flops / (t.forward_ms * 1e-3) / 1e12; }
 inline double backward_tflops(double flops, const Timing& t) { return 2.5 * flops / (t.backward_ms * 1e-3) / 1e12; }
+
+// As in a training step, where the ops' inputs are activations (q, k, v of window attention, q
+// of GCA) or the chunk memory (GCA's k, v), whose gradient buffers start empty: the backward then
+// sets them (Node::grad_slot) rather than adding into them. Untimed, before each repetition
+// (time_forward_backward's `prepare`).
+inline void drop_gradients(std::initializer_list<const Parameter<float>*> inputs) {
+  for (const Parameter<float>* p : inputs) p->node()->grad = Tensor<float>();
+}
 
 // Parameters, not variables: leaves that outlive tape().reset() between repetitions.
 struct WindowInputs {
@@ -73,6 +86,7 @@ struct WindowInputs {
         slopes(alibi_slopes<float>(static_cast<int>(H_))),
         scale(1.0f / std::sqrt(float(d_))) {}
   static WindowInputs drt_training(Index batch) { return {batch, 16380, 12, 12, 64, 512, Device::cuda}; }
+  void drop_input_gradients() const { drop_gradients({&q, &k, &v}); }
 
   Var<float> run() const { return window_attention(q, k, v, slopes, W, scale); }
   Shape out_shape() const { return {B, T, H, d}; }
@@ -105,12 +119,7 @@ struct GcaInputs {
   static GcaInputs drt_training(Index batch) { return {batch, 259, 12, 12, 64, 64, 64, 8, Device::cuda}; }
 
   Var<float> run() const { return gca(q, k, v, index, w, scale); }
-  // As in a training step, where q is an activation and k, v the chunk memory, whose gradient
-  // buffers start empty: the backward sets them (Node::grad_slot) rather than adding into them.
-  // Untimed, before each repetition (time_forward_backward's `prepare`).
-  void drop_input_gradients() const {
-    for (const Parameter<float>* p : {&q, &k, &v}) p->node()->grad = Tensor<float>();
-  }
+  void drop_input_gradients() const { drop_gradients({&q, &k, &v}); }
   Shape out_shape() const { return {B * rows, H, M, d}; }
   double flops() const { return 4.0 * double(B * rows * H * M) * double(Kc * N) * double(d); }
 };

@@ -15,8 +15,8 @@
 //     instead of once per warp. Where A is a resident tile (the backward's Q, dO, K, V) it is read
 //     from shared memory too; where it was just computed (P, dS) it comes from registers;
 //   - the staged tiles are SwizzledTiles (the layout wgmma reads), filled by cp.async as before;
-//   - the forward's Q A fragments come straight from global memory (fp32 rounded in registers,
-//     load_a_rows_global): no Q tile in shared memory;
+//   - the forward rounds Q once into a shared tile that its Q·Kᵀ reads as A: no registers hold
+//     Q (96 registers, five blocks per SM);
 //   - a product that is not needed at once runs while the warps compute: the backward issues S
 //     and dP together and computes P while dP runs.
 #pragma once
@@ -36,8 +36,10 @@ using gca_mma::kThreads;  // one warpgroup
 using gca_v4::FilledSlots;
 static_assert(kThreads == wgmma::kWarpgroupThreads, "a GCA block is one warpgroup");
 
-// Two stages of one chunk's K and V (4 × 8 KB, each tile on a 1 KB atom) and the slot table.
+// The block's Q and two stages of one chunk's K and V (5 × 8 KB, each tile on a 1 KB atom), and
+// the slot table.
 struct ForwardShared {
+  wgmma::SwizzledTile queries;  // the block's Q, rounded once
   wgmma::SwizzledTile keys[2], values[2];
   FilledSlots filled;
 };
@@ -71,9 +73,11 @@ __device__ inline void next_tile_then_wait(bool has_next, Fetch fetch_next) {
 // Forward. Grid (Z, H), 128 threads (one warpgroup). Per filled slot i (weight w), as version 4:
 //   S = Q·Kᵀ (wgmma), x = log2(e)·scale·S, P = exp2(x − max), out += bf16(P·w/Σ_n P)·V (wgmma),
 //   lse_i = ln2·max + ln Σ_n P;  skipped slots get lse = −inf and no work.
-// Chunk i + 1 is copied into the other stage while chunk i is multiplied. Shared: 33,792 bytes
-// (the stages, then the slot table, padded to the next atom).
-static __global__ void __launch_bounds__(gca_v5::kThreads, 4)
+// Chunk i + 1 is copied into the other stage while chunk i is multiplied; one barrier per chunk,
+// at the top of its step, both publishes the chunk and frees the stage the step before read.
+// Shared: 41,984 bytes (Q, the stages, the slot table padded to the next atom); 96 registers
+// (ptxas, CUDA 13): five blocks per SM.
+static __global__ void __launch_bounds__(gca_v5::kThreads, 5)
     gca_forward_v5(const float* q, const __nv_bfloat16* k16, const __nv_bfloat16* v16, const std::int32_t* index,
                    const float* weight, GcaShape s, float scale, float* out, float* lse) {
 #if defined(DRT_WGMMA_DEVICE)
@@ -88,30 +92,29 @@ static __global__ void __launch_bounds__(gca_v5::kThreads, 4)
   const int first = gca_mma::next_filled_slot(index, weight, z, s.Kc, 0);
   if (first < s.Kc) fetch_chunk(sh.keys[0], sh.values[0], k16, v16, s, b, index[z * s.Kc + first], kv);
   gca_v4::collect_filled_slots(sh.filled, index, weight, z, s.Kc);
-  std::uint32_t qa[4][4];  // this warp's 16 queries as A fragments, for every chunk
-  const float* my_rows = q + (first_query + at.row0 + at.group) * kSize;
-  load_a_rows_global(qa, my_rows, my_rows + 8 * kSize, at.pair);
+  wgmma::stage_bf16_swizzled<kThreads>(sh.queries, q + first_query * kSize);
+  wgmma::fence_shared_for_wgmma();  // Q, for the wgmmas (published by the barrier below)
   for (int slot = 0; slot < s.Kc; ++slot)  // skipped, as on the CPU: −inf marks them for the backward
     if (threadIdx.x < kSize && gca_mma::slot_skipped(index, weight, z, s.Kc, slot))
       lse[first_stat + slot * kSize + threadIdx.x] = -INFINITY;
-  __syncthreads();  // the slot table
+  __syncthreads();  // the slot table and Q
   const float to_log2 = scale * kLog2e;
   Accumulator16x64 total;
   total.zero();
   const int count = sh.filled.count;
   for (int n = 0; n < count; ++n) {
     const int stage = n & 1;
-    next_tile_then_wait(n + 1 < count, [&] {
-      fetch_chunk(sh.keys[stage ^ 1], sh.values[stage ^ 1], k16, v16, s, b, sh.filled.chunk[n + 1], kv);
-    });
+    mma::wait_async_copies_but<0>();  // chunk n, this thread's part: the only group in flight
+    wgmma::fence_shared_for_wgmma();
+    __syncthreads();  // everyone's part of chunk n is in; every warp is done with chunk n − 1's stage
+    if (n + 1 < count) fetch_chunk(sh.keys[stage ^ 1], sh.values[stage ^ 1], k16, v16, s, b, sh.filled.chunk[n + 1], kv);
     const int i = sh.filled.slot[n];
     const float w = sh.filled.weight[n];
     Accumulator16x64 p;  // S, then P·w/Σ
     wgmma::fence();
-    wgmma::multiply_by_transposed_async(p, qa, sh.keys[stage], /*accumulate=*/false);
+    wgmma::multiply_tile_by_transposed_async(p, sh.queries, sh.keys[stage]);
     wgmma::wait<0>();
     wgmma::hold(p);
-    wgmma::hold(qa);
     float row_lse[2];
     gca_v4::weighted_chunk_softmax(p, to_log2, w, row_lse);
     std::uint32_t pa[4][4];  // bf16(P·w/Σ) as A fragments
@@ -125,8 +128,7 @@ static __global__ void __launch_bounds__(gca_v5::kThreads, 4)
     }
     wgmma::wait<0>();
     wgmma::hold(total);
-    wgmma::hold(pa);
-    __syncthreads();  // every warp is done with this stage before it is refilled (chunk after next)
+    wgmma::hold(pa);  // the barrier at the top of the next step frees this stage for chunk n + 2
   }
   gca_v4::store_output(out + first_query * kSize, total);
 #endif

@@ -89,6 +89,15 @@ __device__ inline void stage_rows_swizzled_async(SwizzledTile& tile, const __nv_
   }
 }
 
+// Stores four fp32 values, rounded to bf16, as columns c..c+3 of row r of a swizzled tile (half
+// of a 16-byte chunk), and at `copy` + r·64 + c when copy is not null.
+__device__ inline void store_rounded_quad(SwizzledTile& tile, __nv_bfloat16* copy, int r, int c, float4 x) {
+  const uint2 packed{mma::pack_bf16x2(x.x, x.y), mma::pack_bf16x2(x.z, x.w)};
+  unsigned char* bytes = reinterpret_cast<unsigned char*>(tile.at);
+  *reinterpret_cast<uint2*>(bytes + r * kRowBytes + (((c / 8) ^ (r & 7)) << 4) + (c % 8) * 2) = packed;
+  if (copy != nullptr) *reinterpret_cast<uint2*>(copy + r * 64 + c) = packed;
+}
+
 // Rounds two 64×64 fp32 matrices (contiguous rows, 16-byte aligned) into two tiles with plain
 // stores, and writes the same bf16 values to `copy_a`, `copy_b` (64 contiguous bf16 rows; nullptr:
 // no copy): the GCA backward's query pass stages Q and dO once per block this way and hands the
@@ -109,17 +118,27 @@ __device__ inline void stage_two_bf16_swizzled(SwizzledTile& tile_a, const float
     a[pass] = *reinterpret_cast<const float4*>(src_a + idx * 4);
     b[pass] = *reinterpret_cast<const float4*>(src_b + idx * 4);
   }
-  auto store = [](SwizzledTile& tile, __nv_bfloat16* copy, int idx, float4 x) {
-    const int r = idx / kVectorsPerRow, c = idx % kVectorsPerRow * 4;  // columns c..c+3: half a 16-byte chunk
-    const uint2 packed{mma::pack_bf16x2(x.x, x.y), mma::pack_bf16x2(x.z, x.w)};
-    unsigned char* bytes = reinterpret_cast<unsigned char*>(tile.at);
-    *reinterpret_cast<uint2*>(bytes + r * kRowBytes + (((c / 8) ^ (r & 7)) << 4) + (c % 8) * 2) = packed;
-    if (copy != nullptr) *reinterpret_cast<uint2*>(copy + r * 64 + c) = packed;
-  };
 #pragma unroll
   for (int pass = 0; pass < kPasses; ++pass) {
-    store(tile_a, copy_a, pass * kThreads + threadIdx.x, a[pass]);
-    store(tile_b, copy_b, pass * kThreads + threadIdx.x, b[pass]);
+    const int idx = pass * kThreads + threadIdx.x, r = idx / kVectorsPerRow, c = idx % kVectorsPerRow * 4;
+    store_rounded_quad(tile_a, copy_a, r, c, a[pass]);
+    store_rounded_quad(tile_b, copy_b, r, c, b[pass]);
+  }
+}
+
+// One matrix of stage_two_bf16_swizzled, with no copy: the GCA forward's Q.
+template <int kThreads>
+__device__ inline void stage_bf16_swizzled(SwizzledTile& tile, const float* src) {
+  constexpr int kVectorsPerRow = 64 / 4;
+  constexpr int kPasses = 64 * kVectorsPerRow / kThreads;
+  static_assert(64 * kVectorsPerRow % kThreads == 0, "whole passes");
+  float4 a[kPasses];
+#pragma unroll
+  for (int pass = 0; pass < kPasses; ++pass) a[pass] = *reinterpret_cast<const float4*>(src + (pass * kThreads + threadIdx.x) * 4);
+#pragma unroll
+  for (int pass = 0; pass < kPasses; ++pass) {
+    const int idx = pass * kThreads + threadIdx.x;
+    store_rounded_quad(tile, nullptr, idx / kVectorsPerRow, idx % kVectorsPerRow * 4, a[pass]);
   }
 }
 
