@@ -76,7 +76,8 @@ __device__ inline void next_tile_then_wait(bool has_next, Fetch fetch_next) {
 // Chunk i + 1 is copied into the other stage while chunk i is multiplied; one barrier per chunk,
 // at the top of its step, both publishes the chunk and frees the stage the step before read.
 // Shared: 41,984 bytes (Q, the stages, the slot table padded to the next atom); 96 registers
-// (ptxas, CUDA 13): five blocks per SM.
+// (ptxas, CUDA 13): five blocks per SM. At 96 ptxas serialises the wgmma k-steps (info C7512);
+// a hint of four blocks pipelines them in 107 registers but measured slower (docs/kernels.md).
 static __global__ void __launch_bounds__(gca_v5::kThreads, 5)
     gca_forward_v5(const float* q, const __nv_bfloat16* k16, const __nv_bfloat16* v16, const std::int32_t* index,
                    const float* weight, GcaShape s, float scale, float* out, float* lse) {
