@@ -32,7 +32,8 @@ struct NothingToPrepare {
 };
 
 // Forward, then backward with a random output gradient, `reps` times after one warm-up; each
-// phase synchronised apart, and each timed alone (no copy of the output gradient). `prepare` runs untimed before each repetition.
+// phase synchronised apart and timed alone (no copy of the output gradient). `prepare` runs
+// untimed before each repetition.
 template <class Forward, class Prepare = NothingToPrepare>
 Timing time_forward_backward(int reps, const Shape& out_shape, Forward forward, Prepare prepare = {}) {
   using Clock = std::chrono::steady_clock;
@@ -47,7 +48,7 @@ Timing time_forward_backward(int reps, const Shape& out_shape, Forward forward, 
     const auto t1 = Clock::now();
     // The output's gradient is `seed` itself, as PyTorch's out.backward(grad) takes it, not a copy
     // (backward(out, seed) copies): the ops' backwards only read it, and a copy would add a pass
-    // over the output (~200 MB, ~0.1 ms at the training shape) that is no part of the op.
+    // over the output (~200 MB, ~0.13 ms at the training shape) that is no part of the op.
     out.node()->grad = seed;
     tape().run_backward();
     cuda::synchronize();
