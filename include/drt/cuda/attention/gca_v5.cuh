@@ -108,7 +108,8 @@ static __global__ void __launch_bounds__(gca_v5::kThreads, 5)
     mma::wait_async_copies_but<0>();  // chunk n, this thread's part: the only group in flight
     wgmma::fence_shared_for_wgmma();
     __syncthreads();  // everyone's part of chunk n is in; every warp is done with chunk n − 1's stage
-    if (n + 1 < count) fetch_chunk(sh.keys[stage ^ 1], sh.values[stage ^ 1], k16, v16, s, b, sh.filled.chunk[n + 1], kv);
+    if (n + 1 < count)
+      fetch_chunk(sh.keys[stage ^ 1], sh.values[stage ^ 1], k16, v16, s, b, sh.filled.chunk[n + 1], kv);
     const int i = sh.filled.slot[n];
     const float w = sh.filled.weight[n];
     Accumulator16x64 p;  // S, then P·w/Σ

@@ -134,7 +134,8 @@ __device__ inline void stage_bf16_swizzled(SwizzledTile& tile, const float* src)
   static_assert(64 * kVectorsPerRow % kThreads == 0, "whole passes");
   float4 a[kPasses];
 #pragma unroll
-  for (int pass = 0; pass < kPasses; ++pass) a[pass] = *reinterpret_cast<const float4*>(src + (pass * kThreads + threadIdx.x) * 4);
+  for (int pass = 0; pass < kPasses; ++pass)
+    a[pass] = *reinterpret_cast<const float4*>(src + (pass * kThreads + threadIdx.x) * 4);
 #pragma unroll
   for (int pass = 0; pass < kPasses; ++pass) {
     const int idx = pass * kThreads + threadIdx.x;
