@@ -665,8 +665,8 @@ void gca_forward(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, con
   const int version = attention::gca_version<T>(s, matmul_precision(), aligned);
   if constexpr (std::is_same_v<T, float>) {
     if (version == 5) {
-      attention::gca_v4::forward(q.data(), k.data(), v.data(), index.data(), weight.data(), s, scale, out.data(),
-                                 lse.data(), attention::gca_forward_v5);
+      attention::gca_v5::forward(q.data(), k.data(), v.data(), index.data(), weight.data(), s, scale, out.data(),
+                                 lse.data());
       return;
     }
     if (version == 4) {

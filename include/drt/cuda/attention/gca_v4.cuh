@@ -557,19 +557,13 @@ namespace gca_v4 {
 // Host side: the launches, with the bf16 copies they read. All tensors fp32, contiguous, on the
 // GPU, 16-byte aligned (gradients 8-byte; gca_version checked it), M = N = d = 64.
 
-// A forward kernel of version 4's signature (version 5's has it too).
-using ForwardKernel = void (*)(const float*, const __nv_bfloat16*, const __nv_bfloat16*, const std::int32_t*,
-                               const float*, GcaShape, float, float*, float*);
-
-// `kernel`: gca_forward_v4, or version 5's.
 static inline void forward(const float* q, const float* k, const float* v, const std::int32_t* index,
-                           const float* weight, const GcaShape& s, float scale, float* out, float* lse,
-                           ForwardKernel kernel = gca_forward_v4) {
+                           const float* weight, const GcaShape& s, float scale, float* out, float* lse) {
   const long long memory = static_cast<long long>(s.B) * s.E * s.N * s.Hkv * kSize;
   // The chunk memory as bf16, once per call (as version 3; each chunk is gathered ~Kc times), or
   // once per RoundedOperandReuse scope naming it: the decoder's GCA layers of one segment share it.
   const auto k16 = bf16_operand(k, memory), v16 = bf16_operand(v, memory);
-  kernel<<<dim3(unsigned(s.Z), unsigned(s.H)), kThreads, 0, ::drt::cuda::stream()>>>(
+  gca_forward_v4<<<dim3(unsigned(s.Z), unsigned(s.H)), kThreads, 0, ::drt::cuda::stream()>>>(
       q, as_bf16(k16), as_bf16(v16), index, weight, s, scale, out, lse);
   DRT_CUDA_CHECK_LAUNCH();
 }  // the copies return to the allocator's cache; later work on the one stream is ordered after the kernel

@@ -14,7 +14,9 @@
 //     hardware straight from shared memory: no ldmatrix, and each tile is read once per block
 //     instead of once per warp. Where A is a resident tile (the backward's Q, dO, K, V) it is read
 //     from shared memory too; where it was just computed (P, dS) it comes from registers;
-//   - the staged tiles are SwizzledTiles (the layout wgmma reads), filled by cp.async as before;
+//   - the staged tiles are SwizzledTiles (the layout wgmma reads), filled by cp.async as before in
+//     the backward passes, and by the tensor memory accelerator in the forward (tma.cuh: one
+//     thread asks for a chunk's K and V, an mbarrier says when they are in);
 //   - the forward rounds Q once into a shared tile that its Q·Kᵀ reads as A: no registers hold
 //     Q (96 registers, five blocks per SM);
 //   - a product that is not needed at once runs while the warps compute: the backward issues S
@@ -26,6 +28,7 @@
 
 #include <cstdint>
 
+#include "drt/cuda/attention/tma.cuh"
 #include "drt/cuda/attention/wgmma.cuh"
 
 namespace drt::cuda::attention {
@@ -36,16 +39,33 @@ using gca_mma::kThreads;  // one warpgroup
 using gca_v4::FilledSlots;
 static_assert(kThreads == wgmma::kWarpgroupThreads, "a GCA block is one warpgroup");
 
-// The block's Q and two stages of one chunk's K and V (5 × 8 KB, each tile on a 1 KB atom), and
-// the slot table.
+// The block's Q and two stages of one chunk's K and V (5 × 8 KB, each tile on a 1 KB atom), an
+// mbarrier per stage, and the slot table.
 struct ForwardShared {
   wgmma::SwizzledTile queries;  // the block's Q, rounded once
   wgmma::SwizzledTile keys[2], values[2];
+  std::uint64_t chunk_in[2];  // stage s's chunk has arrived (tma.cuh; one phase per chunk)
   FilledSlots filled;
 };
 
+// The chunk memory's bf16 copies k16 and v16 as tensor maps (tma::head_rows_map): the box at
+// {0, g, (b·E + e)·N} is chunk e of sequence b, kv head g.
+struct ChunkMaps {
+  const CUtensorMap& keys;
+  const CUtensorMap& values;
+};
+
+// The forward's fetch, by thread 0: chunk e of sequence b, kv head g into stage `stage`.
+__device__ inline void fetch_chunk(ForwardShared& sh, int stage, const ChunkMaps& maps, const GcaShape& s, int b, int e,
+                                   int g) {
+  const int first_row = (b * s.E + e) * s.N;  // < 2^31: forward() checks
+  tma::expect_bytes(sh.chunk_in[stage], 2 * sizeof(wgmma::SwizzledTile));
+  tma::load_tile_async(sh.keys[stage], maps.keys, g, first_row, sh.chunk_in[stage]);
+  tma::load_tile_async(sh.values[stage], maps.values, g, first_row, sh.chunk_in[stage]);
+}
+
 // Starts copying chunk e of sequence b, kv head g (64 rows, Hkv rows apart) into keys and values,
-// as one commit group.
+// as one commit group (cp.async, by every thread: the backward passes).
 __device__ inline void fetch_chunk(wgmma::SwizzledTile& keys, wgmma::SwizzledTile& values, const __nv_bfloat16* k16,
                                    const __nv_bfloat16* v16, const GcaShape& s, int b, int e, int g) {
   const long long first_row = gca_key_row(s, b, e, 0, g) * kSize, row_stride = static_cast<long long>(s.Hkv) * kSize;
@@ -73,14 +93,17 @@ __device__ inline void next_tile_then_wait(bool has_next, Fetch fetch_next) {
 // Forward. Grid (Z, H), 128 threads (one warpgroup). Per filled slot i (weight w), as version 4:
 //   S = Q·Kᵀ (wgmma), x = log2(e)·scale·S, P = exp2(x − max), out += bf16(P·w/Σ_n P)·V (wgmma),
 //   lse_i = ln2·max + ln Σ_n P;  skipped slots get lse = −inf and no work.
-// Chunk i + 1 is copied into the other stage while chunk i is multiplied; one barrier per chunk,
-// at the top of its step, both publishes the chunk and frees the stage the step before read.
-// Shared: 41,984 bytes (Q, the stages, the slot table padded to the next atom); 96 registers
-// (ptxas, CUDA 13): five blocks per SM. At 96 ptxas serialises the wgmma k-steps (info C7512);
-// a hint of four blocks pipelines them in 107 registers but measured slower (docs/kernels.md).
+// The chunks' K and V come by the tensor memory accelerator (tma.cuh): thread 0 asks for chunk
+// n + 1 into the other stage while chunk n is multiplied, and everyone waits on that stage's
+// mbarrier. A barrier at the end of step n frees chunk n's stage for chunk n + 2.
+// Shared: 41,984 bytes (Q, the stages, their mbarriers, the slot table padded to the next atom);
+// 96 registers (ptxas, CUDA 13): five blocks per SM. At 96 ptxas serialises the wgmma k-steps
+// (info C7512); a hint of four blocks pipelines them in 106 registers but measured slower
+// (357 against 353 µs; docs/kernels.md).
 static __global__ void __launch_bounds__(gca_v5::kThreads, 5)
-    gca_forward_v5(const float* q, const __nv_bfloat16* k16, const __nv_bfloat16* v16, const std::int32_t* index,
-                   const float* weight, GcaShape s, float scale, float* out, float* lse) {
+    gca_forward_v5(const float* q, const __grid_constant__ CUtensorMap keys_map,
+                   const __grid_constant__ CUtensorMap values_map, const std::int32_t* index, const float* weight,
+                   GcaShape s, float scale, float* out, float* lse) {
 #if defined(DRT_WGMMA_DEVICE)
   using namespace gca_v5;
   using namespace mma;
@@ -90,26 +113,29 @@ static __global__ void __launch_bounds__(gca_v5::kThreads, 5)
   const FragmentLane at;
   const long long first_query = (static_cast<long long>(z) * s.H + h) * kSize;
   const long long first_stat = (static_cast<long long>(z) * s.H + h) * s.Kc * kSize;  // lse of slot 0
-  const int first = gca_mma::next_filled_slot(index, weight, z, s.Kc, 0);
-  if (first < s.Kc) fetch_chunk(sh.keys[0], sh.values[0], k16, v16, s, b, index[z * s.Kc + first], kv);
+  const ChunkMaps maps{keys_map, values_map};
+  if (threadIdx.x == 0) {  // the first chunk flies while Q is rounded and the slot table built
+    tma::init_barrier(sh.chunk_in[0], 1);
+    tma::init_barrier(sh.chunk_in[1], 1);
+    tma::fence_barrier_init();
+    const int first = gca_mma::next_filled_slot(index, weight, z, s.Kc, 0);
+    if (first < s.Kc) fetch_chunk(sh, 0, maps, s, b, index[z * s.Kc + first], kv);
+  }
   gca_v4::collect_filled_slots(sh.filled, index, weight, z, s.Kc);
   wgmma::stage_bf16_swizzled<kThreads>(sh.queries, q + first_query * kSize);
   wgmma::fence_shared_for_wgmma();  // Q, for the wgmmas (published by the barrier below)
   for (int slot = 0; slot < s.Kc; ++slot)  // skipped, as on the CPU: −inf marks them for the backward
     if (threadIdx.x < kSize && gca_mma::slot_skipped(index, weight, z, s.Kc, slot))
       lse[first_stat + slot * kSize + threadIdx.x] = -INFINITY;
-  __syncthreads();  // the slot table and Q
+  __syncthreads();  // the slot table, Q and the initialised mbarriers
   const float to_log2 = scale * kLog2e;
   Accumulator16x64 total;
   total.zero();
   const int count = sh.filled.count;
   for (int n = 0; n < count; ++n) {
     const int stage = n & 1;
-    mma::wait_async_copies_but<0>();  // chunk n, this thread's part: the only group in flight
-    wgmma::fence_shared_for_wgmma();
-    __syncthreads();  // everyone's part of chunk n is in; every warp is done with chunk n − 1's stage
-    if (n + 1 < count)
-      fetch_chunk(sh.keys[stage ^ 1], sh.values[stage ^ 1], k16, v16, s, b, sh.filled.chunk[n + 1], kv);
+    if (threadIdx.x == 0 && n + 1 < count) fetch_chunk(sh, stage ^ 1, maps, s, b, sh.filled.chunk[n + 1], kv);
+    tma::wait(sh.chunk_in[stage], (n >> 1) & 1);  // chunk n is in
     const int i = sh.filled.slot[n];
     const float w = sh.filled.weight[n];
     Accumulator16x64 p;  // S, then P·w/Σ
@@ -130,7 +156,8 @@ static __global__ void __launch_bounds__(gca_v5::kThreads, 5)
     }
     wgmma::wait<0>();
     wgmma::hold(total);
-    wgmma::hold(pa);  // the barrier at the top of the next step frees this stage for chunk n + 2
+    wgmma::hold(pa);
+    if (n + 2 < count) __syncthreads();  // every warp is done with this stage: chunk n + 2 may come
   }
   gca_v4::store_output(out + first_query * kSize, total);
 #endif
@@ -351,6 +378,19 @@ static __global__ void __launch_bounds__(gca_v5::kThreads, 3)
 }
 
 namespace gca_v5 {
+
+// The forward on the host: the chunk memory's bf16 copies (as gca_v4::forward: once per call, or
+// once per RoundedOperandReuse scope naming it), their tensor maps, the launch.
+static inline void forward(const float* q, const float* k, const float* v, const std::int32_t* index,
+                           const float* weight, const GcaShape& s, float scale, float* out, float* lse) {
+  const long long rows = static_cast<long long>(s.B) * s.E * s.N;
+  const auto k16 = bf16_operand(k, rows * s.Hkv * kSize), v16 = bf16_operand(v, rows * s.Hkv * kSize);
+  const CUtensorMap keys_map = tma::head_rows_map(as_bf16(k16), rows, s.Hkv);
+  const CUtensorMap values_map = tma::head_rows_map(as_bf16(v16), rows, s.Hkv);
+  gca_forward_v5<<<dim3(unsigned(s.Z), unsigned(s.H)), kThreads, 0, ::drt::cuda::stream()>>>(
+      q, keys_map, values_map, index, weight, s, scale, out, lse);
+  DRT_CUDA_CHECK_LAUNCH();
+}
 
 // Version 5's backward passes for gca_v4::backward (each asks for an atom more than its shared
 // memory, for align_to_atom).
