@@ -17,6 +17,7 @@
 #include "drt/core/tensor.hpp"
 #include "drt/cuda/allocator.cuh"
 #include "drt/cuda/backend.cuh"
+#include "drt/cuda/deferred_check.cuh"
 #include "drt/cuda/error.cuh"
 #include "drt/cuda/gemm.cuh"
 
@@ -32,8 +33,12 @@ Tensor<T> to_host(const Tensor<T>& t, Arena* arena = nullptr) {
   return t.to(Device::cpu, arena);
 }
 
-// Waits for all device work (for timing, and before reading device memory by other means).
-inline void synchronize() { DRT_CUDA_CHECK(cudaDeviceSynchronize()); }
+// Waits for all device work (for timing, and before reading device memory by other means), then
+// throws a failed device-side index check, if any (deferred_check.cuh).
+inline void synchronize() {
+  DRT_CUDA_CHECK(cudaDeviceSynchronize());
+  raise_deferred_failure();
+}
 
 // How many GPUs the process sees (0 when none or no driver).
 inline int device_count() {

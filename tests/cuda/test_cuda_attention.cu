@@ -243,24 +243,40 @@ TEST_F(Gpu, GcaBf16TensorCoresMatchCpu) {
   EXPECT_GT(max_abs_difference(gpu.dv, fp32.dv), 1e-5);
 }
 
-// An index already on the GPU (as the retrieval makes it) gives the same result, and a bad index
-// there is reported with the CPU's message.
+// An index already on the GPU (as the retrieval makes it) gives the same result. A bad index there
+// is checked on the GPU, without a wait: the op treats the bad slot as empty, and the CPU's message
+// comes at the next wait for the GPU (a copy to the host, or cuda::synchronize), once.
 TEST_F(Gpu, GcaTakesADeviceIndexAndChecksIt) {
   const Tensor<float> q = uniform<float>({2, 2, 3, 8}, 1).to(Device::cuda);
   const Tensor<float> k = uniform<float>({1, 3, 4, 2, 8}, 2).to(Device::cuda), v = k;
   const Tensor<float> w = Tensor<float>::full({2, 2}, 0.5f).to(Device::cuda);
   IndexTensor index = IndexTensor::from({2, 2}, {0, 2, 1, -1});
-  const std::vector<float> a = gca(constant(q), constant(k), constant(v), index, constant(w), 0.3f).value().to_vector();
-  const std::vector<float> b =
-      gca(constant(q), constant(k), constant(v), index.to(Device::cuda), constant(w), 0.3f).value().to_vector();
+  auto run = [&](const IndexTensor& i) { return gca(constant(q), constant(k), constant(v), i, constant(w), 0.3f); };
+  const std::vector<float> a = run(index).value().to_vector();
+  const std::vector<float> b = run(index.to(Device::cuda)).value().to_vector();
   EXPECT_EQ(a, b);
-  index(1, 1) = 3;
+  index(0, 1) = -1;
+  const std::vector<float> slot_empty = run(index.to(Device::cuda)).value().to_vector();
+  index(0, 1) = 3;
+  const Var<float> bad = run(index.to(Device::cuda));
   try {
-    gca(constant(q), constant(k), constant(v), index.to(Device::cuda), constant(w), 0.3f);
+    (void)bad.value().to_vector();
     ADD_FAILURE() << "a chunk outside the memory was accepted";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("outside the memory of 3 chunks"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("retrieved chunk 3 is outside the memory of 3 chunks"), std::string::npos)
+        << e.what();
   }
+  EXPECT_EQ(bad.value().to_vector(), slot_empty);  // reported once; the bad slot was skipped
+  index(0, 1) = 7;
+  index(1, 1) = 5;  // two bad entries: the first in row-major order is reported
+  (void)run(index.to(Device::cuda));
+  try {
+    cuda::synchronize();
+    ADD_FAILURE() << "cuda::synchronize() did not report the bad index";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("retrieved chunk 7 is outside"), std::string::npos) << e.what();
+  }
+  EXPECT_NO_THROW(cuda::synchronize());
   tape().reset();
 }
 

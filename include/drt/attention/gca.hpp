@@ -43,9 +43,11 @@ struct GcaDims {
   Index Z, H, M, d, B, E, N, Hkv, Kc, rows_per_sequence, heads_per_kv;
 };
 
+// The shapes, and the retrieved indices' values: on the host, or, for a device index, after a copy
+// back, unless values_checked_on_device says the caller checks them there (cuda::keep_in_range).
 template <class T>
 GcaDims gca_check(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, const IndexTensor& index,
-                  const Tensor<T>& weight) {
+                  const Tensor<T>& weight, bool values_checked_on_device = false) {
   DRT_CHECK(q.rank() == 4, "gca: q must be (Z, H, M, d), got ", q.shape().str());
   DRT_CHECK(k.rank() == 5, "gca: k must be (B, E, N, Hkv, d), got ", k.shape().str());
   DRT_CHECK(k.shape() == v.shape(), "gca: k ", k.shape().str(), " and v ", v.shape().str(), " differ");
@@ -63,6 +65,7 @@ GcaDims gca_check(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, co
   g.Kc = index.size(1);
   g.rows_per_sequence = g.Z / g.B;
   g.heads_per_kv = g.H / g.Hkv;
+  if (values_checked_on_device && !index.on_host()) return g;
   // The retrieved indices are checked on the host (a device index is copied back: Z·Kc numbers).
   const IndexTensor host_index = index.on_host() ? index : index.to(Device::cpu);
   const std::int32_t* idx = host_index.data();
@@ -241,7 +244,7 @@ Var<T> gca(const Var<T>& q, const Var<T>& k, const Var<T>& v, const IndexTensor&
   const Device device = q.device();
   const Tensor<T> qc = q.value().contiguous(arena), kc = k.value().contiguous(arena), vc = v.value().contiguous(arena);
   const Tensor<T> wc = weight.value().contiguous(arena);
-  const IndexTensor ic = index.to(device, arena).contiguous(arena);
+  IndexTensor ic = index.to(device, arena).contiguous(arena);
   const Tensor<T> out = Tensor<T>::empty(q.shape(), arena, device);
   const Tensor<T> lse = Tensor<T>::empty(Shape{q.size(0), q.size(1), ic.size(1), q.size(2)}, arena, device);
   // On a GPU in bf16 the kernels read bf16 copies of k and v (cuda/bf16.cuh, bf16_operand). The
@@ -249,9 +252,17 @@ Var<T> gca(const Var<T>& q, const Var<T>& k, const Var<T>& v, const IndexTensor&
   // model's) are kept for the backward, which would otherwise round the whole memory again.
   std::vector<RoundedOperandReuse::Entry> rounded_memory;
   if (device != Device::cpu) {
-    // A host index is checked where it is: checking the device copy would read it back, and
-    // wait for the GPU (in a prefill segment, once per GCA layer).
-    detail::gca_check(qc, kc, vc, index.on_host() ? index.contiguous(arena) : ic, wc);
+    // A host index is checked where it is. A device index (the retrieval's) is checked on the GPU
+    // without a wait: the kernels read a copy whose bad entries are −1 (skipped slots), and the
+    // first bad one is thrown at the next wait for the GPU (cuda/deferred_check.cuh).
+    const bool host_index = index.on_host();
+    const detail::GcaDims g = detail::gca_check(qc, kc, vc, host_index ? index.contiguous(arena) : ic, wc, true);
+    if (!host_index) {
+      const IndexTensor checked = IndexTensor::empty(ic.shape(), arena, device);
+      DRT_ON_DEVICE("gca", cuda::keep_in_range(ic.data(), checked.data(), ic.numel(), static_cast<int>(g.E),
+                                               cuda::CheckedIndex::gca_retrieved_chunk));
+      ic = checked;
+    }
     const std::vector<const void*> chunk_memory{kc.data(), vc.data()};
     RoundedOperandReuse reuse(chunk_memory);
     DRT_ON_DEVICE("gca", cuda::gca_forward(qc, kc, vc, ic, wc, scale, out, lse));

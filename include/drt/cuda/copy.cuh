@@ -18,6 +18,7 @@
 
 #include "drt/core/device.hpp"
 #include "drt/cuda/allocator.cuh"
+#include "drt/cuda/deferred_check.cuh"
 #include "drt/cuda/error.cuh"
 #include "drt/cuda/stream.cuh"
 
@@ -267,10 +268,12 @@ inline void copy(std::size_t size, const StridedRef& dst, const StridedRef& src)
   }
   if (dst_flat) {
     DRT_CUDA_CHECK(cudaMemcpy(dst.data, from, bytes, cudaMemcpyDeviceToHost));
+    raise_deferred_failure();  // the copy waited for the GPU: a failed device check is known now
     return;
   }
   std::vector<unsigned char> staged(bytes);
   DRT_CUDA_CHECK(cudaMemcpy(staged.data(), from, bytes, cudaMemcpyDeviceToHost));
+  raise_deferred_failure();
   detail::strided_on_host(size, dst, detail::contiguous_like(dst, staged.data(), Device::cpu));
 }
 

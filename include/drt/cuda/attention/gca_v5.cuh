@@ -55,6 +55,17 @@ struct ChunkMaps {
   const CUtensorMap& values;
 };
 
+// lse = −inf for the row's skipped slots (those not in the slot table), as on the CPU: the
+// backward reads −inf as "no work". lse_rows: the block's lse of slot 0; one query per thread of
+// threads 0..63, from the shared table rather than from index and weight in global memory.
+__device__ inline void mark_skipped_slots(float* lse_rows, const FilledSlots& filled, int Kc) {
+  if (threadIdx.x >= kSize) return;
+  for (int slot = 0, f = 0; slot < Kc; ++slot) {
+    if (f < filled.count && filled.slot[f] == slot) ++f;
+    else lse_rows[slot * kSize + threadIdx.x] = -INFINITY;
+  }
+}
+
 // The forward's fetch, by thread 0: chunk e of sequence b, kv head g into stage `stage`.
 __device__ inline void fetch_chunk(ForwardShared& sh, int stage, const ChunkMaps& maps, const GcaShape& s, int b, int e,
                                    int g) {
@@ -114,19 +125,20 @@ static __global__ void __launch_bounds__(gca_v5::kThreads, 5)
   const long long first_query = (static_cast<long long>(z) * s.H + h) * kSize;
   const long long first_stat = (static_cast<long long>(z) * s.H + h) * s.Kc * kSize;  // lse of slot 0
   const ChunkMaps maps{keys_map, values_map};
-  if (threadIdx.x == 0) {  // the first chunk flies while Q is rounded and the slot table built
+  // The block's waits on memory overlap: Q's loads fly while warp 0 reads the row's index and
+  // weight into the slot table (all slots at once) and thread 0 requests the first chunk.
+  wgmma::Fp32TileInFlight<kThreads> queries;
+  queries.load(q + first_query * kSize);
+  gca_v4::collect_filled_slots(sh.filled, index, weight, z, s.Kc);
+  if (threadIdx.x < 32) __syncwarp();  // warp 0's table, for thread 0
+  if (threadIdx.x == 0) {
     tma::init_barrier(sh.chunk_in[0], 1);
     tma::init_barrier(sh.chunk_in[1], 1);
     tma::fence_barrier_init();
-    const int first = gca_mma::next_filled_slot(index, weight, z, s.Kc, 0);
-    if (first < s.Kc) fetch_chunk(sh, 0, maps, s, b, index[z * s.Kc + first], kv);
+    if (sh.filled.count > 0) fetch_chunk(sh, 0, maps, s, b, sh.filled.chunk[0], kv);
   }
-  gca_v4::collect_filled_slots(sh.filled, index, weight, z, s.Kc);
-  wgmma::stage_bf16_swizzled<kThreads>(sh.queries, q + first_query * kSize);
+  queries.store_rounded(sh.queries);
   wgmma::fence_shared_for_wgmma();  // Q, for the wgmmas (published by the barrier below)
-  for (int slot = 0; slot < s.Kc; ++slot)  // skipped, as on the CPU: −inf marks them for the backward
-    if (threadIdx.x < kSize && gca_mma::slot_skipped(index, weight, z, s.Kc, slot))
-      lse[first_stat + slot * kSize + threadIdx.x] = -INFINITY;
   __syncthreads();  // the slot table, Q and the initialised mbarriers
   const float to_log2 = scale * kLog2e;
   Accumulator16x64 total;
@@ -159,6 +171,7 @@ static __global__ void __launch_bounds__(gca_v5::kThreads, 5)
     wgmma::hold(pa);
     if (n + 2 < count) __syncthreads();  // every warp is done with this stage: chunk n + 2 may come
   }
+  mark_skipped_slots(lse + first_stat, sh.filled, s.Kc);
   gca_v4::store_output(out + first_query * kSize, total);
 #endif
 }

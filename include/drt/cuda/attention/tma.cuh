@@ -58,7 +58,7 @@ inline EncodeTiled encode_tiled() {
 // A map over `rows` rows of `groups` interleaved heads of 64 bf16 each (element c of row r, head g
 // at base[(r·groups + g)·64 + c]) whose box is rows r..r+63 of one head: a SwizzledTile. base
 // must be 16-byte aligned (the allocator's are). Coordinates (load_tile_async): {0, g, r}.
-inline CUtensorMap head_rows_map(const __nv_bfloat16* base, long long rows, int groups) {
+inline CUtensorMap encode_head_rows_map(const __nv_bfloat16* base, long long rows, int groups) {
   DRT_CHECK(reinterpret_cast<std::uintptr_t>(base) % 16 == 0, "tma: the tensor's base is not 16-byte aligned");
   DRT_CHECK(rows > 0 && rows < (1ll << 31) && groups > 0, "tma: ", rows, " rows of ", groups,
             " heads are outside what a tensor map addresses");
@@ -74,6 +74,27 @@ inline CUtensorMap head_rows_map(const __nv_bfloat16* base, long long rows, int 
   DRT_CHECK(status == CUDA_SUCCESS, "tma: cuTensorMapEncodeTiled failed with CUresult ", static_cast<int>(status),
             " for ", rows, " rows of ", groups, " heads");
   return map;
+}
+
+// encode_head_rows_map, remembering the last few maps made (a map depends on nothing but these
+// three arguments): the GCA forward asks for the same two, of the chunk memory's bf16 copies, call
+// after call. Like the rest of the backend, for one host thread.
+inline CUtensorMap head_rows_map(const __nv_bfloat16* base, long long rows, int groups) {
+  struct Made {
+    const __nv_bfloat16* base = nullptr;
+    long long rows = 0;
+    int groups = 0;
+    CUtensorMap map{};
+  };
+  constexpr int kRemembered = 4;
+  static Made made[kRemembered];
+  static int next = 0;
+  for (const Made& m : made)
+    if (m.base == base && m.rows == rows && m.groups == groups) return m.map;
+  Made& slot = made[next];
+  next = (next + 1) % kRemembered;
+  slot = Made{base, rows, groups, encode_head_rows_map(base, rows, groups)};
+  return slot.map;
 }
 
 // ---- device: mbarriers and the copy --------------------------------------------------------------

@@ -49,13 +49,20 @@ inline constexpr int kAtomBytes = 8 * kRowBytes;  // 8 rows: the swizzle's repea
 
 // Whether this build carries sm_90a code (CMake defines DRT_CUDA_WGMMA when
 // CMAKE_CUDA_ARCHITECTURES names 90a) and the current device runs it (compute capability 9.0).
+// Asked once per device (every GCA and window-attention call asks).
 inline bool wgmma_available() {
 #if defined(DRT_CUDA_WGMMA)
-  int device = 0, major = 0, minor = 0;
+  constexpr int kDevicesRemembered = 64;
+  static signed char known[kDevicesRemembered] = {};  // 0 not asked yet, 1 yes, −1 no
+  int device = 0;
   DRT_CUDA_CHECK(cudaGetDevice(&device));
+  if (device < kDevicesRemembered && known[device] != 0) return known[device] > 0;
+  int major = 0, minor = 0;
   DRT_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
   DRT_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
-  return major == 9 && minor == 0;
+  const bool available = major == 9 && minor == 0;
+  if (device < kDevicesRemembered) known[device] = available ? 1 : -1;
+  return available;
 #else
   return false;
 #endif
@@ -126,22 +133,31 @@ __device__ inline void stage_two_bf16_swizzled(SwizzledTile& tile_a, const float
   }
 }
 
-// One matrix of stage_two_bf16_swizzled, with no copy: the GCA forward's Q.
+// One 64×64 fp32 matrix (contiguous rows, 16-byte aligned) on its way into a SwizzledTile as
+// bf16, in two halves: load() issues every thread's loads, store_rounded() rounds and stores them
+// later, so that a kernel does other work while they fly (the GCA forward: its first chunk's
+// request and its slot table). All kThreads threads of the block call both; then
+// fence_shared_for_wgmma and a barrier.
 template <int kThreads>
-__device__ inline void stage_bf16_swizzled(SwizzledTile& tile, const float* src) {
-  constexpr int kVectorsPerRow = 64 / 4;
-  constexpr int kPasses = 64 * kVectorsPerRow / kThreads;
+struct Fp32TileInFlight {
+  static constexpr int kVectorsPerRow = 64 / 4;  // float4s
+  static constexpr int kPasses = 64 * kVectorsPerRow / kThreads;
   static_assert(64 * kVectorsPerRow % kThreads == 0, "whole passes");
-  float4 a[kPasses];
+  float4 part[kPasses];
+
+  __device__ void load(const float* src) {
 #pragma unroll
-  for (int pass = 0; pass < kPasses; ++pass)
-    a[pass] = *reinterpret_cast<const float4*>(src + (pass * kThreads + threadIdx.x) * 4);
-#pragma unroll
-  for (int pass = 0; pass < kPasses; ++pass) {
-    const int idx = pass * kThreads + threadIdx.x;
-    store_rounded_quad(tile, nullptr, idx / kVectorsPerRow, idx % kVectorsPerRow * 4, a[pass]);
+    for (int pass = 0; pass < kPasses; ++pass)
+      part[pass] = *reinterpret_cast<const float4*>(src + (pass * kThreads + threadIdx.x) * 4);
   }
-}
+  __device__ void store_rounded(SwizzledTile& tile) const {
+#pragma unroll
+    for (int pass = 0; pass < kPasses; ++pass) {
+      const int idx = pass * kThreads + threadIdx.x;
+      store_rounded_quad(tile, nullptr, idx / kVectorsPerRow, idx % kVectorsPerRow * 4, part[pass]);
+    }
+  }
+};
 
 // The first 1,024-byte boundary at or after p in shared memory. Kernels whose SwizzledTiles live
 // in dynamic shared memory place them there (and ask for kAtomBytes more than they use): the
