@@ -26,8 +26,9 @@
 //       and key-major per memory chunk (dK/dV in registers, no atomics).
 //   v5  Hopper's warpgroup MMA (wgmma, sm_90a builds on H100/H200): each product issued once for
 //       a block's 64 rows, B (and a resident A) read from swizzled shared memory. GCA: all three
-//       kernels (forward, query pass, key pass). Window attention: the forward, two warpgroups per
-//       block; its backward is v4's. Where the build or GPU has no wgmma, the lab stops at v4.
+//       kernels (forward, query pass, key pass); the forward's chunks come by the tensor memory
+//       accelerator (tma.cuh). Window attention: the forward, two warpgroups per block; its
+//       backward is v4's. Where the build or GPU has no wgmma, the lab stops at v4.
 // One more GCA line times the newest version with the chunk memory's bf16 copies made before the
 // timing (as the authors' kernel takes bf16 k and v): the rest of an op's time is the kernels.
 //
